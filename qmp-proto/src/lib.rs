@@ -1,2 +1,111 @@
+//! A sans-IO, `no_std`, allocation-free core for the QEMU Monitor Protocol (QMP).
+//!
+//! You read bytes from wherever the monitor is (a socket, a serial port, a test vector) and
+//! hand them in; the crate yields greetings, replies and events as borrowed views into a
+//! buffer whose size you choose, and encodes commands into buffers you provide. It never does
+//! I/O, never reads a clock (time is an input), never allocates, and has no `unsafe`.
+//!
+//! One module per concern, re-exported flat:
+//! - **framing** — [`find_frame`] and [`Framer`]: complete top-level JSON objects out of a byte
+//!   stream, by nesting depth with string awareness (QEMU can pretty-print over many lines),
+//!   with typed errors, resynchronisation, and oversized messages skimmed for their id.
+//! - **message views** — [`Message`]: greeting, return, error or event, borrowing the frame;
+//!   [`RawJson`] values deserialize on demand (serde-json-core) and [`JsonStr`] strings stay
+//!   escaped until asked.
+//! - **encoding** — [`encode_command`], [`encode_capabilities`], [`encode_json`]: compact JSON
+//!   into a caller buffer, untouched on error.
+//! - **session** — [`Session`]: greeting → negotiation → command mode, ids, a bounded
+//!   in-flight table, deadlines, and typed notices for what the protocol says to drop.
+//!
+//! # A whole session, driven from a byte slice
+//! ```
+//! use qmp_proto::{Instant, Outcome, Received, Session, State};
+//!
+//! // What a QEMU 7.2 server sends (recorded from the real binary), in one byte string.
+//! let server: &[u8] = b"{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 22, \"minor\": 2, \"major\": 7}, \"package\": \"Debian 1:7.2+dfsg-7+deb12u18+b3\"}, \"capabilities\": [\"oob\"]}}\r\n\
+//!     {\"return\": {}, \"id\": 1}\r\n\
+//!     {\"timestamp\": {\"seconds\": 1795596531, \"microseconds\": 804941}, \"event\": \"STOP\"}\r\n\
+//!     {\"return\": {}, \"id\": 2}\r\n\
+//!     {\"return\": {\"status\": \"paused\", \"singlestep\": false, \"running\": false}, \"id\": 3}\r\n";
+//! let mut input = server.chunks(10); // any chunking gives the same result
+//!
+//! let mut session: Session<[u8; 512]> = Session::new([0; 512]);
+//! let mut out = [0u8; 128];
+//! let now = Instant::from_millis(0);
+//! let mut events = 0;
+//!
+//! loop {
+//!     // Input: bytes from "the socket".
+//!     let Some(chunk) = input.next() else { break };
+//!     assert_eq!(session.feed(chunk), chunk.len());
+//!     // Output: everything those bytes completed.
+//!     while let Some(item) = session.poll() {
+//!         match item {
+//!             Received::Greeting(g) => {
+//!                 assert_eq!(g.version.major, 7);
+//!             }
+//!             Received::Event(e) => {
+//!                 assert!(e.name == "STOP");
+//!                 events += 1;
+//!             }
+//!             Received::Reply(reply) => match reply.outcome {
+//!                 Outcome::Return(value) if reply.id.0 == 3 => {
+//!                     #[derive(serde::Deserialize)]
+//!                     struct Status<'a> { status: &'a str, running: bool }
+//!                     let status: Status = value.deserialize().unwrap();
+//!                     assert_eq!((status.status, status.running), ("paused", false));
+//!                 }
+//!                 Outcome::Return(_) => {}
+//!                 other => panic!("{other:?}"),
+//!             },
+//!             Received::Notice(n) => panic!("{n:?}"),
+//!         }
+//!     }
+//!     // Commands, once the state allows them: write `out[..len]` to the server.
+//!     if session.state() == State::Negotiating && session.in_flight() == 0 {
+//!         let s = session.negotiate(false, None, &mut out).unwrap();
+//!         assert_eq!(&out[..s.len], br#"{"execute":"qmp_capabilities","id":1}"#);
+//!     }
+//!     if session.state() == State::Ready && session.in_flight() == 0 && events == 0 {
+//!         session.execute("stop", &(), Some(now), &mut out).unwrap();
+//!         let s = session.execute("query-status", &(), None, &mut out).unwrap();
+//!         assert_eq!(&out[..s.len], br#"{"execute":"query-status","id":3}"#);
+//!     }
+//! }
+//! assert_eq!(events, 1);
+//! assert_eq!(session.in_flight(), 0);
+//! ```
 #![no_std]
-//! placeholder
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(clippy::std_instead_of_core)]
+
+#[cfg(test)]
+extern crate std;
+
+mod encode;
+mod framing;
+mod json;
+mod message;
+mod session;
+mod time;
+
+pub use encode::{EncodeError, Envelope, encode_capabilities, encode_command, encode_json};
+pub use framing::{DEFAULT_MAX_DEPTH, Frame, FrameError, Framer, SkimmedId, Status, find_frame};
+pub use json::{
+    Chars, DeserializeError, Elements, JsonKind, JsonStr, MAX_SUPPORTED_DEPTH, Members, RawJson,
+    SyntaxError, UnescapeError,
+};
+pub use message::{
+    Capabilities, ErrorReply, Event, Greeting, Message, MessageError, QmpError, Return, Timestamp,
+    Version, find_id,
+};
+pub use session::{
+    CommandId, Config, Failure, Notice, Outcome, QEMU_QUEUE_LEN, Received, Reply, SendError, Sent,
+    Session, State,
+};
+pub use time::Instant;
+
+/// serde-json-core, re-exported for its error types and for callers who decode with it
+/// directly.
+pub use serde_json_core;

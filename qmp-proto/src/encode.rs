@@ -1,0 +1,843 @@
+//! Encoding commands into caller buffers.
+//!
+//! Arguments are any `serde::Serialize` value that serializes to a JSON object (or to nothing:
+//! `()` or `None` mean "no arguments"). The output is compact JSON that QEMU accepts: strings
+//! are escaped (`"`, `\`, and every control character), other text is passed as UTF-8, and
+//! non-finite floats are refused rather than written as invalid JSON.
+//!
+//! Every function measures first and writes second, so on error the buffer is untouched and
+//! [`EncodeError::BufferTooSmall`] says how many bytes the command needs.
+
+use core::fmt::{self, Write as _};
+
+use serde::ser::{self, Serialize};
+
+/// Why a command could not be encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// The output buffer is too small; the command needs `needed` bytes.
+    BufferTooSmall {
+        /// Bytes the encoded command occupies.
+        needed: usize,
+    },
+    /// The arguments serialize to something other than an object.
+    ArgumentsNotObject,
+    /// A value JSON cannot represent: a non-finite float, or a map key that is not a string,
+    /// integer, bool or char.
+    Unsupported(&'static str),
+    /// The value's `Serialize` implementation failed (its message is not kept: no allocation).
+    Custom,
+}
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BufferTooSmall { needed } => {
+                write!(f, "output buffer too small: {needed} bytes needed")
+            }
+            Self::ArgumentsNotObject => f.write_str("command arguments must be a JSON object"),
+            Self::Unsupported(what) => write!(f, "cannot encode {what} as JSON"),
+            Self::Custom => f.write_str("the value's Serialize implementation failed"),
+        }
+    }
+}
+
+impl core::error::Error for EncodeError {}
+
+impl ser::Error for EncodeError {
+    fn custom<T: fmt::Display>(_msg: T) -> Self {
+        EncodeError::Custom
+    }
+}
+
+/// Writes into a slice while it fits, and counts every byte either way.
+struct Out<'b> {
+    buf: &'b mut [u8],
+    len: usize,
+}
+
+impl Out<'_> {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        if let Some(dst) = self.buf.get_mut(self.len..self.len + bytes.len()) {
+            dst.copy_from_slice(bytes);
+        }
+        self.len += bytes.len();
+    }
+
+    fn put_escaped(&mut self, s: &str) {
+        let bytes = s.as_bytes();
+        let mut plain = 0;
+        for (i, &b) in bytes.iter().enumerate() {
+            let esc: &[u8] = match b {
+                b'"' => b"\\\"",
+                b'\\' => b"\\\\",
+                b'\n' => b"\\n",
+                b'\r' => b"\\r",
+                b'\t' => b"\\t",
+                0x08 => b"\\b",
+                0x0c => b"\\f",
+                0..=0x1f => {
+                    const HEX: &[u8; 16] = b"0123456789abcdef";
+                    self.put(&bytes[plain..i]);
+                    self.put(&[
+                        b'\\',
+                        b'u',
+                        b'0',
+                        b'0',
+                        HEX[usize::from(b >> 4)],
+                        HEX[usize::from(b & 15)],
+                    ]);
+                    plain = i + 1;
+                    continue;
+                }
+                _ => continue,
+            };
+            self.put(&bytes[plain..i]);
+            self.put(esc);
+            plain = i + 1;
+        }
+        self.put(&bytes[plain..]);
+    }
+
+    fn put_u64(&mut self, mut v: u64) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        self.put(&digits[i..]);
+    }
+
+    fn put_i64(&mut self, v: i64) {
+        if v < 0 {
+            self.put(b"-");
+        }
+        self.put_u64(v.unsigned_abs());
+    }
+}
+
+impl fmt::Write for Out<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.put(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Escapes what `Display` writes, for `collect_str`.
+struct Escaping<'o, 'b>(&'o mut Out<'b>);
+
+impl fmt::Write for Escaping<'_, '_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.put_escaped(s);
+        Ok(())
+    }
+}
+
+/// Encodes `value` as JSON into `out`; see the module docs.
+///
+/// ```
+/// let mut buf = [0u8; 64];
+/// let n = qmp_proto::encode_json(&("a\"b", 1, [true]), &mut buf).unwrap();
+/// assert_eq!(&buf[..n], br#"["a\"b",1,[true]]"#);
+/// ```
+pub fn encode_json<T: Serialize + ?Sized>(value: &T, out: &mut [u8]) -> Result<usize, EncodeError> {
+    encode_with(out, |o| {
+        value.serialize(&mut Serializer { out: o }).map(|_| ())
+    })
+}
+
+/// Measures, then writes: on error `buf` is untouched.
+fn encode_with(
+    buf: &mut [u8],
+    mut write: impl FnMut(&mut Out<'_>) -> Result<(), EncodeError>,
+) -> Result<usize, EncodeError> {
+    let mut measure = Out {
+        buf: &mut [],
+        len: 0,
+    };
+    write(&mut measure)?;
+    if measure.len > buf.len() {
+        return Err(EncodeError::BufferTooSmall {
+            needed: measure.len,
+        });
+    }
+    let mut out = Out { buf, len: 0 };
+    write(&mut out)?;
+    Ok(out.len)
+}
+
+/// Which envelope a command uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Envelope {
+    /// `{"execute": …}`: queued and run in order.
+    Execute,
+    /// `{"exec-oob": …}`: run out of band (needs the `oob` capability negotiated).
+    ExecOob,
+}
+
+/// Encodes a command: `{"execute":NAME,"arguments":ARGS,"id":ID}`.
+///
+/// `arguments` must serialize to an object, or to `null` (`&()`, `&None::<T>`) for none. The
+/// id is optional; the session always sets one.
+///
+/// ```
+/// use qmp_proto::{encode_command, Envelope};
+/// #[derive(serde::Serialize)]
+/// struct HmpArgs<'a> { #[serde(rename = "command-line")] command_line: &'a str }
+/// let mut buf = [0u8; 128];
+/// let n = encode_command(&mut buf, Envelope::Execute, "human-monitor-command",
+///     &HmpArgs { command_line: "info \"status\"" }, Some(7)).unwrap();
+/// assert_eq!(&buf[..n], br#"{"execute":"human-monitor-command","arguments":{"command-line":"info \"status\""},"id":7}"#);
+/// let n = encode_command(&mut buf, Envelope::ExecOob, "query-status", &(), None).unwrap();
+/// assert_eq!(&buf[..n], br#"{"exec-oob":"query-status"}"#);
+/// ```
+pub fn encode_command<A: Serialize + ?Sized>(
+    buf: &mut [u8],
+    envelope: Envelope,
+    name: &str,
+    arguments: &A,
+    id: Option<u64>,
+) -> Result<usize, EncodeError> {
+    let has_arguments = probe_arguments(arguments)?;
+    encode_with(buf, |out| {
+        out.put(match envelope {
+            Envelope::Execute => b"{\"execute\":\"",
+            Envelope::ExecOob => b"{\"exec-oob\":\"",
+        });
+        out.put_escaped(name);
+        out.put(b"\"");
+        if has_arguments {
+            out.put(b",\"arguments\":");
+            arguments.serialize(&mut Serializer { out: &mut *out })?;
+        }
+        if let Some(id) = id {
+            out.put(b",\"id\":");
+            out.put_u64(id);
+        }
+        out.put(b"}");
+        Ok(())
+    })
+}
+
+/// Whether `arguments` serialize to an object (`true`) or to `null` (`false`); anything else
+/// is an error.
+fn probe_arguments<A: Serialize + ?Sized>(arguments: &A) -> Result<bool, EncodeError> {
+    let mut head = [0u8; 4];
+    let mut out = Out {
+        buf: &mut head,
+        len: 0,
+    };
+    arguments.serialize(&mut Serializer { out: &mut out })?;
+    let len = out.len;
+    match head {
+        _ if len == 4 && &head == b"null" => Ok(false),
+        [b'{', ..] => Ok(true),
+        _ => Err(EncodeError::ArgumentsNotObject),
+    }
+}
+
+/// Encodes capability negotiation: `{"execute":"qmp_capabilities"}`, with
+/// `"arguments":{"enable":["oob"]}` when `oob` is set.
+///
+/// ```
+/// let mut buf = [0u8; 96];
+/// let n = qmp_proto::encode_capabilities(&mut buf, true, Some(1)).unwrap();
+/// assert_eq!(&buf[..n], br#"{"execute":"qmp_capabilities","arguments":{"enable":["oob"]},"id":1}"#);
+/// ```
+pub fn encode_capabilities(
+    buf: &mut [u8],
+    oob: bool,
+    id: Option<u64>,
+) -> Result<usize, EncodeError> {
+    #[derive(serde::Serialize)]
+    struct Enable {
+        enable: [&'static str; 1],
+    }
+    if oob {
+        encode_command(
+            buf,
+            Envelope::Execute,
+            "qmp_capabilities",
+            &Enable { enable: ["oob"] },
+            id,
+        )
+    } else {
+        encode_command(buf, Envelope::Execute, "qmp_capabilities", &(), id)
+    }
+}
+
+/// The serde serializer: compact JSON into an [`Out`].
+struct Serializer<'o, 'b> {
+    out: &'o mut Out<'b>,
+}
+
+/// State for sequences and maps: whether a comma is due.
+struct Compound<'s, 'o, 'b> {
+    ser: &'s mut Serializer<'o, 'b>,
+    first: bool,
+    /// Closing bytes: `]`, `}`, or `]}` / `}}` for enum variants.
+    close: &'static [u8],
+}
+
+impl Compound<'_, '_, '_> {
+    fn comma(&mut self) {
+        if !self.first {
+            self.ser.out.put(b",");
+        }
+        self.first = false;
+    }
+
+    fn key(&mut self, key: &str) {
+        self.comma();
+        self.ser.out.put(b"\"");
+        self.ser.out.put_escaped(key);
+        self.ser.out.put(b"\":");
+    }
+}
+
+impl<'s, 'o, 'b> ser::Serializer for &'s mut Serializer<'o, 'b> {
+    type Ok = ();
+    type Error = EncodeError;
+    type SerializeSeq = Compound<'s, 'o, 'b>;
+    type SerializeTuple = Compound<'s, 'o, 'b>;
+    type SerializeTupleStruct = Compound<'s, 'o, 'b>;
+    type SerializeTupleVariant = Compound<'s, 'o, 'b>;
+    type SerializeMap = Compound<'s, 'o, 'b>;
+    type SerializeStruct = Compound<'s, 'o, 'b>;
+    type SerializeStructVariant = Compound<'s, 'o, 'b>;
+
+    fn serialize_bool(self, v: bool) -> Result<(), EncodeError> {
+        self.out.put(if v { b"true" } else { b"false" });
+        Ok(())
+    }
+    fn serialize_i8(self, v: i8) -> Result<(), EncodeError> {
+        self.serialize_i64(v.into())
+    }
+    fn serialize_i16(self, v: i16) -> Result<(), EncodeError> {
+        self.serialize_i64(v.into())
+    }
+    fn serialize_i32(self, v: i32) -> Result<(), EncodeError> {
+        self.serialize_i64(v.into())
+    }
+    fn serialize_i64(self, v: i64) -> Result<(), EncodeError> {
+        self.out.put_i64(v);
+        Ok(())
+    }
+    fn serialize_i128(self, v: i128) -> Result<(), EncodeError> {
+        let _ = write!(self.out, "{v}");
+        Ok(())
+    }
+    fn serialize_u8(self, v: u8) -> Result<(), EncodeError> {
+        self.serialize_u64(v.into())
+    }
+    fn serialize_u16(self, v: u16) -> Result<(), EncodeError> {
+        self.serialize_u64(v.into())
+    }
+    fn serialize_u32(self, v: u32) -> Result<(), EncodeError> {
+        self.serialize_u64(v.into())
+    }
+    fn serialize_u64(self, v: u64) -> Result<(), EncodeError> {
+        self.out.put_u64(v);
+        Ok(())
+    }
+    fn serialize_u128(self, v: u128) -> Result<(), EncodeError> {
+        let _ = write!(self.out, "{v}");
+        Ok(())
+    }
+    fn serialize_f32(self, v: f32) -> Result<(), EncodeError> {
+        if !v.is_finite() {
+            return Err(EncodeError::Unsupported("a non-finite float"));
+        }
+        // `{:?}` is the shortest text that reads back as the same value, in JSON's syntax.
+        let _ = write!(self.out, "{v:?}");
+        Ok(())
+    }
+    fn serialize_f64(self, v: f64) -> Result<(), EncodeError> {
+        if !v.is_finite() {
+            return Err(EncodeError::Unsupported("a non-finite float"));
+        }
+        let _ = write!(self.out, "{v:?}");
+        Ok(())
+    }
+    fn serialize_char(self, v: char) -> Result<(), EncodeError> {
+        self.serialize_str(v.encode_utf8(&mut [0; 4]))
+    }
+    fn serialize_str(self, v: &str) -> Result<(), EncodeError> {
+        self.out.put(b"\"");
+        self.out.put_escaped(v);
+        self.out.put(b"\"");
+        Ok(())
+    }
+    fn serialize_bytes(self, v: &[u8]) -> Result<(), EncodeError> {
+        use ser::SerializeSeq;
+        let mut seq = self.serialize_seq(Some(v.len()))?;
+        for b in v {
+            seq.serialize_element(b)?;
+        }
+        seq.end()
+    }
+    fn serialize_none(self) -> Result<(), EncodeError> {
+        self.serialize_unit()
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), EncodeError> {
+        value.serialize(self)
+    }
+    fn serialize_unit(self) -> Result<(), EncodeError> {
+        self.out.put(b"null");
+        Ok(())
+    }
+    fn serialize_unit_struct(self, _name: &'static str) -> Result<(), EncodeError> {
+        self.serialize_unit()
+    }
+    fn serialize_unit_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+    ) -> Result<(), EncodeError> {
+        self.serialize_str(variant)
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        value: &T,
+    ) -> Result<(), EncodeError> {
+        value.serialize(self)
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        value: &T,
+    ) -> Result<(), EncodeError> {
+        self.out.put(b"{\"");
+        self.out.put_escaped(variant);
+        self.out.put(b"\":");
+        value.serialize(&mut *self)?;
+        self.out.put(b"}");
+        Ok(())
+    }
+    fn serialize_seq(self, _len: Option<usize>) -> Result<Self::SerializeSeq, EncodeError> {
+        self.out.put(b"[");
+        Ok(Compound {
+            ser: self,
+            first: true,
+            close: b"]",
+        })
+    }
+    fn serialize_tuple(self, len: usize) -> Result<Self::SerializeTuple, EncodeError> {
+        self.serialize_seq(Some(len))
+    }
+    fn serialize_tuple_struct(
+        self,
+        _name: &'static str,
+        len: usize,
+    ) -> Result<Self::SerializeTupleStruct, EncodeError> {
+        self.serialize_seq(Some(len))
+    }
+    fn serialize_tuple_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        _len: usize,
+    ) -> Result<Self::SerializeTupleVariant, EncodeError> {
+        self.out.put(b"{\"");
+        self.out.put_escaped(variant);
+        self.out.put(b"\":[");
+        Ok(Compound {
+            ser: self,
+            first: true,
+            close: b"]}",
+        })
+    }
+    fn serialize_map(self, _len: Option<usize>) -> Result<Self::SerializeMap, EncodeError> {
+        self.out.put(b"{");
+        Ok(Compound {
+            ser: self,
+            first: true,
+            close: b"}",
+        })
+    }
+    fn serialize_struct(
+        self,
+        _name: &'static str,
+        len: usize,
+    ) -> Result<Self::SerializeStruct, EncodeError> {
+        self.serialize_map(Some(len))
+    }
+    fn serialize_struct_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        _len: usize,
+    ) -> Result<Self::SerializeStructVariant, EncodeError> {
+        self.out.put(b"{\"");
+        self.out.put_escaped(variant);
+        self.out.put(b"\":{");
+        Ok(Compound {
+            ser: self,
+            first: true,
+            close: b"}}",
+        })
+    }
+    fn collect_str<T: fmt::Display + ?Sized>(self, value: &T) -> Result<(), EncodeError> {
+        self.out.put(b"\"");
+        let _ = write!(Escaping(self.out), "{value}");
+        self.out.put(b"\"");
+        Ok(())
+    }
+}
+
+macro_rules! seq_impl {
+    ($($trait:ident :: $method:ident),*) => {$(
+        impl ser::$trait for Compound<'_, '_, '_> {
+            type Ok = ();
+            type Error = EncodeError;
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), EncodeError> {
+                self.comma();
+                value.serialize(&mut *self.ser)
+            }
+            fn end(self) -> Result<(), EncodeError> {
+                self.ser.out.put(self.close);
+                Ok(())
+            }
+        }
+    )*};
+}
+seq_impl!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field
+);
+
+macro_rules! struct_impl {
+    ($($trait:ident),*) => {$(
+        impl ser::$trait for Compound<'_, '_, '_> {
+            type Ok = ();
+            type Error = EncodeError;
+            fn serialize_field<T: Serialize + ?Sized>(
+                &mut self,
+                key: &'static str,
+                value: &T,
+            ) -> Result<(), EncodeError> {
+                self.key(key);
+                value.serialize(&mut *self.ser)
+            }
+            fn end(self) -> Result<(), EncodeError> {
+                self.ser.out.put(self.close);
+                Ok(())
+            }
+        }
+    )*};
+}
+struct_impl!(SerializeStruct, SerializeStructVariant);
+
+impl ser::SerializeMap for Compound<'_, '_, '_> {
+    type Ok = ();
+    type Error = EncodeError;
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), EncodeError> {
+        self.comma();
+        key.serialize(MapKey {
+            out: &mut *self.ser.out,
+        })?;
+        self.ser.out.put(b":");
+        Ok(())
+    }
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), EncodeError> {
+        value.serialize(&mut *self.ser)
+    }
+    fn end(self) -> Result<(), EncodeError> {
+        self.ser.out.put(self.close);
+        Ok(())
+    }
+}
+
+/// Serializes map keys: JSON keys are strings, so integers, bools and chars are quoted.
+struct MapKey<'o, 'b> {
+    out: &'o mut Out<'b>,
+}
+
+impl MapKey<'_, '_> {
+    fn quoted(self, f: impl FnOnce(&mut Out<'_>)) -> Result<(), EncodeError> {
+        self.out.put(b"\"");
+        f(self.out);
+        self.out.put(b"\"");
+        Ok(())
+    }
+}
+
+type Impossible = ser::Impossible<(), EncodeError>;
+
+fn bad_key<T>() -> Result<T, EncodeError> {
+    Err(EncodeError::Unsupported("a map key that is not a string"))
+}
+
+impl ser::Serializer for MapKey<'_, '_> {
+    type Ok = ();
+    type Error = EncodeError;
+    type SerializeSeq = Impossible;
+    type SerializeTuple = Impossible;
+    type SerializeTupleStruct = Impossible;
+    type SerializeTupleVariant = Impossible;
+    type SerializeMap = Impossible;
+    type SerializeStruct = Impossible;
+    type SerializeStructVariant = Impossible;
+
+    fn serialize_bool(self, v: bool) -> Result<(), EncodeError> {
+        self.quoted(|o| o.put(if v { b"true" } else { b"false" }))
+    }
+    fn serialize_i8(self, v: i8) -> Result<(), EncodeError> {
+        self.serialize_i64(v.into())
+    }
+    fn serialize_i16(self, v: i16) -> Result<(), EncodeError> {
+        self.serialize_i64(v.into())
+    }
+    fn serialize_i32(self, v: i32) -> Result<(), EncodeError> {
+        self.serialize_i64(v.into())
+    }
+    fn serialize_i64(self, v: i64) -> Result<(), EncodeError> {
+        self.quoted(|o| o.put_i64(v))
+    }
+    fn serialize_u8(self, v: u8) -> Result<(), EncodeError> {
+        self.serialize_u64(v.into())
+    }
+    fn serialize_u16(self, v: u16) -> Result<(), EncodeError> {
+        self.serialize_u64(v.into())
+    }
+    fn serialize_u32(self, v: u32) -> Result<(), EncodeError> {
+        self.serialize_u64(v.into())
+    }
+    fn serialize_u64(self, v: u64) -> Result<(), EncodeError> {
+        self.quoted(|o| o.put_u64(v))
+    }
+    fn serialize_f32(self, _v: f32) -> Result<(), EncodeError> {
+        bad_key()
+    }
+    fn serialize_f64(self, _v: f64) -> Result<(), EncodeError> {
+        bad_key()
+    }
+    fn serialize_char(self, v: char) -> Result<(), EncodeError> {
+        self.serialize_str(v.encode_utf8(&mut [0; 4]))
+    }
+    fn serialize_str(self, v: &str) -> Result<(), EncodeError> {
+        self.quoted(|o| o.put_escaped(v))
+    }
+    fn serialize_bytes(self, _v: &[u8]) -> Result<(), EncodeError> {
+        bad_key()
+    }
+    fn serialize_none(self) -> Result<(), EncodeError> {
+        bad_key()
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, _value: &T) -> Result<(), EncodeError> {
+        bad_key()
+    }
+    fn serialize_unit(self) -> Result<(), EncodeError> {
+        bad_key()
+    }
+    fn serialize_unit_struct(self, _name: &'static str) -> Result<(), EncodeError> {
+        bad_key()
+    }
+    fn serialize_unit_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+    ) -> Result<(), EncodeError> {
+        self.serialize_str(variant)
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        value: &T,
+    ) -> Result<(), EncodeError> {
+        value.serialize(self)
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        _index: u32,
+        _variant: &'static str,
+        _value: &T,
+    ) -> Result<(), EncodeError> {
+        bad_key()
+    }
+    fn serialize_seq(self, _len: Option<usize>) -> Result<Impossible, EncodeError> {
+        bad_key()
+    }
+    fn serialize_tuple(self, _len: usize) -> Result<Impossible, EncodeError> {
+        bad_key()
+    }
+    fn serialize_tuple_struct(
+        self,
+        _name: &'static str,
+        _len: usize,
+    ) -> Result<Impossible, EncodeError> {
+        bad_key()
+    }
+    fn serialize_tuple_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        _variant: &'static str,
+        _len: usize,
+    ) -> Result<Impossible, EncodeError> {
+        bad_key()
+    }
+    fn serialize_map(self, _len: Option<usize>) -> Result<Impossible, EncodeError> {
+        bad_key()
+    }
+    fn serialize_struct(self, _name: &'static str, _len: usize) -> Result<Impossible, EncodeError> {
+        bad_key()
+    }
+    fn serialize_struct_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        _variant: &'static str,
+        _len: usize,
+    ) -> Result<Impossible, EncodeError> {
+        bad_key()
+    }
+    fn collect_str<T: fmt::Display + ?Sized>(self, value: &T) -> Result<(), EncodeError> {
+        self.out.put(b"\"");
+        let _ = write!(Escaping(self.out), "{value}");
+        self.out.put(b"\"");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::json::RawJson;
+
+    #[track_caller]
+    fn encode<T: Serialize + ?Sized>(v: &T) -> heapless::String<256> {
+        let mut buf = [0u8; 256];
+        let n = encode_json(v, &mut buf).unwrap();
+        let s = core::str::from_utf8(&buf[..n]).unwrap();
+        // Everything written must be valid JSON.
+        RawJson::parse(s).unwrap();
+        heapless::String::try_from(s).unwrap()
+    }
+
+    #[test]
+    fn strings_are_escaped_as_json_requires() {
+        assert_eq!(
+            encode("a\"b\\c\n\r\t\u{8}\u{c}\u{1}\u{1f}"),
+            r#""a\"b\\c\n\r\t\b\f\u0001\u001f""#
+        );
+        assert_eq!(encode("é😀/"), "\"é😀/\"");
+        assert_eq!(encode(&'"'), r#""\"""#);
+    }
+
+    #[test]
+    fn numbers_and_floats() {
+        assert_eq!(
+            encode(&(0u8, u64::MAX, i64::MIN, -1i32)),
+            "[0,18446744073709551615,-9223372036854775808,-1]"
+        );
+        assert_eq!(
+            encode(&(0.1f64, 1e300f64, -2.5f32, 1.0f64)),
+            "[0.1,1e300,-2.5,1.0]"
+        );
+        let mut buf = [0u8; 16];
+        assert_eq!(
+            encode_json(&f64::NAN, &mut buf),
+            Err(EncodeError::Unsupported("a non-finite float"))
+        );
+        assert_eq!(
+            encode_json(&f64::INFINITY, &mut buf),
+            Err(EncodeError::Unsupported("a non-finite float"))
+        );
+    }
+
+    #[test]
+    fn enums_and_options_follow_serde_json_conventions() {
+        #[derive(serde::Serialize)]
+        enum E {
+            Unit,
+            New(u8),
+            Tuple(u8, u8),
+            Struct { a: u8 },
+        }
+        assert_eq!(
+            encode(&[E::Unit, E::New(1), E::Tuple(1, 2), E::Struct { a: 3 }]),
+            r#"["Unit",{"New":1},{"Tuple":[1,2]},{"Struct":{"a":3}}]"#
+        );
+        assert_eq!(encode(&(None::<u8>, Some(2u8), ())), "[null,2,null]");
+        assert_eq!(encode(&b"ab"[..]), "[97,98]");
+    }
+
+    #[test]
+    fn map_keys_are_strings() {
+        let map: heapless::index_map::FnvIndexMap<u32, bool, 4> =
+            [(1, true), (2, false)].into_iter().collect();
+        assert_eq!(encode(&map), r#"{"1":true,"2":false}"#);
+        let bad: heapless::index_map::FnvIndexMap<heapless::Vec<u8, 2>, bool, 2> =
+            [(heapless::Vec::new(), true)].into_iter().collect();
+        let mut buf = [0u8; 16];
+        assert!(matches!(
+            encode_json(&bad, &mut buf),
+            Err(EncodeError::Unsupported(_))
+        ));
+    }
+
+    #[test]
+    fn commands_with_and_without_arguments() {
+        let mut buf = [0u8; 128];
+        let n = encode_command(&mut buf, Envelope::Execute, "query-status", &(), Some(1)).unwrap();
+        assert_eq!(&buf[..n], br#"{"execute":"query-status","id":1}"#);
+        let n = encode_command(&mut buf, Envelope::Execute, "stop", &None::<()>, None).unwrap();
+        assert_eq!(&buf[..n], br#"{"execute":"stop"}"#);
+        #[derive(serde::Serialize)]
+        struct Path<'a> {
+            path: &'a str,
+        }
+        let n = encode_command(
+            &mut buf,
+            Envelope::ExecOob,
+            "qom-list",
+            &Path { path: "/machine" },
+            Some(u64::MAX),
+        )
+        .unwrap();
+        assert_eq!(
+            &buf[..n],
+            br#"{"exec-oob":"qom-list","arguments":{"path":"/machine"},"id":18446744073709551615}"#
+        );
+        assert_eq!(
+            encode_command(&mut buf, Envelope::Execute, "x", &[1], None),
+            Err(EncodeError::ArgumentsNotObject)
+        );
+        assert_eq!(
+            encode_command(&mut buf, Envelope::Execute, "x", &"str", None),
+            Err(EncodeError::ArgumentsNotObject)
+        );
+    }
+
+    #[test]
+    fn too_small_buffer_is_untouched_and_says_what_it_needs() {
+        let mut buf = [b'#'; 20];
+        assert_eq!(
+            encode_capabilities(&mut buf, true, Some(1)),
+            Err(EncodeError::BufferTooSmall { needed: 68 })
+        );
+        assert_eq!(buf, [b'#'; 20]);
+        let mut exact = [0u8; 68];
+        assert_eq!(encode_capabilities(&mut exact, true, Some(1)), Ok(68));
+    }
+}

@@ -1,0 +1,677 @@
+//! The session: greeting → negotiation → command mode, ids, the in-flight table, deadlines.
+
+use core::fmt;
+
+use serde::Serialize;
+
+use crate::encode::{EncodeError, Envelope, encode_command};
+use crate::framing::{FrameError, Framer};
+use crate::message::{Greeting, Message, MessageError, QmpError, find_id};
+use crate::time::Instant;
+use crate::{Event, RawJson};
+
+/// QEMU's in-band request queue length (`QMP_REQ_QUEUE_LEN_MAX`): with more in flight, it
+/// stops reading.
+pub const QEMU_QUEUE_LEN: usize = 8;
+
+/// Where a session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum State {
+    /// Waiting for the server's greeting.
+    AwaitingGreeting,
+    /// Greeted; capabilities not negotiated yet (only `qmp_capabilities` may be sent).
+    Negotiating,
+    /// Command mode.
+    Ready,
+    /// The stream ended.
+    Closed,
+}
+
+/// The id the session gave a command; replies are matched to commands by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct CommandId(pub u64);
+
+impl fmt::Display for CommandId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// A command written into the caller's buffer: send `out[..len]` to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Sent {
+    /// The command's id; its reply or failure will carry it.
+    pub id: CommandId,
+    /// Bytes written at the start of the output buffer.
+    pub len: usize,
+}
+
+/// Why a command was not sent (local misuse or limits; nothing was written or recorded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum SendError {
+    /// The greeting has not arrived yet.
+    AwaitingGreeting,
+    /// Capabilities are not negotiated yet; only `qmp_capabilities` may be sent.
+    NotNegotiated,
+    /// [`Session::negotiate`] was called after negotiation started or completed.
+    AlreadyNegotiated,
+    /// `oob` was requested but the server's greeting did not offer it.
+    OobNotOffered,
+    /// `exec-oob` needs the `oob` capability negotiated first.
+    OobNotEnabled,
+    /// Every slot of the in-flight table is taken.
+    TableFull,
+    /// The in-band limit (by default QEMU's queue of 8) is reached.
+    QueueFull,
+    /// The stream has ended.
+    Closed,
+    /// The command could not be encoded.
+    Encode(EncodeError),
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::AwaitingGreeting => f.write_str("the server's greeting has not arrived yet"),
+            Self::NotNegotiated => f.write_str("capabilities are not negotiated yet"),
+            Self::AlreadyNegotiated => f.write_str("capabilities negotiation already started"),
+            Self::OobNotOffered => f.write_str("the server does not offer the oob capability"),
+            Self::OobNotEnabled => f.write_str("exec-oob needs the oob capability negotiated"),
+            Self::TableFull => f.write_str("too many commands in flight (table full)"),
+            Self::QueueFull => f.write_str("too many in-band commands in flight"),
+            Self::Closed => f.write_str("the connection is closed"),
+            Self::Encode(e) => write!(f, "cannot encode the command: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for SendError {}
+
+impl From<EncodeError> for SendError {
+    fn from(e: EncodeError) -> Self {
+        Self::Encode(e)
+    }
+}
+
+/// Session settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Config {
+    max_in_band: usize,
+    max_depth: u32,
+    enforce_negotiation: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_in_band: QEMU_QUEUE_LEN,
+            max_depth: crate::framing::DEFAULT_MAX_DEPTH,
+            enforce_negotiation: true,
+        }
+    }
+}
+
+impl Config {
+    /// At most `n` in-band (`execute`) commands in flight; default [`QEMU_QUEUE_LEN`].
+    pub fn max_in_band(mut self, n: usize) -> Self {
+        self.max_in_band = n.max(1);
+        self
+    }
+
+    /// The framer's nesting limit; see [`Framer::with_max_depth`].
+    pub fn max_depth(mut self, depth: u32) -> Self {
+        self.max_depth = depth;
+        self
+    }
+
+    /// Whether to refuse commands before negotiation and `exec-oob` before `oob` is enabled
+    /// (default `true`). Turn it off only to test a server's own checks, as
+    /// `qmp-shell -N` does.
+    pub fn enforce_negotiation(mut self, on: bool) -> Self {
+        self.enforce_negotiation = on;
+        self
+    }
+}
+
+/// One item the session yields from [`Session::poll`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Received<'a> {
+    /// The server's greeting (the first one; the state is now [`State::Negotiating`]).
+    Greeting(Greeting<'a>),
+    /// The outcome of a command sent through this session.
+    Reply(Reply<'a>),
+    /// An asynchronous event, in arrival order.
+    Event(Event<'a>),
+    /// Something the protocol says to drop or that went wrong without a command to blame;
+    /// the session carries on.
+    Notice(Notice<'a>),
+}
+
+/// The outcome of one command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Reply<'a> {
+    /// The command's id.
+    pub id: CommandId,
+    /// What happened.
+    pub outcome: Outcome<'a>,
+}
+
+/// What became of a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Outcome<'a> {
+    /// The server returned this value.
+    Return(RawJson<'a>),
+    /// The server answered with an error.
+    Error(QmpError<'a>),
+    /// No usable answer came; see [`Failure`].
+    Failed(Failure),
+}
+
+/// Why a command has no usable answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum Failure {
+    /// Its reply was larger than the buffer (it was skimmed and dropped).
+    TooLarge {
+        /// The reply's size in bytes.
+        size: u64,
+    },
+    /// Its reply was not a valid QMP message.
+    Malformed(MessageError),
+    /// Its deadline passed first (a reply arriving later is a [`Notice::UnmatchedReply`]).
+    TimedOut,
+    /// The stream ended first.
+    Disconnected,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooLarge { size } => write!(f, "reply of {size} bytes is larger than the buffer"),
+            Self::Malformed(e) => write!(f, "malformed reply: {e}"),
+            Self::TimedOut => f.write_str("timed out"),
+            Self::Disconnected => f.write_str("disconnected before the reply"),
+        }
+    }
+}
+
+/// Non-fatal protocol notices: the session keeps going after each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum Notice<'a> {
+    /// A reply whose id matches no command in flight (the spec says to drop it), e.g. one
+    /// that arrived after its command timed out, or a reply without an id.
+    UnmatchedReply(Message<'a>),
+    /// An error reply without an id: QEMU's answer to input it could not parse.
+    UntaggedError(QmpError<'a>),
+    /// A greeting after the first one.
+    SecondGreeting(Greeting<'a>),
+    /// The reply to a command abandoned with [`Session::abandon`], dropped as asked.
+    Discarded(CommandId),
+    /// A frame that is not a valid QMP message, with no command to tie it to.
+    Malformed {
+        /// Stream offset of the frame.
+        offset: u64,
+        /// What is wrong with it (offsets relative to the frame).
+        error: MessageError,
+    },
+    /// Bytes that could not be framed, with no command to tie them to.
+    Framing(FrameError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Negotiate { oob: bool },
+    InBand,
+    OutOfBand,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Waiting,
+    Expired,
+    Disconnected,
+    Abandoned,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    id: u64,
+    kind: Kind,
+    deadline: Option<Instant>,
+    status: Status,
+}
+
+/// Protocol state, kept apart from the framer so a frame can be borrowed while it changes.
+#[derive(Debug)]
+struct Protocol<const N: usize> {
+    state: State,
+    config: Config,
+    next_id: u64,
+    table: [Option<Pending>; N],
+    oob_offered: bool,
+    oob_enabled: bool,
+    version: Option<(u64, u64, u64)>,
+    eof: bool,
+    eof_notice: Option<FrameError>,
+}
+
+/// A QMP client session over caller storage: a [`Framer`] plus the protocol state machine.
+///
+/// `B` is the receive buffer (it bounds the largest message; see [`Framer`]) and `N` the
+/// capacity of the in-flight table. Nothing inside does I/O, reads a clock or allocates.
+///
+/// # Method families (the quinn-proto / h11 shape)
+/// - **Getters**: [`state`](Self::state), [`server_version`](Self::server_version),
+///   [`oob_offered`](Self::oob_offered), [`oob_enabled`](Self::oob_enabled),
+///   [`in_flight`](Self::in_flight).
+/// - **Input**: bytes via [`feed`](Self::feed) or [`read_buf`](Self::read_buf) +
+///   [`commit`](Self::commit); the end of the stream via [`handle_eof`](Self::handle_eof);
+///   the time via [`handle_timeout`](Self::handle_timeout).
+/// - **Commands**: [`negotiate`](Self::negotiate), [`execute`](Self::execute),
+///   [`execute_oob`](Self::execute_oob) encode into the caller's buffer and return the id;
+///   [`abandon`](Self::abandon) gives up on one.
+/// - **Output**: [`poll`](Self::poll) yields greetings, replies, events and notices in
+///   arrival order; [`poll_timeout`](Self::poll_timeout) says when to call
+///   `handle_timeout` next.
+///
+/// Call order: after putting bytes in, call `poll` until it returns `None`, then read more.
+/// Each item borrows the receive buffer, so handle (or copy) it before the next call. Events
+/// are never dropped: unread ones simply wait in the buffer, in order.
+///
+/// See the crate documentation for a whole session.
+#[derive(Debug)]
+pub struct Session<B, const N: usize = QEMU_QUEUE_LEN> {
+    framer: Framer<B>,
+    proto: Protocol<N>,
+}
+
+impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
+    /// A session reading into `buf`, with the default [`Config`].
+    pub fn new(buf: B) -> Self {
+        Self::with_config(buf, Config::default())
+    }
+
+    /// A session reading into `buf`, with `config`.
+    pub fn with_config(buf: B, config: Config) -> Self {
+        Self {
+            framer: Framer::new(buf).with_max_depth(config.max_depth),
+            proto: Protocol {
+                state: State::AwaitingGreeting,
+                config,
+                next_id: 1,
+                table: [None; N],
+                oob_offered: false,
+                oob_enabled: false,
+                version: None,
+                eof: false,
+                eof_notice: None,
+            },
+        }
+    }
+
+    /// Where the session is.
+    pub fn state(&self) -> State {
+        self.proto.state
+    }
+
+    /// The server's `(major, minor, micro)` version, once greeted.
+    pub fn server_version(&self) -> Option<(u64, u64, u64)> {
+        self.proto.version
+    }
+
+    /// Whether the greeting offered out-of-band execution.
+    pub fn oob_offered(&self) -> bool {
+        self.proto.oob_offered
+    }
+
+    /// Whether out-of-band execution was negotiated.
+    pub fn oob_enabled(&self) -> bool {
+        self.proto.oob_enabled
+    }
+
+    /// Commands sent and not yet answered (including abandoned ones still owed a reply).
+    pub fn in_flight(&self) -> usize {
+        self.proto.table.iter().flatten().count()
+    }
+
+    /// Whether `id` is still waiting for its outcome.
+    pub fn is_pending(&self, id: CommandId) -> bool {
+        self.proto
+            .table
+            .iter()
+            .flatten()
+            .any(|p| p.id == id.0 && p.status != Status::Abandoned)
+    }
+
+    /// The framer, e.g. to check [`Framer::is_full`].
+    pub fn framer(&self) -> &Framer<B> {
+        &self.framer
+    }
+
+    /// The framer, e.g. to grow its buffer through [`Framer::buffer_mut`].
+    pub fn framer_mut(&mut self) -> &mut Framer<B> {
+        &mut self.framer
+    }
+
+    /// Free room to read bytes into; follow with [`commit`](Self::commit).
+    pub fn read_buf(&mut self) -> &mut [u8] {
+        self.framer.read_buf()
+    }
+
+    /// Marks `n` bytes of [`read_buf`](Self::read_buf) as received.
+    pub fn commit(&mut self, n: usize) {
+        self.framer.commit(n);
+    }
+
+    /// Copies in as many bytes as fit and returns how many (see [`Framer::feed`]).
+    pub fn feed(&mut self, bytes: &[u8]) -> usize {
+        self.framer.feed(bytes)
+    }
+
+    /// The stream ended (the peer closed it, or the caller gave up on it). Once buffered
+    /// messages are polled, every command still in flight fails with
+    /// [`Failure::Disconnected`], and an unfinished message is reported as
+    /// [`FrameError::Truncated`].
+    pub fn handle_eof(&mut self) {
+        self.proto.eof = true;
+    }
+
+    /// The time is now `now`: commands whose deadline has passed fail with
+    /// [`Failure::TimedOut`] (yielded by [`poll`](Self::poll) after buffered messages, so a
+    /// reply already received still wins).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for p in self.proto.table.iter_mut().flatten() {
+            if p.status == Status::Waiting && p.deadline.is_some_and(|d| d <= now) {
+                p.status = Status::Expired;
+            }
+        }
+    }
+
+    /// The earliest deadline of a command still waiting, if any.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.proto
+            .table
+            .iter()
+            .flatten()
+            .filter(|p| p.status == Status::Waiting)
+            .filter_map(|p| p.deadline)
+            .min()
+    }
+
+    /// Encodes `qmp_capabilities` (with `{"enable": ["oob"]}` when `oob`) into `out`.
+    pub fn negotiate(
+        &mut self,
+        oob: bool,
+        deadline: Option<Instant>,
+        out: &mut [u8],
+    ) -> Result<Sent, SendError> {
+        match self.proto.state {
+            State::AwaitingGreeting => return Err(SendError::AwaitingGreeting),
+            State::Closed => return Err(SendError::Closed),
+            State::Ready => return Err(SendError::AlreadyNegotiated),
+            State::Negotiating => {}
+        }
+        if self
+            .proto
+            .table
+            .iter()
+            .flatten()
+            .any(|p| matches!(p.kind, Kind::Negotiate { .. }))
+        {
+            return Err(SendError::AlreadyNegotiated);
+        }
+        if oob && !self.proto.oob_offered {
+            return Err(SendError::OobNotOffered);
+        }
+        let slot = self.proto.free_slot()?;
+        let id = self.proto.next_id;
+        let len = crate::encode::encode_capabilities(out, oob, Some(id))?;
+        Ok(self
+            .proto
+            .record(slot, Kind::Negotiate { oob }, deadline, len))
+    }
+
+    /// Encodes `{"execute": name, "arguments": arguments, "id": …}` into `out`.
+    ///
+    /// `arguments` must serialize to an object, or be `&()` for none. Sending
+    /// `qmp_capabilities` this way counts as negotiating.
+    pub fn execute<A: Serialize + ?Sized>(
+        &mut self,
+        name: &str,
+        arguments: &A,
+        deadline: Option<Instant>,
+        out: &mut [u8],
+    ) -> Result<Sent, SendError> {
+        self.send(Envelope::Execute, name, arguments, deadline, out)
+    }
+
+    /// Encodes `{"exec-oob": name, …}` into `out`: run out of band, its reply may overtake
+    /// in-band ones. Needs `oob` negotiated.
+    pub fn execute_oob<A: Serialize + ?Sized>(
+        &mut self,
+        name: &str,
+        arguments: &A,
+        deadline: Option<Instant>,
+        out: &mut [u8],
+    ) -> Result<Sent, SendError> {
+        self.send(Envelope::ExecOob, name, arguments, deadline, out)
+    }
+
+    fn send<A: Serialize + ?Sized>(
+        &mut self,
+        envelope: Envelope,
+        name: &str,
+        arguments: &A,
+        deadline: Option<Instant>,
+        out: &mut [u8],
+    ) -> Result<Sent, SendError> {
+        let strict = self.proto.config.enforce_negotiation;
+        let negotiating = name == "qmp_capabilities" && envelope == Envelope::Execute;
+        match self.proto.state {
+            State::Closed => return Err(SendError::Closed),
+            State::AwaitingGreeting if strict => return Err(SendError::AwaitingGreeting),
+            State::Negotiating if strict && !negotiating => return Err(SendError::NotNegotiated),
+            _ => {}
+        }
+        if strict && envelope == Envelope::ExecOob && !self.proto.oob_enabled {
+            return Err(SendError::OobNotEnabled);
+        }
+        let slot = self.proto.free_slot()?;
+        if envelope == Envelope::Execute && self.proto.in_band() >= self.proto.config.max_in_band {
+            return Err(SendError::QueueFull);
+        }
+        let id = self.proto.next_id;
+        let len = encode_command(out, envelope, name, arguments, Some(id))?;
+        let kind = match envelope {
+            Envelope::ExecOob => Kind::OutOfBand,
+            Envelope::Execute if negotiating => Kind::Negotiate {
+                oob: out[..len].windows(5).any(|w| w == b"\"oob\""),
+            },
+            Envelope::Execute => Kind::InBand,
+        };
+        Ok(self.proto.record(slot, kind, deadline, len))
+    }
+
+    /// Gives up on a command: it no longer times out or fails, and its reply, when it comes,
+    /// is dropped as [`Notice::Discarded`]. Its slot stays taken until then, since the server
+    /// still holds the command in its queue. Returns whether `id` was pending.
+    pub fn abandon(&mut self, id: CommandId) -> bool {
+        match self.proto.table.iter_mut().flatten().find(|p| p.id == id.0) {
+            Some(p) if p.status != Status::Abandoned => {
+                p.status = Status::Abandoned;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The next greeting, reply, event or notice, or `None` when more bytes (or time) are
+    /// needed.
+    #[must_use]
+    pub fn poll(&mut self) -> Option<Received<'_>> {
+        match self.framer.next_frame_range() {
+            Some(Ok(range)) => {
+                let frame = self.framer.frame_at(range);
+                return Some(self.proto.on_frame(frame.as_bytes(), frame.offset()));
+            }
+            Some(Err(error)) => return Some(self.proto.on_frame_error(error)),
+            None => {}
+        }
+        if self.proto.eof && self.proto.state != State::Closed {
+            self.proto.eof_notice = self.framer.finish();
+            self.proto.close();
+        }
+        self.proto.next_failure()
+    }
+}
+
+impl<const N: usize> Protocol<N> {
+    fn free_slot(&self) -> Result<usize, SendError> {
+        self.table
+            .iter()
+            .position(Option::is_none)
+            .ok_or(SendError::TableFull)
+    }
+
+    fn in_band(&self) -> usize {
+        self.table
+            .iter()
+            .flatten()
+            .filter(|p| p.kind != Kind::OutOfBand)
+            .count()
+    }
+
+    fn record(&mut self, slot: usize, kind: Kind, deadline: Option<Instant>, len: usize) -> Sent {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.table[slot] = Some(Pending {
+            id,
+            kind,
+            deadline,
+            status: Status::Waiting,
+        });
+        Sent {
+            id: CommandId(id),
+            len,
+        }
+    }
+
+    /// Takes the table entry for a reply's id.
+    fn take(&mut self, id: Option<RawJson<'_>>) -> Option<Pending> {
+        let id = id?.as_u64()?;
+        self.table
+            .iter_mut()
+            .find(|p| p.is_some_and(|p| p.id == id))?
+            .take()
+    }
+
+    fn take_u64(&mut self, id: Option<u64>) -> Option<Pending> {
+        let id = id?;
+        self.table
+            .iter_mut()
+            .find(|p| p.is_some_and(|p| p.id == id))?
+            .take()
+    }
+
+    fn reply<'a>(&mut self, pending: Pending, outcome: Outcome<'a>) -> Received<'a> {
+        let id = CommandId(pending.id);
+        if let (Kind::Negotiate { oob }, Outcome::Return(_)) = (pending.kind, outcome) {
+            if self.state == State::Negotiating || self.state == State::AwaitingGreeting {
+                self.state = State::Ready;
+            }
+            self.oob_enabled |= oob;
+        }
+        if pending.status == Status::Abandoned {
+            return Received::Notice(Notice::Discarded(id));
+        }
+        Received::Reply(Reply { id, outcome })
+    }
+
+    fn on_frame<'a>(&mut self, bytes: &'a [u8], offset: u64) -> Received<'a> {
+        let message = match Message::parse(bytes) {
+            Ok(message) => message,
+            Err(error) => {
+                return match self.take(find_id(bytes)) {
+                    Some(p) => self.reply(p, Outcome::Failed(Failure::Malformed(error))),
+                    None => Received::Notice(Notice::Malformed { offset, error }),
+                };
+            }
+        };
+        match message {
+            Message::Greeting(greeting) => {
+                if self.state != State::AwaitingGreeting {
+                    return Received::Notice(Notice::SecondGreeting(greeting));
+                }
+                self.state = State::Negotiating;
+                self.oob_offered = greeting.capabilities.oob();
+                let v = greeting.version;
+                self.version = Some((v.major, v.minor, v.micro));
+                Received::Greeting(greeting)
+            }
+            Message::Event(event) => Received::Event(event),
+            Message::Return(ret) => match self.take(ret.id) {
+                Some(p) => self.reply(p, Outcome::Return(ret.value)),
+                None => Received::Notice(Notice::UnmatchedReply(message)),
+            },
+            Message::Error(err) => match (err.id, self.take(err.id)) {
+                (_, Some(p)) => self.reply(p, Outcome::Error(err.error)),
+                (None, None) => Received::Notice(Notice::UntaggedError(err.error)),
+                (Some(_), None) => Received::Notice(Notice::UnmatchedReply(message)),
+            },
+        }
+    }
+
+    fn on_frame_error<'a>(&mut self, error: FrameError) -> Received<'a> {
+        if let FrameError::TooLarge { size, id, .. } = error
+            && let Some(p) = self.take_u64(id.and_then(|id| id.as_u64()))
+        {
+            return self.reply(p, Outcome::Failed(Failure::TooLarge { size }));
+        }
+        Received::Notice(Notice::Framing(error))
+    }
+
+    fn close(&mut self) {
+        self.state = State::Closed;
+        for slot in &mut self.table {
+            match slot {
+                Some(p) if p.status == Status::Abandoned => *slot = None,
+                Some(p) => p.status = Status::Disconnected,
+                None => {}
+            }
+        }
+    }
+
+    /// Yields the notice of a truncated last message, then commands that timed out or lost
+    /// their connection.
+    fn next_failure<'a>(&mut self) -> Option<Received<'a>> {
+        if let Some(error) = self.eof_notice.take() {
+            return Some(Received::Notice(Notice::Framing(error)));
+        }
+        let slot = self.table.iter_mut().find(|p| {
+            p.is_some_and(|p| matches!(p.status, Status::Expired | Status::Disconnected))
+        })?;
+        let p = slot.take()?;
+        let failure = if p.status == Status::Expired {
+            Failure::TimedOut
+        } else {
+            Failure::Disconnected
+        };
+        Some(Received::Reply(Reply {
+            id: CommandId(p.id),
+            outcome: Outcome::Failed(failure),
+        }))
+    }
+}
