@@ -1,0 +1,159 @@
+//! Zero heap allocation in the core, checked with a counting global allocator: framing,
+//! classifying, deserializing and encoding a real session allocate nothing.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use qmp_proto::{Instant, Outcome, Received, Session};
+
+/// Counts allocations made by the current thread (tests run on several threads at once).
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.with(|n| n.set(n.get() + 1));
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as our caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.with(|n| n.set(n.get() + 1));
+        // SAFETY: same contract as our caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations() -> usize {
+    ALLOCATIONS.with(Cell::get)
+}
+
+#[test]
+fn the_counter_counts() {
+    let before = allocations();
+    let v = std::hint::black_box(vec![1u8; 10]);
+    assert_eq!(allocations(), before + 1);
+    drop(v);
+}
+
+#[test]
+fn a_whole_session_over_recorded_output_allocates_nothing() {
+    // Load the recorded data first (that allocates; it is the test's, not the core's).
+    let mixed = common::data("mixed-stream.jsonl");
+    let schema = common::data("query-qmp-schema.jsonl");
+    let mut server = common::GREETING.to_vec();
+    server.extend_from_slice(b"{\"return\": {}, \"id\": 1}\r\n");
+    let mut big = vec![0u8; 256 * 1024];
+
+    let before = allocations();
+
+    let mut session: Session<&mut [u8], 8> = Session::new(&mut big[..]);
+    let mut out = [0u8; 256];
+    let mut replies = 0u64;
+    let mut events = 0u64;
+    let feed = |session: &mut Session<&mut [u8], 8>,
+                mut bytes: &[u8],
+                replies: &mut u64,
+                events: &mut u64| {
+        while !bytes.is_empty() {
+            let n = session.feed(bytes);
+            bytes = &bytes[n..];
+            while let Some(item) = session.poll() {
+                match item {
+                    Received::Reply(r) => {
+                        *replies += 1;
+                        if let Outcome::Return(v) = r.outcome {
+                            // Deserialize on demand, borrowing from the buffer.
+                            #[derive(serde::Deserialize)]
+                            struct Name<'a> {
+                                name: &'a str,
+                            }
+                            if let Some(first) = v.elements().next() {
+                                let entry: Name<'_> = first.deserialize().unwrap();
+                                assert!(!entry.name.is_empty());
+                            }
+                        }
+                    }
+                    Received::Event(e) => {
+                        *events += 1;
+                        assert!(e.name == "STOP" || e.name == "RESUME");
+                    }
+                    _ => {}
+                }
+            }
+        }
+    };
+    feed(&mut session, &server, &mut replies, &mut events);
+    session.negotiate(false, None, &mut out).unwrap();
+    feed(
+        &mut session,
+        b"{\"return\": {}, \"id\": 1}\r\n",
+        &mut replies,
+        &mut events,
+    );
+
+    // Encode commands with arguments (strings needing escapes included).
+    #[derive(serde::Serialize)]
+    struct Args<'a> {
+        path: &'a str,
+        property: &'a str,
+        depth: u32,
+    }
+    for _ in 0..8 {
+        let sent = session
+            .execute(
+                "qom-get",
+                &Args {
+                    path: "/machine/\"peripheral\"",
+                    property: "type\n",
+                    depth: 3,
+                },
+                Some(Instant::from_millis(5)),
+                &mut out,
+            )
+            .unwrap();
+        assert!(sent.len > 0);
+    }
+    // Classify the whole recorded mixed stream and the 207 KB schema reply through the framer.
+    let mut framer = qmp_proto::Framer::new(&mut big[..]);
+    for stream in [&mixed[..], &schema[..]] {
+        let mut rest = stream;
+        while !rest.is_empty() {
+            let n = framer.feed(rest);
+            rest = &rest[n..];
+            while let Some(frame) = framer.next_frame() {
+                let frame = frame.unwrap();
+                let message = qmp_proto::Message::parse(frame.as_bytes()).unwrap();
+                if let qmp_proto::Message::Event(_) = message {
+                    events += 1;
+                } else {
+                    replies += 1;
+                }
+            }
+        }
+    }
+
+    let after = allocations();
+    assert_eq!(
+        after - before,
+        0,
+        "the core allocated {} times",
+        after - before
+    );
+    assert!(
+        replies > 8000 && events > 2000,
+        "{replies} replies, {events} events"
+    );
+}

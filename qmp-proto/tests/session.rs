@@ -1,0 +1,590 @@
+//! The session state machine, driven like a client talking to a scripted QEMU on a virtual
+//! clock. Server lines are QEMU 7.2.22's exact output shapes (see tests/data).
+
+mod common;
+
+use common::{GREETING, Got, drain, feed_all};
+use qmp_proto::{Config, Failure, FrameError, Instant, MessageError, SendError, Session, State};
+
+type Small = Session<[u8; 1024], 8>;
+
+fn ms(n: u64) -> Instant {
+    Instant::from_millis(n)
+}
+
+/// A session that has been greeted and has negotiated (command ids start after 1).
+fn ready(oob: bool) -> Small {
+    let mut s = Small::new([0; 1024]);
+    let mut out = [0u8; 128];
+    assert!(matches!(
+        feed_all(&mut s, GREETING)[..],
+        [Got::Greeting { .. }]
+    ));
+    let sent = s.negotiate(oob, None, &mut out).unwrap();
+    assert_eq!(sent.id.0, 1);
+    let got = feed_all(&mut s, b"{\"return\": {}, \"id\": 1}\r\n");
+    assert_eq!(
+        got,
+        [Got::Return {
+            id: 1,
+            value: "{}".into()
+        }]
+    );
+    assert_eq!(s.state(), State::Ready);
+    assert_eq!(s.oob_enabled(), oob);
+    s
+}
+
+fn send(s: &mut Small, name: &str) -> u64 {
+    let mut out = [0u8; 128];
+    s.execute(name, &(), None, &mut out).unwrap().id.0
+}
+
+#[test]
+fn greeting_then_negotiation_then_commands() {
+    let mut s = Small::new([0; 1024]);
+    let mut out = [0u8; 128];
+    assert_eq!(s.state(), State::AwaitingGreeting);
+    assert_eq!(
+        s.execute("query-status", &(), None, &mut out),
+        Err(SendError::AwaitingGreeting)
+    );
+    assert_eq!(
+        s.negotiate(false, None, &mut out),
+        Err(SendError::AwaitingGreeting)
+    );
+
+    let got = feed_all(&mut s, GREETING);
+    assert_eq!(
+        got,
+        [Got::Greeting {
+            version: (7, 2, 22),
+            oob: true
+        }]
+    );
+    assert_eq!(s.state(), State::Negotiating);
+    assert_eq!(s.server_version(), Some((7, 2, 22)));
+    assert!(s.oob_offered());
+
+    // Commands are refused (and nothing is written or recorded) until negotiation completes.
+    out.fill(b'#');
+    assert_eq!(
+        s.execute("query-status", &(), None, &mut out),
+        Err(SendError::NotNegotiated)
+    );
+    assert_eq!(
+        s.execute_oob("query-status", &(), None, &mut out),
+        Err(SendError::NotNegotiated)
+    );
+    assert!(out.iter().all(|&b| b == b'#'));
+    assert_eq!(s.in_flight(), 0);
+
+    let sent = s.negotiate(true, None, &mut out).unwrap();
+    assert_eq!(
+        &out[..sent.len],
+        br#"{"execute":"qmp_capabilities","arguments":{"enable":["oob"]},"id":1}"#
+    );
+    // Still refused while the negotiation is in flight; and no second negotiation.
+    assert_eq!(
+        s.execute("stop", &(), None, &mut out),
+        Err(SendError::NotNegotiated)
+    );
+    assert_eq!(
+        s.negotiate(true, None, &mut out),
+        Err(SendError::AlreadyNegotiated)
+    );
+
+    assert_eq!(
+        feed_all(&mut s, b"{\"return\": {}, \"id\": 1}\r\n"),
+        [Got::Return {
+            id: 1,
+            value: "{}".into()
+        }]
+    );
+    assert_eq!(s.state(), State::Ready);
+    assert!(s.oob_enabled());
+    let sent = s.execute("query-status", &(), None, &mut out).unwrap();
+    assert_eq!(&out[..sent.len], br#"{"execute":"query-status","id":2}"#);
+    assert_eq!(
+        s.negotiate(false, None, &mut out),
+        Err(SendError::AlreadyNegotiated)
+    );
+}
+
+#[test]
+fn oob_must_be_offered_and_negotiated() {
+    let mut s = Small::new([0; 1024]);
+    let mut out = [0u8; 128];
+    let no_oob = b"{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 22, \"minor\": 2, \"major\": 7}, \"package\": \"\"}, \"capabilities\": []}}\r\n";
+    feed_all(&mut s, no_oob);
+    assert!(!s.oob_offered());
+    assert_eq!(
+        s.negotiate(true, None, &mut out),
+        Err(SendError::OobNotOffered)
+    );
+
+    let mut s = ready(false);
+    assert_eq!(
+        s.execute_oob("query-status", &(), None, &mut out),
+        Err(SendError::OobNotEnabled)
+    );
+}
+
+#[test]
+fn failed_negotiation_leaves_the_session_negotiating() {
+    let mut s = Small::new([0; 1024]);
+    let mut out = [0u8; 128];
+    feed_all(&mut s, GREETING);
+    s.negotiate(false, None, &mut out).unwrap();
+    let got = feed_all(
+        &mut s,
+        b"{\"id\": 1, \"error\": {\"class\": \"GenericError\", \"desc\": \"nope\"}}\r\n",
+    );
+    assert_eq!(
+        got,
+        [Got::Error {
+            id: 1,
+            class: "GenericError".into(),
+            desc: "nope".into()
+        }]
+    );
+    assert_eq!(s.state(), State::Negotiating);
+    assert!(s.negotiate(false, None, &mut out).is_ok());
+}
+
+#[test]
+fn replies_match_commands_in_any_order_and_events_pass_through_in_order() {
+    let mut s = ready(true);
+    let a = send(&mut s, "stop");
+    let b = send(&mut s, "query-status");
+    let mut out = [0u8; 128];
+    let c = s
+        .execute_oob("migrate-pause", &(), None, &mut out)
+        .unwrap()
+        .id
+        .0;
+    assert_eq!(s.in_flight(), 3);
+    // The oob reply overtakes; an event caused by `stop` comes before its reply.
+    let server = format!(
+        "{{\"id\": {c}, \"error\": {{\"class\": \"GenericError\", \"desc\": \"migrate-pause is currently only supported during postcopy-active state\"}}}}\r\n\
+         {{\"timestamp\": {{\"seconds\": 1795596531, \"microseconds\": 804941}}, \"event\": \"STOP\"}}\r\n\
+         {{\"return\": {{}}, \"id\": {a}}}\r\n\
+         {{\"timestamp\": {{\"seconds\": 1795596531, \"microseconds\": 804942}}, \"event\": \"RESET\", \"data\": {{\"guest\": false, \"reason\": \"host-qmp-system-reset\"}}}}\r\n\
+         {{\"return\": {{\"status\": \"paused\", \"singlestep\": false, \"running\": false}}, \"id\": {b}}}\r\n"
+    );
+    let got = feed_all(&mut s, server.as_bytes());
+    assert_eq!(
+        got,
+        [
+            Got::Error {
+                id: c,
+                class: "GenericError".into(),
+                desc: "migrate-pause is currently only supported during postcopy-active state"
+                    .into()
+            },
+            Got::Event {
+                name: "STOP".into(),
+                data: None
+            },
+            Got::Return {
+                id: a,
+                value: "{}".into()
+            },
+            Got::Event {
+                name: "RESET".into(),
+                data: Some(r#"{"guest": false, "reason": "host-qmp-system-reset"}"#.into())
+            },
+            Got::Return {
+                id: b,
+                value: r#"{"status": "paused", "singlestep": false, "running": false}"#.into()
+            },
+        ]
+    );
+    assert_eq!(s.in_flight(), 0);
+}
+
+#[test]
+fn events_before_the_greeting_are_passed_through() {
+    let mut s = Small::new([0; 1024]);
+    let mut stream =
+        b"{\"timestamp\": {\"seconds\": 1, \"microseconds\": 2}, \"event\": \"EARLY\"}\r\n"
+            .to_vec();
+    stream.extend_from_slice(GREETING);
+    let got = feed_all(&mut s, &stream);
+    assert_eq!(
+        got[0],
+        Got::Event {
+            name: "EARLY".into(),
+            data: None
+        }
+    );
+    assert!(matches!(got[1], Got::Greeting { .. }));
+}
+
+#[test]
+fn protocol_oddities_are_typed_notices_and_the_session_carries_on() {
+    let mut s = ready(false);
+    let id = send(&mut s, "query-name");
+    let server = format!(
+        // A reply to nobody, ids of other types (QEMU echoes 1e400 as inf), an id-less error
+        // (QEMU could not parse some input), a second greeting, then the real reply.
+        "{{\"return\": {{}}, \"id\": 999}}\r\n\
+         {{\"return\": {{}}, \"id\": \"text\"}}\r\n\
+         {{\"return\": {{}}, \"id\": inf}}\r\n\
+         {{\"return\": {{}}}}\r\n\
+         {{\"error\": {{\"class\": \"GenericError\", \"desc\": \"JSON parse error, invalid keyword 'x'\"}}}}\r\n\
+         {}\
+         {{\"return\": {{}}, \"id\": {id}}}\r\n",
+        std::str::from_utf8(GREETING).unwrap()
+    );
+    let got = feed_all(&mut s, server.as_bytes());
+    assert_eq!(
+        got,
+        [
+            Got::Notice("unmatched id=999".into()),
+            Got::Notice("unmatched id=\"text\"".into()),
+            Got::Notice("unmatched id=inf".into()),
+            Got::Notice("unmatched id=".into()),
+            Got::Notice("untagged GenericError".into()),
+            Got::Notice("second greeting".into()),
+            Got::Return {
+                id,
+                value: "{}".into()
+            },
+        ]
+    );
+    assert_eq!(s.state(), State::Ready);
+}
+
+#[test]
+fn in_band_limit_is_qemus_queue_and_oob_does_not_count() {
+    let mut s = Session::<[u8; 1024], 12>::new([0; 1024]);
+    let mut out = [0u8; 128];
+    feed_all(&mut s, GREETING);
+    s.negotiate(true, None, &mut out).unwrap();
+    feed_all(&mut s, b"{\"return\": {}, \"id\": 1}\r\n");
+    for _ in 0..8 {
+        s.execute("query-status", &(), None, &mut out).unwrap();
+    }
+    assert_eq!(
+        s.execute("query-status", &(), None, &mut out),
+        Err(SendError::QueueFull)
+    );
+    // Out-of-band commands use the rest of the table.
+    for _ in 0..4 {
+        s.execute_oob("query-status", &(), None, &mut out).unwrap();
+    }
+    assert_eq!(
+        s.execute_oob("query-status", &(), None, &mut out),
+        Err(SendError::TableFull)
+    );
+    // One reply frees one in-band place.
+    feed_all(&mut s, b"{\"return\": {}, \"id\": 2}\r\n");
+    assert!(s.execute("query-status", &(), None, &mut out).is_ok());
+
+    let mut small =
+        Session::<[u8; 256], 2>::with_config([0; 256], Config::default().max_in_band(1));
+    feed_all(&mut small, GREETING);
+    small.negotiate(false, None, &mut out).unwrap();
+    feed_all(&mut small, b"{\"return\": {}, \"id\": 1}\r\n");
+    small.execute("stop", &(), None, &mut out).unwrap();
+    assert_eq!(
+        small.execute("cont", &(), None, &mut out),
+        Err(SendError::QueueFull)
+    );
+}
+
+#[test]
+fn deadlines_expire_on_the_callers_clock_but_a_buffered_reply_wins() {
+    let mut s = ready(false);
+    let mut out = [0u8; 128];
+    let a = s
+        .execute("query-status", &(), Some(ms(100)), &mut out)
+        .unwrap()
+        .id
+        .0;
+    let b = s
+        .execute("query-status", &(), Some(ms(50)), &mut out)
+        .unwrap()
+        .id
+        .0;
+    let c = s.execute("query-status", &(), None, &mut out).unwrap().id.0;
+    assert_eq!(s.poll_timeout(), Some(ms(50)));
+    s.handle_timeout(ms(49));
+    assert!(drain(&mut s).is_empty());
+
+    // b's reply arrived but was not polled before its deadline passed: the reply wins.
+    s.feed(format!("{{\"return\": {{}}, \"id\": {b}}}\r\n").as_bytes());
+    s.handle_timeout(ms(60));
+    assert_eq!(
+        drain(&mut s),
+        [Got::Return {
+            id: b,
+            value: "{}".into()
+        }]
+    );
+    assert_eq!(s.poll_timeout(), Some(ms(100)));
+
+    s.handle_timeout(ms(100));
+    assert_eq!(
+        drain(&mut s),
+        [Got::Failed {
+            id: a,
+            failure: Failure::TimedOut
+        }]
+    );
+    assert_eq!(s.poll_timeout(), None);
+    // A late reply is reported, not silently dropped, and not confused with another command.
+    let got = feed_all(
+        &mut s,
+        format!("{{\"return\": {{}}, \"id\": {a}}}\r\n").as_bytes(),
+    );
+    assert_eq!(got, [Got::Notice(format!("unmatched id={a}"))]);
+    assert!(s.is_pending(qmp_proto::CommandId(c)));
+}
+
+#[test]
+fn end_of_stream_fails_every_command_after_buffered_replies() {
+    let mut s = ready(false);
+    let a = send(&mut s, "stop");
+    let b = send(&mut s, "cont");
+    let c = send(&mut s, "query-status");
+    let base = s.framer().stream_position();
+    let replies = format!("{{\"return\": {{}}, \"id\": {a}}}\r\n");
+    let cut = "{\"return\": {\"sta";
+    s.feed(format!("{replies}{cut}").as_bytes());
+    s.handle_eof();
+    let got = drain(&mut s);
+    assert_eq!(
+        got[0],
+        Got::Return {
+            id: a,
+            value: "{}".into()
+        }
+    );
+    let truncated = FrameError::Truncated {
+        offset: base + replies.len() as u64,
+        len: cut.len() as u64,
+    };
+    assert_eq!(got[1], Got::Notice(format!("framing {truncated:?}")));
+    let mut failed: Vec<_> = got[2..].to_vec();
+    failed.sort_by_key(|g| match g {
+        Got::Failed { id, .. } => *id,
+        _ => 0,
+    });
+    assert_eq!(
+        failed,
+        [
+            Got::Failed {
+                id: b,
+                failure: Failure::Disconnected
+            },
+            Got::Failed {
+                id: c,
+                failure: Failure::Disconnected
+            }
+        ]
+    );
+    assert_eq!(s.state(), State::Closed);
+    let mut out = [0u8; 64];
+    assert_eq!(
+        s.execute("query-status", &(), None, &mut out),
+        Err(SendError::Closed)
+    );
+    assert!(drain(&mut s).is_empty());
+}
+
+#[test]
+fn abandoned_commands_keep_their_slot_until_the_late_reply_is_discarded() {
+    let mut s = ready(false);
+    let a = send(&mut s, "query-status");
+    assert!(s.abandon(qmp_proto::CommandId(a)));
+    assert!(!s.abandon(qmp_proto::CommandId(a)));
+    assert!(!s.is_pending(qmp_proto::CommandId(a)));
+    assert_eq!(s.in_flight(), 1);
+    let b = send(&mut s, "query-status");
+    let got = feed_all(
+        &mut s,
+        format!("{{\"return\": {{}}, \"id\": {a}}}\r\n{{\"return\": {{}}, \"id\": {b}}}\r\n")
+            .as_bytes(),
+    );
+    assert_eq!(
+        got,
+        [
+            Got::Notice(format!("discarded {a}")),
+            Got::Return {
+                id: b,
+                value: "{}".into()
+            }
+        ]
+    );
+    assert_eq!(s.in_flight(), 0);
+}
+
+#[test]
+fn a_reply_too_large_for_the_buffer_fails_its_own_command_only() {
+    let mut s = Session::<[u8; 192], 8>::new([0; 192]);
+    let mut out = [0u8; 128];
+    feed_all(&mut s, GREETING);
+    s.negotiate(false, None, &mut out).unwrap();
+    feed_all(&mut s, b"{\"return\": {}, \"id\": 1}\r\n");
+    let big = s
+        .execute("query-qmp-schema", &(), None, &mut out)
+        .unwrap()
+        .id
+        .0;
+    let small = s.execute("query-name", &(), None, &mut out).unwrap().id.0;
+    let mut stream = b"{\"return\": [".to_vec();
+    for i in 0..50 {
+        stream.extend_from_slice(
+            format!("{{\"name\": \"n{i}\", \"meta-type\": \"command\"}}, ").as_bytes(),
+        );
+    }
+    stream.extend_from_slice(format!("{{}}], \"id\": {big}}}\r\n").as_bytes());
+    let size = stream.len() as u64 - 2;
+    stream.extend_from_slice(format!("{{\"return\": {{}}, \"id\": {small}}}\r\n").as_bytes());
+    for chunk in [1usize, 7, 64, 4096] {
+        let mut s2 = Session::<[u8; 192], 8>::new([0; 192]);
+        feed_all(&mut s2, GREETING);
+        s2.negotiate(false, None, &mut out).unwrap();
+        feed_all(&mut s2, b"{\"return\": {}, \"id\": 1}\r\n");
+        s2.execute("query-qmp-schema", &(), None, &mut out).unwrap();
+        s2.execute("query-name", &(), None, &mut out).unwrap();
+        let mut got = Vec::new();
+        for piece in stream.chunks(chunk) {
+            got.extend(feed_all(&mut s2, piece));
+        }
+        assert_eq!(
+            got,
+            [
+                Got::Failed {
+                    id: big,
+                    failure: Failure::TooLarge { size }
+                },
+                Got::Return {
+                    id: small,
+                    value: "{}".into()
+                }
+            ],
+            "chunk {chunk}"
+        );
+    }
+    let _ = s;
+}
+
+#[test]
+fn a_malformed_reply_fails_its_command_when_its_id_can_be_read() {
+    let mut s = ready(false);
+    let a = send(&mut s, "query-status");
+    let mut stream = format!(
+        "{{\"id\": {a}, \"error\": {{\"class\": \"GenericError\"}}}}\r\n\
+         {{\"error\": {{\"desc\": \"no class\"}}}}\r\n"
+    )
+    .into_bytes();
+    stream.extend_from_slice(b"{\"return\": \"\xff\"}\r\n");
+    let got = feed_all(&mut s, &stream);
+    assert_eq!(
+        got,
+        [
+            Got::Failed {
+                id: a,
+                failure: Failure::Malformed(MessageError::MissingMember {
+                    member: "error.desc"
+                })
+            },
+            Got::Notice("malformed MissingMember { member: \"error.class\" }".into()),
+            Got::Notice("malformed InvalidUtf8 { offset: 12 }".into()),
+        ]
+    );
+}
+
+#[test]
+fn garbage_between_messages_costs_nothing_that_follows() {
+    let mut s = ready(false);
+    let a = send(&mut s, "query-status");
+    let base = s.framer().stream_position();
+    let stream = format!(
+        "\x01\x02garbage]]\r\n{{\"timestamp\": {{\"seconds\": 1, \"microseconds\": 2}}, \"event\": \"STOP\"}}\r\n\
+         [1, 2]\r\n{{\"return\": {{}}, \"id\": {a}}}\r\n"
+    );
+    let array_at = base + stream.find('[').unwrap() as u64;
+    let got = feed_all(&mut s, stream.as_bytes());
+    assert_eq!(
+        got,
+        [
+            Got::Notice(format!(
+                "framing {:?}",
+                FrameError::UnexpectedByte {
+                    offset: base,
+                    byte: 1
+                }
+            )),
+            Got::Event {
+                name: "STOP".into(),
+                data: None
+            },
+            Got::Notice(format!(
+                "framing {:?}",
+                FrameError::NotAnObject { offset: array_at }
+            )),
+            Got::Return {
+                id: a,
+                value: "{}".into()
+            },
+        ]
+    );
+}
+
+#[test]
+fn lenient_sessions_let_a_caller_test_the_servers_own_checks() {
+    let mut s = Small::with_config([0; 1024], Config::default().enforce_negotiation(false));
+    let mut out = [0u8; 128];
+    feed_all(&mut s, GREETING);
+    let early = s.execute("query-status", &(), None, &mut out).unwrap().id.0;
+    // `qmp_capabilities` sent as a plain command still counts as negotiation.
+    #[derive(serde::Serialize)]
+    struct Enable {
+        enable: [&'static str; 1],
+    }
+    let neg = s
+        .execute(
+            "qmp_capabilities",
+            &Enable { enable: ["oob"] },
+            None,
+            &mut out,
+        )
+        .unwrap()
+        .id
+        .0;
+    let got = feed_all(
+        &mut s,
+        format!(
+            "{{\"id\": {early}, \"error\": {{\"class\": \"CommandNotFound\", \"desc\": \"Expecting capabilities negotiation with 'qmp_capabilities'\"}}}}\r\n\
+             {{\"return\": {{}}, \"id\": {neg}}}\r\n"
+        )
+        .as_bytes(),
+    );
+    assert!(matches!(&got[0], Got::Error { class, .. } if class == "CommandNotFound"));
+    assert_eq!(s.state(), State::Ready);
+    assert!(s.oob_enabled());
+}
+
+#[test]
+fn encoding_errors_leave_no_trace_in_the_table() {
+    let mut s = ready(false);
+    let mut tiny = [0u8; 8];
+    assert!(matches!(
+        s.execute("query-status", &(), None, &mut tiny),
+        Err(SendError::Encode(qmp_proto::EncodeError::BufferTooSmall {
+            needed: 33
+        }))
+    ));
+    assert_eq!(s.in_flight(), 0);
+    // The id was not used up either.
+    let mut out = [0u8; 33];
+    let sent = s.execute("query-status", &(), None, &mut out).unwrap();
+    assert_eq!(
+        (sent.id.0, &out[..]),
+        (2, &br#"{"execute":"query-status","id":2}"#[..])
+    );
+}
