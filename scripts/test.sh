@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Every check and every test, as CI runs them. Installs QEMU first when it is missing.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+bash scripts/ensure-qemu.sh
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "no workspace member turns on std in a crate the freestanding firmware links"
+bash .ci/firmware-features.sh
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy -p qmp-embedded --all-targets --all-features -- -D warnings
+
+step "docs build (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps -q
+
+step "release build of the whole workspace (includes the freestanding qmp-firmware)"
+cargo build --release --workspace -q
+step "freestanding no_std check: qmp-firmware links qmp-proto and qmp-embedded with no std, no libc"
+file target/release/qmp-firmware | sed 's/, BuildID[^,]*//'
+sh .ci/firmware-size.sh target/release/qmp-firmware
+cargo build --profile firmware -p qmp-firmware -q
+sh .ci/firmware-size.sh target/firmware/qmp-firmware
+
+step "tests (unit, property, doc, and end-to-end against a real qemu-system-x86_64)"
+cargo test --workspace
