@@ -4,6 +4,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 bash scripts/ensure-qemu.sh
+target=${CARGO_TARGET_DIR:-target}
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -23,10 +24,10 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps -q
 step "release build of the whole workspace (includes the freestanding qmp-firmware)"
 cargo build --release --workspace -q
 step "freestanding no_std check: qmp-firmware links qmp-proto and qmp-embedded with no std, no libc"
-file target/release/qmp-firmware | sed 's/, BuildID[^,]*//'
-sh .ci/firmware-size.sh target/release/qmp-firmware
+file "$target/release/qmp-firmware" | sed 's/, BuildID[^,]*//'
+sh .ci/firmware-size.sh "$target/release/qmp-firmware"
 cargo build --profile firmware -p qmp-firmware -q
-sh .ci/firmware-size.sh target/firmware/qmp-firmware
+sh .ci/firmware-size.sh "$target/firmware/qmp-firmware"
 
 step "tests (unit, property, doc, and end-to-end against a real qemu-system-x86_64)"
 cargo test --workspace
