@@ -229,3 +229,159 @@ fn human_monitor_command_string_keeps_its_escapes_until_asked() {
     );
     assert!(RawJson::parse(ret.value.as_json()).is_ok());
 }
+
+/// Decodes `stream` split in two at every offset and checks each gives `reference`.
+fn every_split_matches(stream: &[u8], reference: &[String], cap: usize) {
+    for split in 1..stream.len() {
+        let mut framer = Framer::new(vec![0u8; cap]);
+        let mut got = Vec::new();
+        for part in [&stream[..split], &stream[split..]] {
+            let mut rest = part;
+            while !rest.is_empty() {
+                let n = framer.feed(rest);
+                rest = &rest[n..];
+                while let Some(frame) = framer.next_frame() {
+                    got.push(describe(Message::parse(frame.unwrap().as_bytes()).unwrap()));
+                }
+            }
+        }
+        assert_eq!(got, reference, "split at {split}");
+    }
+}
+
+#[test]
+fn session_transcript_with_ids_of_every_json_type() {
+    let bytes = data("session.jsonl");
+    let got = decode(&bytes, bytes.len(), 4096);
+    // As recorded (tests/data/commands.txt lists what the client sent for each line).
+    assert_eq!(
+        got[1],
+        "error id=\"before-negotiation\" CommandNotFound: Expecting capabilities negotiation with 'qmp_capabilities'"
+    );
+    assert_eq!(got[2], "return id= len=2 first=Some('{')");
+    assert!(got[7].starts_with("event STOP data= t="));
+    assert_eq!(
+        got[14],
+        "error id=10 GenericError: Parameter 'id' is missing"
+    );
+    assert_eq!(
+        got[16],
+        "error id=12 DeviceNotFound: Device '/no/such/path' not found"
+    );
+    assert_eq!(
+        got[19],
+        "error id=15 CommandNotFound: Capabilities negotiation is already complete, command ignored"
+    );
+    assert!(
+        got[20].starts_with(
+            "event RESET data={\"guest\": false, \"reason\": \"host-qmp-system-reset\"}"
+        )
+    );
+    assert!(got.last().unwrap().starts_with("return id=\"bye\""));
+    assert!(
+        got[got.len() - 2]
+            .starts_with("event SHUTDOWN data={\"guest\": false, \"reason\": \"host-qmp-quit\"}")
+    );
+    every_split_matches(&bytes, &got, 4096);
+
+    // Ids come back unchanged whatever their type: QEMU echoes 1e400 as `inf` (not JSON, but
+    // accepted), 2^64 as a float, and escapes every non-ASCII code point.
+    let ids: Vec<String> = bytes
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| {
+            Message::parse(l)
+                .unwrap()
+                .id()
+                .map(|i| i.as_json().to_string())
+        })
+        .collect();
+    for expected in [
+        "\"a string id\"",
+        "null",
+        "-42",
+        "0.10000000000000001",
+        "inf",
+        "-inf",
+        "18446744073709551615",
+        "1.8446744073709552e+19",
+        "[1, \"two\", null, true, false, {}]",
+    ] {
+        assert!(ids.iter().any(|i| i == expected), "{expected} in {ids:?}");
+    }
+    let unicode = bytes
+        .split(|&b| b == b'\n')
+        .find(|l| l.windows(5).any(|w| w == b"caf\\u"))
+        .unwrap();
+    let id = Message::parse(unicode)
+        .unwrap()
+        .id()
+        .unwrap()
+        .as_str()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert_eq!(id.unescape_into(&mut buf).unwrap(), "café 😀 \0 / \" \\");
+}
+
+#[test]
+fn error_transcript_untagged_parse_errors_and_envelope_errors() {
+    let bytes = data("errors.jsonl");
+    let got = decode(&bytes, 7, 1024);
+    let untagged = got
+        .iter()
+        .filter(|l| l.starts_with("error id= GenericError: JSON parse error"))
+        .count();
+    assert!(untagged >= 20, "{untagged}");
+    assert!(got.contains(&"error id= GenericError: QMP input must be a JSON object".to_string()));
+    assert!(got.contains(
+        &"error id=13 GenericError: QMP input member 'arguments' must be an object".to_string()
+    ));
+    // QEMU's own escapes of what it could not parse (a raw 0x01, U+FFFD) decode cleanly.
+    assert!(got.contains(&"error id= GenericError: JSON parse error, stray '\u{1}'".to_string()));
+    assert!(
+        got.contains(&"error id= GenericError: JSON parse error, stray '\u{fffd}'".to_string())
+    );
+    let ends = got
+        .iter()
+        .filter(|l| l.starts_with("return id=\"end-"))
+        .count();
+    assert_eq!(ends, 15);
+    every_split_matches(&bytes, &got, 1024);
+}
+
+#[test]
+fn oob_transcript_replies_overtake_in_band_ones() {
+    let bytes = data("oob.jsonl");
+    let got = decode(&bytes, 3, 1024);
+    let order: Vec<&str> = got
+        .iter()
+        .filter_map(|l| l.split("id=\"").nth(1).and_then(|r| r.split('"').next()))
+        .collect();
+    // The in-band commands were sent first, while QEMU's main loop was blocked; the
+    // out-of-band ones, sent after, were answered first (see tests/data/commands.txt).
+    assert_eq!(
+        order,
+        [
+            "oob-1", "oob-2", "oob-3", "ib-1", "ib-2", "ib-3", "ib-4", "both", "ib-5"
+        ]
+    );
+}
+
+#[test]
+fn pretty_printed_transcript_frames_by_balance() {
+    let bytes = data("pretty.jsonl");
+    assert!(
+        bytes.windows(7).any(|w| w == b"{\r\n    "),
+        "recorded with pretty=on"
+    );
+    let got = decode(&bytes, bytes.len(), 1024);
+    assert!(got[0].starts_with("greeting 7.2.22"));
+    // query-name's empty object prints as `{\r\n    }`: still an object value.
+    assert!(got.iter().any(|l| l.starts_with("event STOP")));
+    assert!(got.iter().any(|l| l.starts_with("event RESUME")));
+    assert!(got.iter().any(|l| l.starts_with("error id=")));
+    for chunk in [1, 2, 5, 64] {
+        assert_eq!(decode(&bytes, chunk, 1024), got, "chunk {chunk}");
+    }
+    every_split_matches(&bytes, &got, 1024);
+}
