@@ -31,3 +31,5 @@ sh .ci/firmware-size.sh "$target/firmware/qmp-firmware"
 
 step "tests (unit, property, doc, and end-to-end against a real qemu-system-x86_64)"
 cargo test --workspace
+step "qmp-embedded with every feature (async client, defmt logging through a host logger)"
+cargo test -p qmp-embedded --all-features

@@ -518,6 +518,26 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
         }
     }
 
+    /// Forgets a command that never reached the server (for example, writing it failed
+    /// before any byte went out): its slot is freed at once and nothing more is yielded for
+    /// it. A reply that does arrive for it later is a [`Notice::UnmatchedReply`]. Use
+    /// [`abandon`](Self::abandon) instead for a command the server may have received.
+    /// Returns whether `id` was in the table.
+    pub fn forget(&mut self, id: CommandId) -> bool {
+        match self
+            .proto
+            .table
+            .iter_mut()
+            .find(|p| p.is_some_and(|p| p.id == id.0))
+        {
+            Some(slot) => {
+                *slot = None;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The next greeting, reply, event or notice, or `None` when more bytes (or time) are
     /// needed.
     #[must_use]

@@ -588,3 +588,36 @@ fn encoding_errors_leave_no_trace_in_the_table() {
         (2, &br#"{"execute":"query-status","id":2}"#[..])
     );
 }
+
+#[test]
+fn forgotten_commands_free_their_slot_at_once() {
+    let mut s = Session::<[u8; 1024], 2>::new([0; 1024]);
+    let mut out = [0u8; 128];
+    feed_all(&mut s, GREETING);
+    s.negotiate(false, None, &mut out).unwrap();
+    feed_all(&mut s, b"{\"return\": {}, \"id\": 1}\r\n");
+    let a = s.execute("stop", &(), Some(ms(10)), &mut out).unwrap().id;
+    let b = s.execute("cont", &(), None, &mut out).unwrap().id;
+    assert_eq!(
+        s.execute("query-status", &(), None, &mut out),
+        Err(SendError::TableFull)
+    );
+    // Writing `a` failed: it never reached the server.
+    assert!(s.forget(a));
+    assert!(!s.forget(a));
+    assert_eq!(s.in_flight(), 1);
+    assert!(s.execute("query-status", &(), None, &mut out).is_ok());
+    // Nothing is yielded for it, not even at its deadline or at the end of the stream.
+    s.handle_timeout(ms(20));
+    s.handle_eof();
+    let got = drain(&mut s);
+    assert!(
+        got.iter()
+            .all(|g| !matches!(g, Got::Failed { id, .. } if *id == a.0)),
+        "{got:?}"
+    );
+    assert!(got.contains(&Got::Failed {
+        id: b.0,
+        failure: Failure::Disconnected
+    }));
+}

@@ -1,0 +1,80 @@
+//! Client settings.
+
+use core::time::Duration;
+
+/// How long a command, the greeting and a write may take by default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Client settings: the command timeout, what a 0-byte read means, and the session's own
+/// [`qmp_proto::Config`].
+///
+/// ```
+/// use core::time::Duration;
+/// let config = qmp_embedded::Config::new()
+///     .timeout(Some(Duration::from_millis(500)))
+///     .zero_read_is_eof(false);
+/// assert_eq!(config.command_timeout(), Some(Duration::from_millis(500)));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Config {
+    timeout: Option<Duration>,
+    zero_read_is_eof: bool,
+    session: qmp_proto::Config,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Config {
+    /// The defaults: a [`DEFAULT_TIMEOUT`] of 5 s, `Ok(0)` from a read is the end of the link,
+    /// and [`qmp_proto::Config::default`].
+    pub fn new() -> Self {
+        Self {
+            timeout: Some(DEFAULT_TIMEOUT),
+            zero_read_is_eof: true,
+            session: qmp_proto::Config::default(),
+        }
+    }
+
+    /// How long the greeting, a command's reply, or a write may take (`None`: forever).
+    ///
+    /// Deadlines are only checked when the link's `read` or `write` returns; see the crate
+    /// documentation on links that block.
+    pub const fn timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Whether a read that returns `Ok(0)` means the link has ended (the `embedded-io`
+    /// contract, and the default). Turn it off for a serial driver that returns `Ok(0)` when
+    /// its own read timeout expires: such reads then only let the client check its deadlines.
+    pub const fn zero_read_is_eof(mut self, eof: bool) -> Self {
+        self.zero_read_is_eof = eof;
+        self
+    }
+
+    /// The session's settings (in-band limit, nesting limit, negotiation checks).
+    pub const fn session(mut self, session: qmp_proto::Config) -> Self {
+        self.session = session;
+        self
+    }
+
+    /// The timeout in force.
+    pub const fn command_timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// Whether `Ok(0)` from a read ends the link.
+    pub const fn is_zero_read_eof(&self) -> bool {
+        self.zero_read_is_eof
+    }
+
+    /// The session's settings.
+    pub const fn session_config(&self) -> qmp_proto::Config {
+        self.session
+    }
+}

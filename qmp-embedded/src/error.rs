@@ -1,0 +1,248 @@
+//! Errors: every fault of the link or of the peer, as a value.
+
+use core::fmt;
+
+use qmp_proto::{DeserializeError, MessageError, QmpError, SendError};
+
+/// Why a client call failed. `E` is the link's error type (`embedded_io::ErrorType::Error`).
+///
+/// Faults of the **link**: [`Io`](Self::Io), [`Eof`](Self::Eof),
+/// [`WriteZero`](Self::WriteZero). Faults of the **peer**: [`Qmp`](Self::Qmp) (an error
+/// reply), [`Malformed`](Self::Malformed), [`TooLarge`](Self::TooLarge),
+/// [`Timeout`](Self::Timeout), [`Disconnected`](Self::Disconnected). **Local** limits and
+/// misuse: [`Send`](Self::Send), [`Decode`](Self::Decode).
+///
+/// After any of them the client stays usable unless the link has ended ([`Eof`](Self::Eof),
+/// then [`Disconnected`](Self::Disconnected) for every later call): a command that failed
+/// locally was never sent, and one that timed out or hit an I/O error is abandoned when the
+/// next command starts, its late reply dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum Error<E> {
+    /// The link's `read`, `write` or `flush` failed with an error other than the
+    /// `TimedOut`/`Interrupted` kinds (those only make the client check its deadlines).
+    Io(E),
+    /// The link ended (a read returned `Ok(0)`) before the answer arrived; a message cut
+    /// short by it is dropped. The session is closed from now on.
+    Eof,
+    /// The link's `write` accepted no bytes (`Ok(0)`), which `embedded-io` forbids.
+    WriteZero,
+    /// The server answered with a QMP error.
+    Qmp(ServerError),
+    /// The answer was not a valid QMP message.
+    Malformed(MessageError),
+    /// The answer was larger than the receive buffer (`RX`); it was skimmed and dropped.
+    TooLarge {
+        /// Its size in bytes.
+        size: u64,
+    },
+    /// The deadline passed first (the greeting, the reply, or a write that kept timing out).
+    /// A reply arriving later is dropped.
+    Timeout,
+    /// The session ended earlier (after [`Eof`](Self::Eof)); nothing can be sent. Start a
+    /// new client for a new connection.
+    Disconnected,
+    /// The command was not sent: negotiation not done, `exec-oob` without `oob`, the
+    /// in-flight table full, or it does not fit the transmit buffer (`TX`).
+    Send(SendError),
+    /// The `return` value did not deserialize into the requested type (or an escaped string
+    /// in it did not fit the transmit buffer used as scratch space).
+    Decode(DeserializeError),
+}
+
+impl<E> Error<E> {
+    /// The server's error reply, if that is what this is.
+    pub fn server_error(&self) -> Option<&ServerError> {
+        match self {
+            Self::Qmp(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Converts the link error with `f`, keeping every other variant.
+    pub fn map_io<F>(self, f: impl FnOnce(E) -> F) -> Error<F> {
+        match self {
+            Self::Io(e) => Error::Io(f(e)),
+            Self::Eof => Error::Eof,
+            Self::WriteZero => Error::WriteZero,
+            Self::Qmp(e) => Error::Qmp(e),
+            Self::Malformed(e) => Error::Malformed(e),
+            Self::TooLarge { size } => Error::TooLarge { size },
+            Self::Timeout => Error::Timeout,
+            Self::Disconnected => Error::Disconnected,
+            Self::Send(e) => Error::Send(e),
+            Self::Decode(e) => Error::Decode(e),
+        }
+    }
+}
+
+impl<E: fmt::Debug> fmt::Display for Error<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Io(e) => write!(f, "link I/O error: {e:?}"),
+            Self::Eof => f.write_str("the link ended"),
+            Self::WriteZero => f.write_str("the link accepted no bytes"),
+            Self::Qmp(e) => write!(f, "QMP error: {e}"),
+            Self::Malformed(e) => write!(f, "malformed reply: {e}"),
+            Self::TooLarge { size } => {
+                write!(f, "reply of {size} bytes is larger than the receive buffer")
+            }
+            Self::Timeout => f.write_str("timed out"),
+            Self::Disconnected => f.write_str("the session has ended"),
+            Self::Send(e) => write!(f, "command not sent: {e}"),
+            Self::Decode(e) => write!(f, "cannot decode the return value: {e}"),
+        }
+    }
+}
+
+impl<E: core::error::Error + 'static> core::error::Error for Error<E> {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::Io(e) => Some(e),
+            Self::Malformed(e) => Some(e),
+            Self::Send(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// A QMP error class. The set is open (later QEMUs may add classes); unknown ones are
+/// [`ErrorClass::Other`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum ErrorClass {
+    /// `GenericError`: most failures.
+    GenericError,
+    /// `CommandNotFound`: no such command, or not allowed in this state (e.g. before
+    /// negotiation).
+    CommandNotFound,
+    /// `DeviceNotActive`.
+    DeviceNotActive,
+    /// `DeviceNotFound`.
+    DeviceNotFound,
+    /// `KVMMissingCap`.
+    KvmMissingCap,
+    /// A class this crate does not know.
+    Other,
+}
+
+impl ErrorClass {
+    const NAMES: [(&'static str, ErrorClass); 5] = [
+        ("GenericError", Self::GenericError),
+        ("CommandNotFound", Self::CommandNotFound),
+        ("DeviceNotActive", Self::DeviceNotActive),
+        ("DeviceNotFound", Self::DeviceNotFound),
+        ("KVMMissingCap", Self::KvmMissingCap),
+    ];
+
+    /// The class QEMU names `name` (an unescaped string).
+    pub fn from_name(name: &str) -> Self {
+        Self::NAMES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(Self::Other, |(_, c)| *c)
+    }
+
+    /// The name QEMU uses (`"Other"` for unknown classes).
+    pub fn as_str(&self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(_, c)| c == self)
+            .map_or("Other", |(n, _)| n)
+    }
+}
+
+impl fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A QMP error reply, copied out of the receive buffer: its class, and its description
+/// unescaped and cut to [`ServerError::DESC_CAPACITY`] bytes (at a character boundary).
+///
+/// The description is for people, not for parsing (the QMP specification says so).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ServerError {
+    class: ErrorClass,
+    truncated: bool,
+    len: u8,
+    desc: [u8; ServerError::DESC_CAPACITY],
+}
+
+impl ServerError {
+    /// The most description bytes kept.
+    pub const DESC_CAPACITY: usize = 80;
+
+    /// Copies `error` (a view into a frame).
+    pub fn new(error: &QmpError<'_>) -> Self {
+        let class = match error.class.as_plain() {
+            Some(name) => ErrorClass::from_name(name),
+            None => ErrorClass::Other,
+        };
+        let mut this = Self {
+            class,
+            truncated: false,
+            len: 0,
+            desc: [0; Self::DESC_CAPACITY],
+        };
+        let mut at = 0;
+        for c in error.desc.chars() {
+            let c = c.unwrap_or(char::REPLACEMENT_CHARACTER);
+            let end = at + c.len_utf8();
+            let Some(room) = this.desc.get_mut(at..end) else {
+                this.truncated = true;
+                break;
+            };
+            c.encode_utf8(room);
+            at = end;
+        }
+        this.len = at as u8;
+        this
+    }
+
+    /// The error class.
+    pub fn class(&self) -> ErrorClass {
+        self.class
+    }
+
+    /// The description (unescaped; possibly cut, see [`is_truncated`](Self::is_truncated)).
+    pub fn desc(&self) -> &str {
+        let bytes = &self.desc[..usize::from(self.len)];
+        core::str::from_utf8(bytes).unwrap_or("")
+    }
+
+    /// Whether the description was longer than [`DESC_CAPACITY`](Self::DESC_CAPACITY).
+    pub fn is_truncated(&self) -> bool {
+        self.truncated
+    }
+}
+
+impl fmt::Debug for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerError")
+            .field("class", &self.class)
+            .field("desc", &self.desc())
+            .field("truncated", &self.truncated)
+            .finish()
+    }
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.class, self.desc())?;
+        if self.truncated {
+            f.write_str("…")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(feature = "defmt")]
+impl defmt::Format for ServerError {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(f, "{}: {=str}", self.class, self.desc());
+    }
+}
