@@ -83,6 +83,7 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod commands;
 mod encode;
 mod framing;
 mod json;

@@ -1,1 +1,106 @@
-//! placeholder
+//! A blocking QEMU Monitor Protocol (QMP) client over std streams.
+//!
+//! Built on the sans-IO core [`qmp_proto`]: the client reads straight into the session's
+//! buffer, encodes each command into one reused buffer and writes it with one system call,
+//! and decodes results straight from the received bytes into your types.
+//!
+//! - [`Client`] over any [`Stream`] (Unix socket, TCP, or your own), with
+//!   [`Client::connect_unix`] / [`Client::connect_tcp`] and [`ClientBuilder`] for options
+//!   (timeouts, maximum reply size, out-of-band execution).
+//! - Typed commands through [`Command`] (the common ones are in [`commands`]), raw ones by
+//!   name with [`serde_json::Value`] arguments, `exec-oob`, HMP, fd passing over Unix sockets.
+//! - Pipelining: [`Client::send`] several commands, [`Client::wait`] for each in any order.
+//! - Events are queued as they arrive and never lost: [`Client::events`],
+//!   [`Client::wait_event`].
+//! - Every wait is bounded; a closed or stalled peer gives each waiting command a typed
+//!   [`Error`].
+//!
+//! # Talking to QEMU
+//! ```no_run
+//! use std::time::Duration;
+//! use qmp_std::commands::{events, Cont, QueryStatus, Stop};
+//! use qmp_std::{Client, EventKind};
+//!
+//! // qemu-system-x86_64 ... -qmp unix:/tmp/qmp.sock,server=on,wait=off
+//! let mut qmp = Client::connect_unix("/tmp/qmp.sock")?;
+//! println!("QEMU {}", qmp.server().version);
+//!
+//! qmp.execute(&Stop)?;
+//! let stop = qmp.wait_event(events::Stop::NAME, Duration::from_secs(1))?;
+//! println!("paused at {:?}: {:?}", stop.timestamp, qmp.execute(&QueryStatus)?.status);
+//! qmp.execute(&Cont)?;
+//!
+//! // Commands without a type: by name, with JSON arguments.
+//! let path = qmp.execute_raw("qom-get", &serde_json::json!({"path": "/machine", "property": "type"}))?;
+//! println!("{path}");
+//! println!("{}", qmp.hmp("info status")?);
+//! # Ok::<(), qmp_std::Error>(())
+//! ```
+//!
+//! # Against an in-memory server
+//! Any `Read + Write` works. This one plays QEMU 7.2's part of a session (recorded from the
+//! real binary): the greeting, then one answer for each command written.
+//! ```
+//! use std::io::{self, Read, Write};
+//! use qmp_std::commands::{QueryStatus, RunState, Stop};
+//!
+//! struct Replay { unread: &'static [u8], answers: Vec<&'static [u8]>, sent: Vec<u8> }
+//! impl Read for Replay {
+//!     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> { self.unread.read(buf) }
+//! }
+//! impl Write for Replay {
+//!     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+//!         self.sent.extend_from_slice(buf);
+//!         self.unread = if self.answers.is_empty() { b"" } else { self.answers.remove(0) };
+//!         Ok(buf.len())
+//!     }
+//!     fn flush(&mut self) -> io::Result<()> { Ok(()) }
+//! }
+//! impl qmp_std::Stream for Replay {}
+//!
+//! let qemu = Replay {
+//!     unread: b"{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 22, \"minor\": 2, \"major\": 7}, \"package\": \"\"}, \"capabilities\": [\"oob\"]}}\r\n",
+//!     answers: vec![
+//!         b"{\"return\": {}, \"id\": 1}\r\n",
+//!         b"{\"timestamp\": {\"seconds\": 1795596531, \"microseconds\": 804941}, \"event\": \"STOP\"}\r\n\
+//!           {\"return\": {}, \"id\": 2}\r\n",
+//!         b"{\"return\": {\"status\": \"paused\", \"singlestep\": false, \"running\": false}, \"id\": 3}\r\n",
+//!     ],
+//!     sent: Vec::new(),
+//! };
+//! let mut qmp = qmp_std::Client::new(qemu)?;
+//! assert_eq!(qmp.server().version.to_string(), "7.2.22");
+//!
+//! qmp.execute(&Stop)?;
+//! assert_eq!(qmp.execute(&QueryStatus)?.status, RunState::Paused);
+//! assert_eq!(qmp.events().map(|e| e.name).collect::<Vec<_>>(), ["STOP"]);
+//! assert_eq!(
+//!     qmp.stream().sent,
+//!     br#"{"execute":"qmp_capabilities","id":1}{"execute":"stop","id":2}{"execute":"query-status","id":3}"#
+//! );
+//!
+//! // The replay is over, as if QEMU had closed the connection.
+//! assert!(matches!(qmp.execute(&QueryStatus), Err(qmp_std::Error::Disconnected)));
+//! # Ok::<(), qmp_std::Error>(())
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod client;
+pub mod commands;
+mod error;
+mod event;
+mod stream;
+#[cfg(test)]
+mod tests;
+
+pub use client::{Client, ClientBuilder, Handle, Options, ServerInfo};
+pub use commands::{Command, EventKind};
+pub use error::{Error, QmpError, Result};
+pub use event::{Event, Timestamp};
+pub use stream::{FdStream, Plain, Stream};
+
+/// The sans-IO core this client is built on.
+pub use qmp_proto;
+/// serde_json, re-exported for [`serde_json::Value`] and `json!`.
+pub use serde_json;

@@ -1,0 +1,142 @@
+//! The client's error type.
+
+use std::fmt;
+use std::io;
+
+use qmp_proto::{EncodeError, MessageError, SendError};
+
+/// An error reply from the server: `{"error": {"class": …, "desc": …}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct QmpError {
+    /// The error class, e.g. `GenericError` or `CommandNotFound`. An open set: newer QEMUs
+    /// add classes.
+    pub class: String,
+    /// A description for people, not for parsing.
+    pub desc: String,
+}
+
+impl QmpError {
+    pub(crate) fn from_view(e: &qmp_proto::QmpError<'_>) -> Self {
+        Self {
+            class: crate::event::owned_str(e.class),
+            desc: crate::event::owned_str(e.desc),
+        }
+    }
+}
+
+impl fmt::Display for QmpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.class, self.desc)
+    }
+}
+
+impl std::error::Error for QmpError {}
+
+/// Everything that can go wrong with a command or the connection.
+///
+/// - Errors that concern one command leave the connection usable: [`Error::Qmp`],
+///   [`Error::Timeout`], [`Error::TooLarge`], [`Error::Malformed`], [`Error::Decode`].
+/// - Errors that mean the connection is gone: [`Error::Disconnected`], [`Error::Stalled`],
+///   [`Error::Io`] (see [`Error::is_disconnect`]); every later command fails too, with
+///   [`Error::Disconnected`] or [`Error::Stalled`].
+/// - Errors for commands refused before anything was sent: [`Error::Refused`],
+///   [`Error::Encode`], [`Error::UnknownHandle`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The server answered with an error.
+    Qmp(QmpError),
+    /// The command's deadline (the command timeout) passed before its reply came; the
+    /// connection stays usable and the late reply is dropped.
+    Timeout,
+    /// The reply was larger than the maximum reply size; it was skipped and the connection
+    /// stays usable.
+    TooLarge {
+        /// The reply's size in bytes.
+        size: u64,
+        /// The maximum reply size in force.
+        limit: usize,
+    },
+    /// The reply was not a valid QMP message.
+    Malformed(MessageError),
+    /// The reply's value did not match the command's typed output.
+    Decode(serde_json::Error),
+    /// The server closed the connection (or it was closed earlier) before the reply.
+    Disconnected,
+    /// Nothing arrived for the read timeout while commands were waiting: the client gave up
+    /// on the connection.
+    Stalled,
+    /// An I/O error on the stream; the connection is closed.
+    Io(io::Error),
+    /// The command's arguments could not be encoded (nothing was sent).
+    Encode(EncodeError),
+    /// The command was refused locally, before anything was sent (for example `exec-oob`
+    /// without the `oob` capability negotiated).
+    Refused(SendError),
+    /// [`Client::wait`](crate::Client::wait) was given a handle this client does not know.
+    UnknownHandle,
+}
+
+impl Error {
+    /// The QMP error class, for [`Error::Qmp`].
+    pub fn qmp_class(&self) -> Option<&str> {
+        match self {
+            Error::Qmp(e) => Some(&e.class),
+            _ => None,
+        }
+    }
+
+    /// Whether the connection is gone (as opposed to one command failing).
+    pub fn is_disconnect(&self) -> bool {
+        matches!(self, Error::Disconnected | Error::Stalled | Error::Io(_))
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Qmp(e) => write!(f, "QMP error: {e}"),
+            Error::Timeout => f.write_str("timed out waiting for the reply"),
+            Error::TooLarge { size, limit } => {
+                write!(f, "reply of {size} bytes exceeds the {limit}-byte limit")
+            }
+            Error::Malformed(e) => write!(f, "malformed reply: {e}"),
+            Error::Decode(e) => write!(f, "unexpected reply value: {e}"),
+            Error::Disconnected => f.write_str("the connection to the QMP server is closed"),
+            Error::Stalled => f.write_str("the QMP server stopped sending (read timeout)"),
+            Error::Io(e) => write!(f, "I/O error: {e}"),
+            Error::Encode(e) => write!(f, "cannot encode the command: {e}"),
+            Error::Refused(e) => write!(f, "command refused: {e}"),
+            Error::UnknownHandle => f.write_str("unknown command handle"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Qmp(e) => Some(e),
+            Error::Malformed(e) => Some(e),
+            Error::Decode(e) => Some(e),
+            Error::Io(e) => Some(e),
+            Error::Encode(e) => Some(e),
+            Error::Refused(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::Io(e)
+    }
+}
+
+impl From<QmpError> for Error {
+    fn from(e: QmpError) -> Self {
+        Error::Qmp(e)
+    }
+}
+
+/// A `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
