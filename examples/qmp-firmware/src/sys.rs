@@ -16,8 +16,20 @@ mod mem;
 const SYS_READ: usize = 0;
 /// `write(2)`.
 const SYS_WRITE: usize = 1;
+/// `poll(2)`.
+const SYS_POLL: usize = 7;
+/// `clock_gettime(2)`.
+const SYS_CLOCK_GETTIME: usize = 228;
 /// `exit_group(2)`: ends every thread of the process.
 const SYS_EXIT_GROUP: usize = 231;
+
+/// `CLOCK_MONOTONIC`: time since some unspecified start, never set back.
+const CLOCK_MONOTONIC: usize = 1;
+
+/// `poll(2)` event: data to read (or the end of the file).
+pub const POLLIN: i16 = 0x1;
+/// `poll(2)` event: writing will not block.
+pub const POLLOUT: i16 = 0x4;
 
 /// A file descriptor number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,8 +51,13 @@ pub struct Errno(pub i32);
 impl Errno {
     /// Interrupted system call; the call may simply be repeated.
     pub const EINTR: Self = Self(4);
-    /// I/O error; also used when `write` makes no progress.
+    /// I/O error; also used when `write` makes no progress. A pty's slave
+    /// side reads it once the master side (QEMU) is closed.
     pub const EIO: Self = Self(5);
+    /// Try again: nothing to read or no room to write right now.
+    pub const EAGAIN: Self = Self(11);
+    /// Timed out; [`poll`] returning with nothing ready is reported as this.
+    pub const ETIMEDOUT: Self = Self(110);
 }
 
 impl fmt::Display for Errno {
@@ -48,6 +65,8 @@ impl fmt::Display for Errno {
         write!(f, "errno {}", self.0)
     }
 }
+
+impl core::error::Error for Errno {}
 
 /// Turns a raw syscall return value into a byte count or an [`Errno`].
 fn check(ret: isize) -> Result<usize, Errno> {
@@ -121,6 +140,69 @@ pub fn write_all(fd: Fd, mut buf: &[u8]) -> Result<(), Errno> {
     Ok(())
 }
 
+/// `struct pollfd` of the kernel ABI.
+#[repr(C)]
+struct PollFd {
+    fd: i32,
+    events: i16,
+    revents: i16,
+}
+
+/// Waits up to `timeout_ms` milliseconds (`-1`: forever) until `fd` has one of
+/// the `events` ([`POLLIN`], [`POLLOUT`]) or a hang-up or error, and returns
+/// the events that occurred (`0`: the time ran out).
+pub fn poll(fd: Fd, events: i16, timeout_ms: i32) -> Result<i16, Errno> {
+    let mut pfd = PollFd {
+        fd: fd.0,
+        events,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is one valid, writable `struct pollfd` that outlives the
+    // call, and `nfds` is 1; the kernel writes only its `revents`. The
+    // timeout is an `int`, sign-extended into the register as the kernel
+    // expects.
+    let ret = unsafe {
+        syscall3(
+            SYS_POLL,
+            ptr::from_mut(&mut pfd) as usize,
+            1,
+            timeout_ms as isize as usize,
+        )
+    };
+    check(ret)?;
+    Ok(pfd.revents)
+}
+
+/// `struct timespec` of the kernel ABI.
+#[repr(C)]
+struct Timespec {
+    tv_sec: i64,
+    tv_nsec: i64,
+}
+
+/// The time on `CLOCK_MONOTONIC`, in microseconds.
+pub fn monotonic_micros() -> Result<u64, Errno> {
+    let mut ts = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable `struct timespec` that outlives the
+    // call, which writes nothing else. (A raw system call rather than the
+    // vDSO: slower, but there is no libc to find the vDSO for us.)
+    let ret = unsafe {
+        syscall3(
+            SYS_CLOCK_GETTIME,
+            CLOCK_MONOTONIC,
+            ptr::from_mut(&mut ts) as usize,
+            0,
+        )
+    };
+    check(ret)?;
+    let secs = u64::try_from(ts.tv_sec).map_err(|_| Errno::EIO)?;
+    let micros = u64::try_from(ts.tv_nsec / 1000).map_err(|_| Errno::EIO)?;
+    Ok(secs.saturating_mul(1_000_000).saturating_add(micros))
+}
+
 /// Ends the process with exit status `code` (only the low 8 bits count).
 pub fn exit(code: i32) -> ! {
     // SAFETY: exit_group takes no pointers and does not return; nothing is
@@ -132,17 +214,6 @@ pub fn exit(code: i32) -> ! {
             in("rdi") code as isize,
             options(noreturn, nostack),
         );
-    }
-}
-
-/// Unbuffered [`fmt::Write`] adapter that sends everything to a file
-/// descriptor with [`write_all`].
-#[derive(Debug, Clone, Copy)]
-pub struct FdWriter(pub Fd);
-
-impl fmt::Write for FdWriter {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        write_all(self.0, s.as_bytes()).map_err(|_| fmt::Error)
     }
 }
 
