@@ -7,4 +7,4 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 bash "$here/scripts/ensure-qemu.sh"
 cd "$here"
 cargo build --release -q -p qmp-examples --bin qmp-shell
-exec "$here/target/release/qmp-shell" "$@"
+exec "${CARGO_TARGET_DIR:-$here/target}/release/qmp-shell" "$@"
