@@ -6,7 +6,10 @@
 //! non-finite floats are refused rather than written as invalid JSON.
 //!
 //! Every function measures first and writes second, so on error the buffer is untouched and
-//! [`EncodeError::BufferTooSmall`] says how many bytes the command needs.
+//! [`EncodeError::BufferTooSmall`] says how many bytes the command needs. (The one exception:
+//! a value whose `Serialize` or `Display` writes something else the second time it is asked
+//! is refused with [`EncodeError::Custom`] after the second pass, so the buffer may then hold
+//! part of it; it never yields a length longer than the buffer.)
 
 use core::fmt::{self, Write as _};
 
@@ -27,7 +30,8 @@ pub enum EncodeError {
     /// A value JSON cannot represent: a non-finite float, or a map key that is not a string,
     /// integer, bool or char.
     Unsupported(&'static str),
-    /// The value's `Serialize` implementation failed (its message is not kept: no allocation).
+    /// The value's `Serialize` implementation failed (its message is not kept: no
+    /// allocation), or wrote something else the second time (see the module docs).
     Custom,
 }
 
@@ -171,6 +175,11 @@ fn encode_with(
     }
     let mut out = Out { buf, len: 0 };
     write(&mut out)?;
+    // A value that serialized differently the second time (a `Serialize` or `Display` with
+    // side effects) must not be reported as written: the bytes may not all be there.
+    if out.len != measure.len {
+        return Err(EncodeError::Custom);
+    }
     Ok(out.len)
 }
 

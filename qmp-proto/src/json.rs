@@ -241,10 +241,23 @@ impl Iterator for Chars<'_> {
     }
 }
 
-/// A complete, validated JSON value, borrowed from a frame as raw text.
+/// One JSON value, borrowed from a frame as raw text.
 ///
 /// Deserialize it when you need it ([`RawJson::deserialize`]), or look at it without serde
 /// ([`RawJson::as_u64`], [`RawJson::as_str`], [`RawJson::members`], [`RawJson::elements`]).
+///
+/// # How much is checked
+/// A `RawJson` from [`RawJson::parse`] is fully validated. One handed out by
+/// [`Message::parse`](crate::Message::parse) or [`Frame::message`](crate::Frame::message) is
+/// fully validated too when it is a scalar or part of the envelope (`id`, `error`,
+/// `timestamp`, `QMP`), but the object or array of a `return` or `data` member (and of
+/// unknown members) is only checked *structurally*, so that classifying a large reply does
+/// not cost a second pass over it: its brackets balance, its strings are closed and hold no
+/// raw control characters, and the frame is UTF-8. The grammar inside (commas, colons,
+/// numbers, literals, escape sequences, which bracket closes which) is checked when it is
+/// used: [`RawJson::deserialize`] validates as it parses and fails on bad JSON, the
+/// iterators stop at the first error, and [`RawJson::validate`] checks the whole value up
+/// front. Nothing reads past the value's text either way.
 ///
 /// QEMU can write the non-finite numbers `inf`, `-inf` and `nan` (it echoes an id of `1e400`
 /// as `inf`); they are accepted as number tokens here so such a message still classifies.
@@ -290,6 +303,22 @@ impl<'a> RawJson<'a> {
 
     pub(crate) const fn new_unchecked(text: &'a str) -> Self {
         Self { text }
+    }
+
+    /// Checks the whole value against the JSON grammar (with QEMU's non-finite numbers), as
+    /// [`RawJson::parse`] does: needed only for values that classification checked just
+    /// structurally (see [How much is checked](RawJson#how-much-is-checked)). The offset of
+    /// an error counts from the start of the value.
+    ///
+    /// ```
+    /// use qmp_proto::{Message, SyntaxError};
+    /// let Ok(Message::Return(ret)) = Message::parse(br#"{"return": {"a" 1}, "id": 1}"#) else {
+    ///     unreachable!()
+    /// };
+    /// assert_eq!(ret.value.validate(), Err(SyntaxError { offset: 5 }));
+    /// ```
+    pub fn validate(&self) -> Result<(), SyntaxError> {
+        Self::parse(self.text).map(|_| ())
     }
 
     /// The value's JSON text, exactly as received.
@@ -486,6 +515,51 @@ impl fmt::Display for SyntaxError {
 
 impl core::error::Error for SyntaxError {}
 
+/// Bytes that end a run of plain string characters: `"`, `\\` and control characters.
+static STRING_STOP: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// High bit set in each byte of `w` that is `"`, `\\` or a control character (exactly those).
+#[inline(always)]
+fn string_stops(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+    let zero = |t: u64| !(((t & LOW7) + LOW7) | t) & HIGH;
+    let control = !(((w & LOW7) + ONES * 0x60) | w) & HIGH;
+    zero(w ^ (ONES * u64::from(b'"'))) | zero(w ^ (ONES * u64::from(b'\\'))) | control
+}
+
+/// How many bytes at the start of `bytes` are plain string characters (not `"`, `\\` or a
+/// control character).
+#[inline]
+pub(crate) fn plain_run(bytes: &[u8]) -> usize {
+    let mut n = 0;
+    while let Some(word) = bytes.get(n..).and_then(|b| b.first_chunk::<8>()) {
+        let stops = string_stops(u64::from_le_bytes(*word));
+        if stops != 0 {
+            return n + (stops.trailing_zeros() / 8) as usize;
+        }
+        n += 8;
+    }
+    while let Some(&b) = bytes.get(n) {
+        if STRING_STOP[usize::from(b)] {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
 /// A validating, non-recursive JSON cursor over text that is already known to be UTF-8.
 #[derive(Debug, Clone)]
 pub(crate) struct Cursor<'a> {
@@ -535,13 +609,7 @@ impl<'a> Cursor<'a> {
         let start = self.pos;
         let bytes = self.text.as_bytes();
         loop {
-            // Skip plain characters quickly: anything but '"', '\\' and control characters.
-            while let Some(&b) = bytes.get(self.pos) {
-                if b == b'"' || b == b'\\' || b < 0x20 {
-                    break;
-                }
-                self.pos += 1;
-            }
+            self.pos += plain_run(bytes.get(self.pos..).unwrap_or_default());
             match bytes.get(self.pos) {
                 Some(b'"') => {
                     let body = &self.text[start..self.pos];
@@ -629,7 +697,58 @@ impl<'a> Cursor<'a> {
     }
 
     /// Parses and validates one value at the cursor, without recursion.
+    #[inline]
     pub(crate) fn value(&mut self) -> Result<RawJson<'a>, SyntaxError> {
+        self.value_within(MAX_SUPPORTED_DEPTH)
+    }
+
+    /// Like [`Cursor::value`]; when the value is an object, also returns the values of its
+    /// members named `keys` (the first of each, as [`RawJson::get`] finds), found in the same
+    /// pass.
+    pub(crate) fn value_with_members<const K: usize>(
+        &mut self,
+        keys: [&str; K],
+    ) -> Result<(RawJson<'a>, [Option<RawJson<'a>>; K]), SyntaxError> {
+        let mut found = [None; K];
+        let start = self.pos;
+        if !self.eat(b'{') {
+            return Ok((self.value()?, found));
+        }
+        self.skip_ws();
+        if !self.eat(b'}') {
+            loop {
+                let key = self.member_key()?;
+                // The object itself is one level of the depth limit.
+                let value = self.value_within(MAX_SUPPORTED_DEPTH - 1)?;
+                if let Some(slot) = keys.iter().position(|k| key.eq_str(k)) {
+                    found[slot].get_or_insert(value);
+                }
+                self.skip_ws();
+                if self.eat(b',') {
+                    self.skip_ws();
+                    continue;
+                }
+                self.expect(b'}')?;
+                break;
+            }
+        }
+        Ok((RawJson::new_unchecked(&self.text[start..self.pos]), found))
+    }
+
+    /// [`Cursor::value`] with at most `limit` levels of nesting.
+    #[inline]
+    fn value_within(&mut self, limit: u32) -> Result<RawJson<'a>, SyntaxError> {
+        let start = self.pos;
+        if !matches!(self.peek(), Some(b'{' | b'[')) {
+            // A scalar: no nesting to track.
+            self.scalar()?;
+            return Ok(RawJson::new_unchecked(&self.text[start..self.pos]));
+        }
+        self.nested_within(limit)
+    }
+
+    /// [`Cursor::value_within`] for an object or array.
+    fn nested_within(&mut self, limit: u32) -> Result<RawJson<'a>, SyntaxError> {
         let start = self.pos;
         // One bit per open container: 1 = object, 0 = array.
         let mut stack: u128 = 0;
@@ -638,7 +757,7 @@ impl<'a> Cursor<'a> {
             // Here a value is expected.
             match self.peek() {
                 Some(open @ (b'{' | b'[')) => {
-                    if depth == MAX_SUPPORTED_DEPTH {
+                    if depth == limit {
                         return Err(self.err());
                     }
                     self.pos += 1;
@@ -683,31 +802,40 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    /// Passes over one value at the cursor without checking the grammar inside objects and
+    /// arrays: those are only checked structurally (see [`crate::framing::skip_nested`]), or
+    /// not at all when `known_end` says where the one starting here ends (the framer found
+    /// it). Scalars are validated as by [`Cursor::value`].
+    pub(crate) fn skim_value(
+        &mut self,
+        known_end: Option<usize>,
+    ) -> Result<RawJson<'a>, SyntaxError> {
+        let start = self.pos;
+        let bytes = self.text.as_bytes();
+        if !matches!(bytes.get(start), Some(b'{' | b'[')) {
+            return self.value();
+        }
+        // A known end must close a bracket; otherwise it is not trusted.
+        let end = match known_end {
+            Some(end) if end > start && matches!(bytes.get(end - 1), Some(b'}' | b']')) => end,
+            _ => crate::framing::skip_nested(bytes, start, MAX_SUPPORTED_DEPTH)
+                .map_err(|offset| SyntaxError { offset })?,
+        };
+        let text = self
+            .text
+            .get(start..end)
+            .ok_or(SyntaxError { offset: start })?;
+        self.pos = end;
+        Ok(RawJson::new_unchecked(text))
+    }
+
     /// Parses `"key" :` and the whitespace after it.
-    fn member_key(&mut self) -> Result<JsonStr<'a>, SyntaxError> {
+    pub(crate) fn member_key(&mut self) -> Result<JsonStr<'a>, SyntaxError> {
         let key = self.string()?;
         self.skip_ws();
         self.expect(b':')?;
         self.skip_ws();
         Ok(key)
-    }
-
-    /// Parses the next member of an object whose `{` was consumed: `Ok(None)` at `}`.
-    pub(crate) fn next_member(
-        &mut self,
-        first: bool,
-    ) -> Result<Option<(JsonStr<'a>, RawJson<'a>)>, SyntaxError> {
-        self.skip_ws();
-        if self.eat(b'}') {
-            return Ok(None);
-        }
-        if !first {
-            self.expect(b',')?;
-            self.skip_ws();
-        }
-        let key = self.member_key()?;
-        let value = self.value()?;
-        Ok(Some((key, value)))
     }
 }
 
@@ -716,6 +844,17 @@ fn parse_u64(text: &[u8]) -> Option<u64> {
         return None;
     }
     let mut v: u64 = 0;
+    if text.len() <= 19 {
+        // At most 19 digits cannot overflow.
+        for &d in text {
+            let digit = d.wrapping_sub(b'0');
+            if digit > 9 {
+                return None;
+            }
+            v = v * 10 + u64::from(digit);
+        }
+        return Some(v);
+    }
     for &d in text {
         if !d.is_ascii_digit() {
             return None;
@@ -886,6 +1025,18 @@ mod tests {
             Some(i64::MIN)
         );
         assert_eq!(RawJson::parse("1.5").unwrap().as_u64(), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn integers_read_as_rust_reads_them(n: u64, i: i64, junk in "[0-9+-]{0,22}") {
+            proptest::prop_assert_eq!(parse_u64(std::format!("{n}").as_bytes()), Some(n));
+            proptest::prop_assert_eq!(parse_i64(std::format!("{i}").as_bytes()), Some(i));
+            // Rust also accepts a leading `+` and leading zeros, which JSON does not.
+            let json_like = !(junk.starts_with('+') || (junk.len() > 1 && junk.starts_with('0')));
+            let expected = junk.parse::<u64>().ok().filter(|_| json_like);
+            proptest::prop_assert_eq!(parse_u64(junk.as_bytes()), expected);
+        }
     }
 
     #[test]

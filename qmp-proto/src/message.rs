@@ -5,7 +5,8 @@
 
 use core::fmt;
 
-use crate::json::{Cursor, JsonStr, RawJson, SyntaxError};
+use crate::framing::Spans;
+use crate::json::{Cursor, JsonStr, MAX_SUPPORTED_DEPTH, RawJson, SyntaxError};
 
 /// One message from the server, borrowing the frame it was read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,8 +194,9 @@ impl From<SyntaxError> for MessageError {
     }
 }
 
-/// The top-level members classification cares about.
-#[derive(Default)]
+/// The top-level members classification cares about, and the members of `error` and
+/// `timestamp`, picked out in the same pass.
+#[derive(Debug, Default, PartialEq)]
 struct Members<'a> {
     qmp: Option<RawJson<'a>>,
     ret: Option<RawJson<'a>>,
@@ -203,19 +205,30 @@ struct Members<'a> {
     event: Option<RawJson<'a>>,
     data: Option<RawJson<'a>>,
     timestamp: Option<RawJson<'a>>,
+    /// `error.class`, `error.desc`.
+    error_members: [Option<RawJson<'a>>; 2],
+    /// `timestamp.seconds`, `timestamp.microseconds`.
+    timestamp_members: [Option<RawJson<'a>>; 2],
 }
 
 const KEYS: [&str; 7] = ["QMP", "return", "error", "id", "event", "data", "timestamp"];
+const QMP: usize = 0;
+const RETURN: usize = 1;
+const ERROR: usize = 2;
+const ID: usize = 3;
+const EVENT: usize = 4;
+const DATA: usize = 5;
+const TIMESTAMP: usize = 6;
 
 impl<'a> Members<'a> {
     fn slot(&mut self, index: usize) -> &mut Option<RawJson<'a>> {
         match index {
-            0 => &mut self.qmp,
-            1 => &mut self.ret,
-            2 => &mut self.error,
-            3 => &mut self.id,
-            4 => &mut self.event,
-            5 => &mut self.data,
+            QMP => &mut self.qmp,
+            RETURN => &mut self.ret,
+            ERROR => &mut self.error,
+            ID => &mut self.id,
+            EVENT => &mut self.event,
+            DATA => &mut self.data,
             _ => &mut self.timestamp,
         }
     }
@@ -223,7 +236,16 @@ impl<'a> Members<'a> {
 
 fn key_index(key: JsonStr<'_>) -> Option<usize> {
     match key.as_plain() {
-        Some(plain) => KEYS.iter().position(|k| *k == plain),
+        Some(plain) => match plain {
+            "QMP" => Some(QMP),
+            "return" => Some(RETURN),
+            "error" => Some(ERROR),
+            "id" => Some(ID),
+            "event" => Some(EVENT),
+            "data" => Some(DATA),
+            "timestamp" => Some(TIMESTAMP),
+            _ => None,
+        },
         None => KEYS.iter().position(|k| key.eq_str(k)),
     }
 }
@@ -233,36 +255,94 @@ fn offset_in(outer: &str, inner: RawJson<'_>) -> usize {
     (inner.as_json().as_ptr() as usize).saturating_sub(outer.as_ptr() as usize)
 }
 
-/// Walks a frame's top-level members. On a syntax error the members seen so far are returned
-/// with the error, so that even a broken reply can be tied to its id.
-fn walk(frame: &[u8]) -> (Members<'_>, &str, Result<(), MessageError>) {
-    let mut members = Members::default();
-    let text = match core::str::from_utf8(frame) {
-        Ok(text) => text,
+/// Walks a frame's top-level members into `members`. On a syntax error the members seen so
+/// far are kept, so that even a broken reply can be tied to its id.
+fn walk<'a>(
+    frame: &'a [u8],
+    spans: &Spans,
+    members: &mut Members<'a>,
+) -> (&'a str, Result<(), MessageError>) {
+    match core::str::from_utf8(frame) {
+        Ok(text) => (text, walk_text(text, spans, members)),
         Err(e) => {
             // Walk the valid prefix for an id, then report the encoding error.
             let valid = core::str::from_utf8(&frame[..e.valid_up_to()]).unwrap_or("");
-            let (prefix, _, _) = walk_text(valid);
+            let mut prefix = Members::default();
+            let _ = walk_text(valid, spans, &mut prefix);
             members.id = prefix.id;
             let error = MessageError::InvalidUtf8 {
                 offset: e.valid_up_to(),
             };
-            return (members, valid, Err(error));
+            (valid, Err(error))
         }
-    };
-    walk_text(text)
+    }
 }
 
-fn walk_text(text: &str) -> (Members<'_>, &str, Result<(), MessageError>) {
-    let mut members = Members::default();
+fn walk_text<'a>(
+    text: &'a str,
+    spans: &Spans,
+    members: &mut Members<'a>,
+) -> Result<(), MessageError> {
+    if canonical(text, spans.as_slice(), members).is_some() {
+        return Ok(());
+    }
+    *members = Members::default();
+    walk_general(text, spans, members)
+}
+
+/// The walk for any valid JSON object, and the errors for invalid ones.
+fn walk_general<'a>(
+    text: &'a str,
+    spans: &Spans,
+    members: &mut Members<'a>,
+) -> Result<(), MessageError> {
     let mut cur = Cursor::new(text);
-    let result = (|| {
+    let mut spans = spans.as_slice();
+    {
         cur.skip_ws();
         cur.expect(b'{')?;
         let mut first = true;
-        while let Some((key, value)) = cur.next_member(first)? {
+        loop {
+            cur.skip_ws();
+            if cur.eat(b'}') {
+                break;
+            }
+            if !first {
+                cur.expect(b',')?;
+                cur.skip_ws();
+            }
             first = false;
-            if let Some(index) = key_index(key) {
+            let key = cur.member_key()?;
+            let index = key_index(key);
+            let value = match index {
+                Some(RETURN | DATA) | None => {
+                    // Where the framer saw this value end, if it starts here.
+                    let at = cur.pos;
+                    while spans
+                        .first()
+                        .is_some_and(|&(start, _)| (start as usize) < at)
+                    {
+                        spans = &spans[1..];
+                    }
+                    let known_end = match spans.first() {
+                        Some(&(start, end)) if start as usize == at => Some(end as usize),
+                        _ => None,
+                    };
+                    cur.skim_value(known_end)?
+                }
+                Some(ERROR) if members.error.is_none() => {
+                    let (value, found) = cur.value_with_members(["class", "desc"])?;
+                    members.error_members = found;
+                    value
+                }
+                Some(TIMESTAMP) if members.timestamp.is_none() => {
+                    let (value, found) = cur.value_with_members(["seconds", "microseconds"])?;
+                    members.timestamp_members = found;
+                    value
+                }
+                Some(_) => cur.value()?,
+            };
+            if let Some(index) = index {
                 let slot = members.slot(index);
                 if slot.is_some() {
                     return Err(MessageError::DuplicateMember {
@@ -278,12 +358,237 @@ fn walk_text(text: &str) -> (Members<'_>, &str, Result<(), MessageError>) {
             return Err(MessageError::Syntax { offset: cur.pos });
         }
         Ok(())
-    })();
-    (members, text, result)
+    }
+}
+
+/// The envelope exactly as QEMU writes it, recognised without the general walk: members
+/// separated by `", "`, keys by `": "`, only the keys classification knows, each once, scalar
+/// members that are plain (unescaped) strings or integers, and `timestamp` and `error` in
+/// the shape QEMU gives them. What is accepted here is valid JSON, and the general walk
+/// would find the same members; anything else (other spacing, escapes, unknown keys,
+/// duplicates, floats, a greeting) returns `None` and goes the general way.
+fn canonical<'a>(text: &'a str, mut spans: &[(u32, u32)], m: &mut Members<'a>) -> Option<()> {
+    let b = text.as_bytes();
+    if b.first() != Some(&b'{') {
+        return None;
+    }
+    let raw = |start: usize, end: usize| text.get(start..end).map(RawJson::new_unchecked);
+    let mut pos = 1;
+    if b.get(pos) == Some(&b'}') {
+        return (b.len() == 2).then_some(());
+    }
+    loop {
+        // `"key": `
+        let (index, key): (usize, &[u8]) = match b.get(pos + 1)? {
+            b'r' => (RETURN, b"\"return\": "),
+            b'i' => (ID, b"\"id\": "),
+            b't' => (TIMESTAMP, b"\"timestamp\": "),
+            b'e' if b.get(pos + 2) == Some(&b'v') => (EVENT, b"\"event\": "),
+            b'e' => (ERROR, b"\"error\": "),
+            b'd' => (DATA, b"\"data\": "),
+            _ => return None,
+        };
+        if !b.get(pos..)?.starts_with(key) || m.slot(index).is_some() {
+            return None;
+        }
+        pos += key.len();
+        let start = pos;
+        let value = match index {
+            RETURN | DATA => match b.get(pos)? {
+                b'{' | b'[' => {
+                    while spans.first().is_some_and(|&(s, _)| (s as usize) < pos) {
+                        spans = &spans[1..];
+                    }
+                    let known = spans.first().and_then(|&(s, end)| {
+                        let end = end as usize;
+                        let closes = matches!(b.get(end.checked_sub(1)?), Some(b'}' | b']'));
+                        (s as usize == pos && closes).then_some(end)
+                    });
+                    let end = match known {
+                        Some(end) => end,
+                        // Not from the framer: skip it here.
+                        None => crate::framing::skip_nested(b, pos, MAX_SUPPORTED_DEPTH).ok()?,
+                    };
+                    pos = end;
+                    raw(start, end)?
+                }
+                b'"' => {
+                    pos = string_end(text, pos)?;
+                    raw(start, pos)?
+                }
+                _ => return None,
+            },
+            ID => {
+                pos = integer(b, pos, false)?;
+                raw(start, pos)?
+            }
+            EVENT => {
+                pos = string_end(text, pos)?;
+                raw(start, pos)?
+            }
+            TIMESTAMP => {
+                let seconds = pos + br#"{"seconds": "#.len();
+                if !b.get(pos..)?.starts_with(br#"{"seconds": "#) {
+                    return None;
+                }
+                let seconds_end = integer(b, seconds, true)?;
+                let micros = seconds_end + br#", "microseconds": "#.len();
+                if !b.get(seconds_end..)?.starts_with(br#", "microseconds": "#) {
+                    return None;
+                }
+                let micros_end = integer(b, micros, true)?;
+                if b.get(micros_end) != Some(&b'}') {
+                    return None;
+                }
+                m.timestamp_members = [raw(seconds, seconds_end), raw(micros, micros_end)];
+                pos = micros_end + 1;
+                raw(start, pos)?
+            }
+            _ => {
+                // ERROR
+                let class = pos + br#"{"class": "#.len();
+                if !b.get(pos..)?.starts_with(br#"{"class": "#) {
+                    return None;
+                }
+                let class_end = string_end(text, class)?;
+                let desc = class_end + br#", "desc": "#.len();
+                if !b.get(class_end..)?.starts_with(br#", "desc": "#) {
+                    return None;
+                }
+                let desc_end = string_end(text, desc)?;
+                if b.get(desc_end) != Some(&b'}') {
+                    return None;
+                }
+                m.error_members = [raw(class, class_end), raw(desc, desc_end)];
+                pos = desc_end + 1;
+                raw(start, pos)?
+            }
+        };
+        *m.slot(index) = Some(value);
+        match b.get(pos)? {
+            b',' if b.get(pos + 1..pos + 3) == Some(b" \"") => pos += 2,
+            b'}' if pos + 1 == b.len() => return Some(()),
+            _ => return None,
+        }
+    }
+}
+
+/// The end of the valid string starting at `text[pos]` (just past its closing quote).
+#[inline]
+fn string_end(text: &str, pos: usize) -> Option<usize> {
+    let b = text.as_bytes();
+    if b.get(pos) != Some(&b'"') {
+        return None;
+    }
+    let end = pos + 1 + crate::json::plain_run(b.get(pos + 1..)?);
+    match b.get(end)? {
+        b'"' => Some(end + 1),
+        b'\\' => {
+            // Escapes: the general string parser checks them.
+            let mut cur = Cursor::new(text);
+            cur.pos = pos;
+            cur.string().ok()?;
+            Some(cur.pos)
+        }
+        _ => None,
+    }
+}
+
+/// The end of the integer starting at `b[pos]` (`0` or a digit 1-9 and more digits, with a
+/// leading `-` if `signed`).
+#[inline]
+fn integer(b: &[u8], mut pos: usize, signed: bool) -> Option<usize> {
+    if signed && b.get(pos) == Some(&b'-') {
+        pos += 1;
+    }
+    match b.get(pos)? {
+        b'0' => Some(pos + 1),
+        b'1'..=b'9' => {
+            pos += 1;
+            while b.get(pos).is_some_and(u8::is_ascii_digit) {
+                pos += 1;
+            }
+            Some(pos)
+        }
+        _ => None,
+    }
+}
+
+/// [`Message::parse`] with the spans the framer recorded for the frame.
+pub(crate) fn parse_with_spans<'a>(
+    frame: &'a [u8],
+    spans: &Spans,
+) -> Result<Message<'a>, MessageError> {
+    let mut m = Members::default();
+    let (text, result) = walk(frame, spans, &mut m);
+    result?;
+    let kinds = [m.qmp, m.ret, m.error, m.event]
+        .iter()
+        .filter(|k| k.is_some())
+        .count();
+    if kinds == 0 {
+        return Err(MessageError::Unrecognized);
+    }
+    if kinds > 1 {
+        return Err(MessageError::Ambiguous);
+    }
+    if let Some(qmp) = m.qmp {
+        return parse_greeting(text, qmp).map(Message::Greeting);
+    }
+    if let Some(value) = m.ret {
+        return Ok(Message::Return(Return { value, id: m.id }));
+    }
+    if let Some(error) = m.error {
+        let [class, desc] = m.error_members;
+        let class = found_member(text, error, class, "error.class")?;
+        let class = class.as_str().ok_or(invalid(text, class, "error.class"))?;
+        let desc = found_member(text, error, desc, "error.desc")?;
+        let desc = desc.as_str().ok_or(invalid(text, desc, "error.desc"))?;
+        return Ok(Message::Error(ErrorReply {
+            error: QmpError { class, desc },
+            id: m.id,
+        }));
+    }
+    let event = m.event.ok_or(MessageError::Unrecognized)?;
+    let name = event.as_str().ok_or(MessageError::InvalidMember {
+        member: "event",
+        offset: offset_in(text, event),
+    })?;
+    let timestamp = m.timestamp.ok_or(MessageError::MissingMember {
+        member: "timestamp",
+    })?;
+    let [seconds, microseconds] = m.timestamp_members;
+    let seconds = found_member(text, timestamp, seconds, "timestamp.seconds")?;
+    let seconds = seconds
+        .as_i64()
+        .ok_or(invalid(text, seconds, "timestamp.seconds"))?;
+    let microseconds = found_member(text, timestamp, microseconds, "timestamp.microseconds")?;
+    let microseconds =
+        microseconds
+            .as_i64()
+            .ok_or(invalid(text, microseconds, "timestamp.microseconds"))?;
+    Ok(Message::Event(Event {
+        name,
+        data: m.data,
+        timestamp: Timestamp {
+            seconds,
+            microseconds,
+        },
+    }))
 }
 
 impl<'a> Message<'a> {
     /// Classifies one frame (a complete JSON object, as [`crate::Framer`] yields).
+    ///
+    /// The envelope is fully validated: the top-level object, its keys, scalar members, and
+    /// the `id`, `error`, `timestamp` and `QMP` values. The object or array of a `return` or
+    /// `data` member (or of an unknown member) is only checked structurally (balanced
+    /// brackets, closed strings without raw control characters) and jumped over: the grammar
+    /// inside is checked when it is deserialized, or by [`RawJson::validate`]. A reply whose
+    /// payload is malformed JSON therefore still classifies, and fails when decoded. See
+    /// [How much is checked](RawJson#how-much-is-checked).
+    ///
+    /// For a frame from the framer, [`crate::Frame::message`] does the same work faster.
     ///
     /// ```
     /// use qmp_proto::Message;
@@ -293,50 +598,7 @@ impl<'a> Message<'a> {
     /// assert_eq!(reply.id.unwrap().as_u64(), Some(3));
     /// ```
     pub fn parse(frame: &'a [u8]) -> Result<Self, MessageError> {
-        let (m, text, result) = walk(frame);
-        result?;
-        let kinds = [m.qmp, m.ret, m.error, m.event]
-            .iter()
-            .filter(|k| k.is_some())
-            .count();
-        if kinds == 0 {
-            return Err(MessageError::Unrecognized);
-        }
-        if kinds > 1 {
-            return Err(MessageError::Ambiguous);
-        }
-        if let Some(qmp) = m.qmp {
-            return parse_greeting(text, qmp).map(Message::Greeting);
-        }
-        if let Some(value) = m.ret {
-            return Ok(Message::Return(Return { value, id: m.id }));
-        }
-        if let Some(error) = m.error {
-            let class = string_member(text, error, "class", "error.class")?;
-            let desc = string_member(text, error, "desc", "error.desc")?;
-            return Ok(Message::Error(ErrorReply {
-                error: QmpError { class, desc },
-                id: m.id,
-            }));
-        }
-        let event = m.event.ok_or(MessageError::Unrecognized)?;
-        let name = event.as_str().ok_or(MessageError::InvalidMember {
-            member: "event",
-            offset: offset_in(text, event),
-        })?;
-        let timestamp = m.timestamp.ok_or(MessageError::MissingMember {
-            member: "timestamp",
-        })?;
-        let seconds = i64_member(text, timestamp, "seconds", "timestamp.seconds")?;
-        let microseconds = i64_member(text, timestamp, "microseconds", "timestamp.microseconds")?;
-        Ok(Message::Event(Event {
-            name,
-            data: m.data,
-            timestamp: Timestamp {
-                seconds,
-                microseconds,
-            },
-        }))
+        parse_with_spans(frame, &Spans::default())
     }
 
     /// The id of a reply (`None` for greetings, events and id-less replies).
@@ -352,7 +614,32 @@ impl<'a> Message<'a> {
 /// The top-level `id` of a frame that may not be a valid message, as far as it can be read:
 /// used to tie a malformed reply to its command.
 pub fn find_id(frame: &[u8]) -> Option<RawJson<'_>> {
-    walk(frame).0.id
+    let mut members = Members::default();
+    let _ = walk(frame, &Spans::default(), &mut members);
+    members.id
+}
+
+/// A member of `object` picked out while it was validated, with the errors [`member`] gives.
+fn found_member<'a>(
+    text: &str,
+    object: RawJson<'a>,
+    found: Option<RawJson<'a>>,
+    name: &'static str,
+) -> Result<RawJson<'a>, MessageError> {
+    if !matches!(object.kind(), crate::JsonKind::Object) {
+        return Err(MessageError::InvalidMember {
+            member: name.split('.').next().unwrap_or(name),
+            offset: offset_in(text, object),
+        });
+    }
+    found.ok_or(MessageError::MissingMember { member: name })
+}
+
+fn invalid(text: &str, value: RawJson<'_>, name: &'static str) -> MessageError {
+    MessageError::InvalidMember {
+        member: name,
+        offset: offset_in(text, value),
+    }
 }
 
 fn member<'a>(
@@ -394,19 +681,6 @@ fn u64_member(
 ) -> Result<u64, MessageError> {
     let value = member(text, object, key, name)?;
     value.as_u64().ok_or(MessageError::InvalidMember {
-        member: name,
-        offset: offset_in(text, value),
-    })
-}
-
-fn i64_member(
-    text: &str,
-    object: RawJson<'_>,
-    key: &str,
-    name: &'static str,
-) -> Result<i64, MessageError> {
-    let value = member(text, object, key, name)?;
-    value.as_i64().ok_or(MessageError::InvalidMember {
         member: name,
         offset: offset_in(text, value),
     })
@@ -590,7 +864,158 @@ mod tests {
             find_id(b"{\"id\": 4, \"return\": \"\xff\"}").and_then(|i| i.as_u64()),
             Some(4)
         );
-        assert_eq!(find_id(br#"{"return": {"a" 1}, "id": 2}"#), None);
+        // A broken envelope hides the id…
+        assert_eq!(find_id(br#"{"return" {"a": 1}, "id": 2}"#), None);
+        // …but a broken payload is only skimmed, so the reply still classifies, and fails when
+        // the value is validated or decoded.
+        assert_eq!(
+            find_id(br#"{"return": {"a" 1}, "id": 2}"#).and_then(|i| i.as_u64()),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn payloads_are_checked_structurally_and_validated_on_demand() {
+        let Ok(Message::Return(r)) = parse(r#"{"return": [1 2, {"a" 1}], "id": 2}"#) else {
+            panic!()
+        };
+        assert_eq!(r.value.as_json(), r#"[1 2, {"a" 1}]"#);
+        assert_eq!(r.value.validate(), Err(SyntaxError { offset: 3 }));
+        assert!(r.value.deserialize::<[u8; 2]>().is_err());
+        let Ok(Message::Event(e)) = parse(
+            r#"{"event": "X", "data": {"a": tru}, "timestamp": {"seconds": 1, "microseconds": 2}}"#,
+        ) else {
+            panic!()
+        };
+        assert!(e.data.unwrap().validate().is_err());
+        // What the framer would refuse is refused here too.
+        for (text, offset) in [
+            (r#"{"return": [1, 2}"#, 17),
+            ("{\"return\": [\"a\tb\"]}", 14),
+            (r#"{"return": {"a": [}"#, 19),
+        ] {
+            assert_eq!(parse(text), Err(MessageError::Syntax { offset }), "{text}");
+        }
+        // The envelope itself is still fully validated.
+        assert_eq!(
+            parse(r#"{"return": {}, "id": 01}"#),
+            Err(MessageError::Syntax { offset: 22 })
+        );
+        assert_eq!(
+            parse(r#"{"error": {"class": "X", "desc": "d", "n": 1.}, "id": 1}"#),
+            Err(MessageError::Syntax { offset: 45 })
+        );
+        assert_eq!(
+            parse(r#"{"event": "X", "timestamp": {"seconds": 1, "microseconds": 2,}}"#),
+            Err(MessageError::Syntax { offset: 61 })
+        );
+    }
+
+    /// Every frame of the recorded transcripts, and of `extra`, classifies the same through
+    /// the canonical fast path as through the general walk; returns how many took the fast
+    /// path.
+    fn fast_path_agrees(recorded: bool, extra: &[&[u8]]) -> usize {
+        let mut fast = 0;
+        let mut framer = crate::Framer::new(std::vec![0u8; 256 * 1024]);
+        let mut stream = std::vec::Vec::new();
+        let names = [
+            "greeting",
+            "session",
+            "errors",
+            "oob",
+            "pretty",
+            "query-commands",
+            "mixed-stream",
+        ];
+        for name in names.iter().filter(|_| recorded) {
+            let path = std::format!("{}/tests/data/{name}.jsonl", env!("CARGO_MANIFEST_DIR"));
+            stream.extend(std::fs::read(path).unwrap());
+        }
+        for message in extra {
+            stream.extend_from_slice(message);
+            stream.extend_from_slice(b"\r\n");
+        }
+        let mut rest = &stream[..];
+        loop {
+            let n = framer.feed(rest);
+            rest = &rest[n..];
+            let Some(item) = framer.next_frame() else {
+                if rest.is_empty() {
+                    break;
+                }
+                continue;
+            };
+            let Ok(frame) = item else { continue };
+            let Ok(text) = core::str::from_utf8(frame.as_bytes()) else {
+                continue;
+            };
+            let mut general = Members::default();
+            let general_result = walk_general(text, frame.spans(), &mut general);
+            let mut canon = Members::default();
+            if canonical(text, frame.spans().as_slice(), &mut canon).is_some() {
+                fast += 1;
+                assert_eq!(general_result, Ok(()), "{text}");
+                assert_eq!(canon, general, "{text}");
+            }
+            let mut chosen = Members::default();
+            assert_eq!(
+                walk_text(text, frame.spans(), &mut chosen),
+                general_result,
+                "{text}"
+            );
+            assert_eq!(chosen, general, "{text}");
+            assert_eq!(frame.message(), Message::parse(frame.as_bytes()), "{text}");
+        }
+        fast
+    }
+
+    #[test]
+    fn the_fast_path_takes_qemu_output_and_agrees_with_the_general_walk() {
+        let fast = fast_path_agrees(
+            true,
+            &[
+                br#"{"return": "a\"b\u00e9", "id": 7}"#,
+                br#"{"return": {}, "id": 0}"#,
+                br#"{"id": 5, "return": [1, {"x": "}"}]}"#,
+                br#"{"timestamp": {"seconds": -1, "microseconds": -1}, "event": "X", "data": {}}"#,
+                br#"{"error": {"class": "A", "desc": "\u0001"}}"#,
+            ],
+        );
+        assert!(fast > 10_000, "{fast}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 500, ..Default::default() })]
+
+        #[test]
+        fn envelopes_near_the_canonical_shape_agree(
+            members in proptest::collection::vec((0usize..10, 0usize..16), 0..5),
+            sep in proptest::sample::select(std::vec![", ", ",", " , "]),
+            colon in proptest::sample::select(std::vec![": ", ":", " :"]),
+        ) {
+            const KEYS: [&str; 10] = [
+                "return", "id", "event", "data", "timestamp", "error", "QMP", "x-new", "ret\\u0075rn", "i",
+            ];
+            const VALUES: [&str; 16] = [
+                "{}", "[1, 2]", r#"{"a": [}"#, "7", "-1", "01", "1.5", "1e3", r#""STOP""#,
+                r#""a\nb""#, r#""bad\x""#, "true", r#"{"seconds": 1, "microseconds": 2}"#,
+                r#"{"seconds": 1.5, "microseconds": 2}"#, r#"{"class": "C", "desc": "d"}"#,
+                r#"{"class": "C", "desc": 5}"#,
+            ];
+            let mut text = std::string::String::from("{");
+            for (i, &(key, value)) in members.iter().enumerate() {
+                if i > 0 {
+                    text.push_str(sep);
+                }
+                text.push('"');
+                text.push_str(KEYS[key]);
+                text.push('"');
+                text.push_str(colon);
+                text.push_str(VALUES[value]);
+            }
+            text.push('}');
+            fast_path_agrees(false, &[text.as_bytes()]);
+        }
     }
 
     #[test]

@@ -507,14 +507,29 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
 
     /// Gives up on a command: it no longer times out or fails, and its reply, when it comes,
     /// is dropped as [`Notice::Discarded`]. Its slot stays taken until then, since the server
-    /// still holds the command in its queue. Returns whether `id` was pending.
+    /// still holds the command in its queue; once the session is [`State::Closed`] no reply
+    /// can come, so the slot is freed at once. Returns whether `id` was pending.
     pub fn abandon(&mut self, id: CommandId) -> bool {
-        match self.proto.table.iter_mut().flatten().find(|p| p.id == id.0) {
-            Some(p) if p.status != Status::Abandoned => {
+        let closed = self.proto.state == State::Closed;
+        let Some(slot) = self
+            .proto
+            .table
+            .iter_mut()
+            .find(|p| p.is_some_and(|p| p.id == id.0))
+        else {
+            return false;
+        };
+        match slot {
+            Some(p) if p.status == Status::Abandoned => false,
+            Some(_) if closed => {
+                *slot = None;
+                true
+            }
+            Some(p) => {
                 p.status = Status::Abandoned;
                 true
             }
-            _ => false,
+            None => false,
         }
     }
 
@@ -545,7 +560,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
         match self.framer.next_frame_range() {
             Some(Ok(range)) => {
                 let frame = self.framer.frame_at(range);
-                return Some(self.proto.on_frame(frame.as_bytes(), frame.offset()));
+                return Some(self.proto.on_frame(frame));
             }
             Some(Err(error)) => return Some(self.proto.on_frame_error(error)),
             None => {}
@@ -620,8 +635,9 @@ impl<const N: usize> Protocol<N> {
         Received::Reply(Reply { id, outcome })
     }
 
-    fn on_frame<'a>(&mut self, bytes: &'a [u8], offset: u64) -> Received<'a> {
-        let message = match Message::parse(bytes) {
+    fn on_frame<'a>(&mut self, frame: crate::Frame<'a>) -> Received<'a> {
+        let (bytes, offset) = (frame.as_bytes(), frame.offset());
+        let message = match frame.message() {
             Ok(message) => message,
             Err(error) => {
                 return match self.take(find_id(bytes)) {
