@@ -26,10 +26,16 @@ cargo build --release --workspace -q
 step "freestanding no_std check: qmp-firmware links qmp-proto and qmp-embedded with no std, no libc"
 file "$target/release/qmp-firmware" | sed 's/, BuildID[^,]*//'
 sh .ci/firmware-size.sh "$target/release/qmp-firmware"
-cargo build --profile firmware -p qmp-firmware -q
-sh .ci/firmware-size.sh "$target/firmware/qmp-firmware"
+# The smallest build: LTO at opt-level "z", and qmp-proto's small scanner. The cfg goes
+# through RUSTFLAGS into its own target dir, so it never mixes with the normal builds.
+RUSTFLAGS="--cfg qmp_proto_small" CARGO_TARGET_DIR="$target/small" \
+    cargo build --profile firmware -p qmp-firmware -q
+sh .ci/firmware-size.sh "$target/small/firmware/qmp-firmware"
 
 step "tests (unit, property, doc, and end-to-end against a real qemu-system-x86_64)"
 cargo test --workspace
+step "qmp-proto's tests again with its small scanner (--cfg qmp_proto_small, as the firmware builds it)"
+RUSTFLAGS="--cfg qmp_proto_small" CARGO_TARGET_DIR="$target/small" cargo test -q -p qmp-proto --lib --tests
+
 step "qmp-embedded with every feature (async client, defmt logging through a host logger)"
 cargo test -p qmp-embedded --all-features

@@ -190,7 +190,7 @@ impl Iterator for Chars<'_> {
         let start = self.pos;
         let b = *self.bytes.get(start)?;
         if b != b'\\' {
-            let c = self.raw[start..].chars().next()?;
+            let c = self.raw.get(start..)?.chars().next()?;
             self.pos += c.len_utf8();
             return Some(Ok(c));
         }
@@ -612,7 +612,7 @@ impl<'a> Cursor<'a> {
             self.pos += plain_run(bytes.get(self.pos..).unwrap_or_default());
             match bytes.get(self.pos) {
                 Some(b'"') => {
-                    let body = &self.text[start..self.pos];
+                    let body = sub(self.text, start, self.pos);
                     self.pos += 1;
                     return Ok(JsonStr::from_escaped(body));
                 }
@@ -732,7 +732,10 @@ impl<'a> Cursor<'a> {
                 break;
             }
         }
-        Ok((RawJson::new_unchecked(&self.text[start..self.pos]), found))
+        Ok((
+            RawJson::new_unchecked(sub(self.text, start, self.pos)),
+            found,
+        ))
     }
 
     /// [`Cursor::value`] with at most `limit` levels of nesting.
@@ -742,7 +745,7 @@ impl<'a> Cursor<'a> {
         if !matches!(self.peek(), Some(b'{' | b'[')) {
             // A scalar: no nesting to track.
             self.scalar()?;
-            return Ok(RawJson::new_unchecked(&self.text[start..self.pos]));
+            return Ok(RawJson::new_unchecked(sub(self.text, start, self.pos)));
         }
         self.nested_within(limit)
     }
@@ -778,7 +781,7 @@ impl<'a> Cursor<'a> {
             // Here a value just ended: close containers or move to the next element.
             loop {
                 if depth == 0 {
-                    return Ok(RawJson::new_unchecked(&self.text[start..self.pos]));
+                    return Ok(RawJson::new_unchecked(sub(self.text, start, self.pos)));
                 }
                 self.skip_ws();
                 let in_object = stack & 1 == 1;
@@ -837,6 +840,13 @@ impl<'a> Cursor<'a> {
         self.skip_ws();
         Ok(key)
     }
+}
+
+/// `text[start..end]` without a panic path: the cursor only stops on ASCII delimiters, so
+/// the range always lies on character boundaries (and code size matters on small targets).
+#[inline]
+fn sub(text: &str, start: usize, end: usize) -> &str {
+    text.get(start..end).unwrap_or("")
 }
 
 fn parse_u64(text: &[u8]) -> Option<u64> {

@@ -75,6 +75,13 @@
 //! assert_eq!(events, 1);
 //! assert_eq!(session.in_flight(), 0);
 //! ```
+//!
+//! # Code size
+//! The framer scans 64-byte blocks at a time and classification has a fast path for QEMU's
+//! exact envelopes; both cost code. Building with `RUSTFLAGS="--cfg qmp_proto_small"` keeps
+//! only the byte-at-a-time scanner and the general walk: same behaviour (the test suite runs
+//! in both modes), several times slower decoding, about 10 KB less code. The freestanding
+//! `qmp-firmware` example builds this way to 31 KB of text.
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
