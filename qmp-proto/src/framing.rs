@@ -504,8 +504,9 @@ impl Scanner {
         let (escaped_bytes, escaped) = block::escapes(backslash & valid, self.escaped, n);
         let in_string = block::prefix_xor(m.quote & !escaped_bytes & valid) ^ carried;
         let outside = !in_string;
-        // A raw control character inside a string, or a backslash outside one.
-        let mut rare = (control & in_string & !escaped_bytes) | (backslash & outside);
+        // A raw control character inside a string (escaped or not), or a backslash outside
+        // one.
+        let mut rare = (control & in_string) | (backslash & outside);
         let mut newline_at_end = false;
         if LINES {
             let newlines = if control == 0 {
@@ -583,6 +584,10 @@ impl Scanner {
                 if self.escaped {
                     if i == len {
                         break Scanned::NeedMore;
+                    }
+                    // JSON allows no raw control character after a backslash either.
+                    if bytes[i] < 0x20 {
+                        break Scanned::ControlChar(bytes[i]);
                     }
                     self.escaped = false;
                     i += 1;
@@ -778,6 +783,9 @@ impl Skimmer {
         if self.in_string {
             self.capture(b);
             if self.escaped {
+                if b < 0x20 {
+                    return Scanned::ControlChar(b);
+                }
                 self.escaped = false;
                 if let Member::InKey { still_id, .. } = &mut self.member {
                     *still_id = false;
