@@ -28,7 +28,7 @@ use crate::stream::{FdStream, Stream};
 
 /// Capacity of the in-flight table: QEMU's in-band queue of 8, plus out-of-band commands and
 /// abandoned ones still owed a reply.
-const TABLE: usize = 32;
+pub(crate) const TABLE: usize = 32;
 
 /// Client settings; build them with [`ClientBuilder`], read them with [`Client::options`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,7 +237,7 @@ pub struct ServerInfo {
 }
 
 impl ServerInfo {
-    fn from_view(g: &Greeting<'_>) -> Self {
+    pub(crate) fn from_view(g: &Greeting<'_>) -> Self {
         Self {
             version: VersionTriple {
                 major: g.version.major,
@@ -389,7 +389,7 @@ impl Client<TcpStream> {
     }
 }
 
-fn is_disconnect(kind: io::ErrorKind) -> bool {
+pub(crate) fn is_disconnect(kind: io::ErrorKind) -> bool {
     matches!(
         kind,
         io::ErrorKind::ConnectionReset
@@ -1031,6 +1031,36 @@ impl<S: Stream> Client<S> {
         if buffer.len() < max {
             let len = buffer.len().saturating_mul(2).min(max);
             buffer.resize(len, 0);
+        }
+    }
+}
+
+/// A client taken apart, for [`SharedClient`](crate::SharedClient).
+pub(crate) struct ClientParts<S> {
+    pub(crate) stream: S,
+    pub(crate) session: Session<Vec<u8>, TABLE>,
+    pub(crate) options: Options,
+    pub(crate) server: ServerInfo,
+    /// Events received and not yet taken.
+    pub(crate) events: VecDeque<Event>,
+    /// Whether the connection is gone.
+    pub(crate) closed: bool,
+}
+
+impl<S: Stream> Client<S> {
+    /// Takes the client apart: the outcomes of commands sent and not waited for are dropped,
+    /// and the stream's read timeout is left as it was.
+    pub(crate) fn into_parts(mut self) -> ClientParts<S> {
+        while let Some(item) = self.session.poll() {
+            self.inbox.dispatch(item);
+        }
+        ClientParts {
+            closed: self.is_closed(),
+            stream: self.stream,
+            session: self.session,
+            options: self.options,
+            server: self.server,
+            events: self.inbox.events,
         }
     }
 }

@@ -41,6 +41,8 @@ impl std::error::Error for QmpError {}
 ///   [`Error::Disconnected`] or [`Error::Stalled`].
 /// - Errors for commands refused before anything was sent: [`Error::Refused`],
 ///   [`Error::Encode`], [`Error::UnknownHandle`].
+/// - [`Error::Lagged`], from an event subscription: events were missed, and the
+///   subscription goes on.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
@@ -75,6 +77,13 @@ pub enum Error {
     Refused(SendError),
     /// [`Client::wait`](crate::Client::wait) was given a handle this client does not know.
     UnknownHandle,
+    /// An event subscriber fell behind and this many events were dropped for it (not for
+    /// other subscribers); its next items are the events that followed. Only event
+    /// subscriptions of the shared and async clients yield it.
+    Lagged {
+        /// How many events this subscriber missed.
+        missed: u64,
+    },
 }
 
 impl Error {
@@ -108,6 +117,12 @@ impl fmt::Display for Error {
             Error::Encode(e) => write!(f, "cannot encode the command: {e}"),
             Error::Refused(e) => write!(f, "command refused: {e}"),
             Error::UnknownHandle => f.write_str("unknown command handle"),
+            Error::Lagged { missed } => {
+                write!(
+                    f,
+                    "the event subscriber fell behind and missed {missed} events"
+                )
+            }
         }
     }
 }

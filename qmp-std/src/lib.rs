@@ -14,6 +14,11 @@
 //!   [`Client::wait_event`].
 //! - Every wait is bounded; a closed or stalled peer gives each waiting command a typed
 //!   [`Error`].
+//! - [`SharedClient`]: one connection shared by many threads (`Clone + Send + Sync`), a
+//!   reader thread routing replies to their callers and events to every [`Subscription`].
+//! - With the `tokio` feature, `qmp_std::tokio::Client`: the async twin, shared by many
+//!   tasks, with cancel-safe commands and event streams. Both share one core with
+//!   [`Client`]: the same `qmp_proto::Session`.
 //!
 //! # Talking to QEMU
 //! ```no_run
@@ -90,14 +95,25 @@ mod client;
 pub mod commands;
 mod error;
 mod event;
+#[cfg(test)]
+mod fake;
+mod router;
+mod shared;
+#[cfg(test)]
+mod shared_tests;
 mod stream;
 #[cfg(test)]
 mod tests;
+#[cfg(feature = "tokio")]
+pub mod tokio;
+#[cfg(all(test, feature = "tokio"))]
+mod tokio_tests;
 
 pub use client::{Client, ClientBuilder, Handle, Options, ServerInfo};
 pub use commands::{Command, EventKind};
 pub use error::{Error, QmpError, Result};
 pub use event::{Event, Timestamp};
+pub use shared::{DEFAULT_SUBSCRIPTION_CAPACITY, SharedClient, SplitStream, Subscription};
 pub use stream::{FdStream, Plain, Stream};
 
 /// The sans-IO core this client is built on.

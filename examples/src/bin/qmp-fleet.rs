@@ -1,0 +1,501 @@
+//! qmp-fleet: one process monitoring a fleet of QEMUs with qmp-std's tokio client.
+//!
+//! Starts N `qemu-system-x86_64 -machine none` instances (each on its own Unix socket in a
+//! temporary directory), connects to all of them at once and negotiates, runs `query-status`
+//! on all, then a timed phase of round trips (each VM runs `--rounds` `query-status` in a
+//! row, all VMs at once), then `--cycles` times stops and continues every VM while
+//! collecting each VM's STOP and RESUME events (none may be missing). It reports wall times,
+//! round trips per second across the fleet, the client's own CPU time per round trip
+//! (`CLOCK_PROCESS_CPUTIME_ID`: user + system time of this process, QEMU not included), and
+//! its memory: heap bytes per connection from a counting global allocator, and VmRSS/VmHWM.
+//!
+//! ```text
+//! qmp-fleet [--vms N] [--rounds N] [--cycles N] [--threads N] [--json] [--qemu PROGRAM]
+//!   --vms N       how many QEMUs (default 100)
+//!   --rounds N    query-status round trips per VM in the timed phase (default 200)
+//!   --cycles N    stop/cont cycles (default 3)
+//!   --threads N   tokio worker threads; 0 (default): a current-thread runtime
+//!   --json        one JSON object on stdout instead of the report
+//! ```
+//!
+//! `bash bench/fleet.sh` runs it next to the same program written on Python's `qemu.qmp`.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use qmp_std::commands::{Cont, QueryStatus, RunState, Stop};
+use qmp_std::tokio::{Client, ClientBuilder, EventStream};
+use tokio::task::JoinSet;
+
+/// The global allocator, counting the bytes live on the heap.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call goes straight to `System` with the caller's arguments; the counters
+// have no effect on the memory handed out.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded as is.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(live, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded as is.
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded as is.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(live, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded as is.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+            let live = LIVE.fetch_add(new_size, Ordering::Relaxed) + new_size;
+            PEAK.fetch_max(live, Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn heap() -> usize {
+    LIVE.load(Ordering::Relaxed)
+}
+
+/// User + system CPU time of this process (all threads), QEMU not included.
+fn cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// `VmRSS` and `VmHWM` from `/proc/self/status`, in KiB.
+fn rss_kib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The system's 1-minute load average.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+#[derive(Debug, Clone)]
+struct Args {
+    vms: usize,
+    rounds: usize,
+    cycles: usize,
+    threads: usize,
+    json: bool,
+    qemu: String,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        vms: 100,
+        rounds: 200,
+        cycles: 3,
+        threads: 0,
+        json: false,
+        qemu: "qemu-system-x86_64".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut number = |name: &str| -> Result<usize, String> {
+            it.next()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| format!("{name} needs a number"))
+        };
+        match arg.as_str() {
+            "--vms" | "-n" => args.vms = number("--vms")?.max(1),
+            "--rounds" => args.rounds = number("--rounds")?,
+            "--cycles" => args.cycles = number("--cycles")?,
+            "--threads" => args.threads = number("--threads")?,
+            "--json" => args.json = true,
+            "--qemu" => args.qemu = it.next().ok_or("--qemu needs a program")?,
+            "-h" | "--help" => {
+                return Err(
+                    "usage: qmp-fleet [--vms N] [--rounds N] [--cycles N] [--threads N] [--json] \
+                     [--qemu PROGRAM]"
+                        .into(),
+                );
+            }
+            other => return Err(format!("unknown argument {other:?} (try --help)")),
+        }
+    }
+    Ok(args)
+}
+
+/// The QEMUs, killed and reaped (and their directory removed) on drop.
+struct Fleet {
+    dir: PathBuf,
+    children: Vec<Child>,
+}
+
+impl Fleet {
+    fn start(program: &str, n: usize) -> std::io::Result<Fleet> {
+        let dir = std::env::temp_dir().join(format!("qmp-fleet-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let mut fleet = Fleet {
+            dir,
+            children: Vec::with_capacity(n),
+        };
+        for i in 0..n {
+            let socket = fleet.socket(i);
+            let child = Command::new(program)
+                .args(["-machine", "none", "-nodefaults", "-display", "none"])
+                .arg("-qmp")
+                .arg(format!("unix:{},server=on,wait=off", socket.display()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot run {program}: {e}")))?;
+            fleet.children.push(child);
+        }
+        Ok(fleet)
+    }
+
+    fn socket(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("vm{i}.sock"))
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+        }
+        for child in &mut self.children {
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Connects, retrying while QEMU is still creating its socket (within 60 s).
+async fn connect(path: PathBuf) -> Result<Client, String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let builder = ClientBuilder::new()
+            .connect_timeout(Some(Duration::from_secs(30)))
+            .command_timeout(Some(Duration::from_secs(30)));
+        match builder.connect_unix(&path).await {
+            Ok(client) => return Ok(client),
+            Err(qmp_std::Error::Io(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
+    }
+}
+
+/// Runs `f` on every VM at once and collects the results in VM order.
+async fn on_all<T, F, Fut>(clients: &[Client], f: F) -> Result<Vec<T>, String>
+where
+    T: Send + 'static,
+    F: Fn(usize, Client) -> Fut,
+    Fut: Future<Output = Result<T, String>> + Send + 'static,
+{
+    let mut set = JoinSet::new();
+    for (i, client) in clients.iter().enumerate() {
+        let work = f(i, client.clone());
+        set.spawn(async move { (i, work.await) });
+    }
+    let mut out: Vec<Option<T>> = (0..clients.len()).map(|_| None).collect();
+    while let Some(joined) = set.join_next().await {
+        let (i, result) = joined.map_err(|e| e.to_string())?;
+        out[i] = Some(result?);
+    }
+    Ok(out.into_iter().map(Option::unwrap).collect())
+}
+
+/// Waits for the next event on each VM's stream and checks its name.
+async fn collect(streams: &mut [EventStream], name: &'static str) -> Result<usize, String> {
+    let mut seen = 0;
+    for (i, stream) in streams.iter_mut().enumerate() {
+        match tokio::time::timeout(Duration::from_secs(30), stream.next()).await {
+            Ok(Some(Ok(event))) if event.name == name => seen += 1,
+            Ok(Some(Ok(event))) => return Err(format!("vm{i}: {} instead of {name}", event.name)),
+            Ok(Some(Err(e))) => return Err(format!("vm{i}: {e}")),
+            Ok(None) => return Err(format!("vm{i}: event stream ended")),
+            Err(_) => return Err(format!("vm{i}: no {name} within 30 s")),
+        }
+    }
+    Ok(seen)
+}
+
+#[derive(Debug, Default)]
+struct Report {
+    vms: usize,
+    rounds: usize,
+    cycles: usize,
+    threads: usize,
+    start_s: f64,
+    connect_s: f64,
+    heap_per_connection: usize,
+    heap_per_connection_after: usize,
+    rss_per_connection: u64,
+    rt_wall_s: f64,
+    round_trips: usize,
+    rt_per_s: f64,
+    cpu_per_rt_us: f64,
+    stop_cont_s: f64,
+    events_expected: usize,
+    events_seen: usize,
+    total_s: f64,
+    total_cpu_s: f64,
+    rss_kib: u64,
+    hwm_kib: u64,
+    load_before: String,
+    load_after: String,
+}
+
+async fn run(args: &Args, report: &mut Report) -> Result<(), String> {
+    let begin = Instant::now();
+    let cpu_begin = cpu_time();
+    let fleet = Fleet::start(&args.qemu, args.vms).map_err(|e| e.to_string())?;
+    report.start_s = begin.elapsed().as_secs_f64();
+
+    // Connect and negotiate, all at once.
+    let paths: Vec<PathBuf> = (0..args.vms).map(|i| fleet.socket(i)).collect();
+    let heap_before = heap();
+    let (rss_before, _) = rss_kib();
+    let t = Instant::now();
+    let mut set = JoinSet::new();
+    for (i, path) in paths.iter().enumerate() {
+        let path = path.clone();
+        set.spawn(async move { (i, connect(path).await) });
+    }
+    let mut slots: Vec<Option<Client>> = (0..args.vms).map(|_| None).collect();
+    while let Some(joined) = set.join_next().await {
+        let (i, client) = joined.map_err(|e| e.to_string())?;
+        slots[i] = Some(client?);
+    }
+    drop(set);
+    let clients: Vec<Client> = slots.into_iter().map(Option::unwrap).collect();
+    report.connect_s = t.elapsed().as_secs_f64();
+    report.heap_per_connection = heap().saturating_sub(heap_before) / args.vms;
+    report.rss_per_connection = rss_kib().0.saturating_sub(rss_before) * 1024 / args.vms as u64;
+
+    // query-status on all.
+    let statuses = on_all(&clients, |_, c| async move {
+        c.execute(&QueryStatus).await.map_err(|e| e.to_string())
+    })
+    .await?;
+    if let Some((i, s)) = statuses
+        .iter()
+        .enumerate()
+        .find(|(_, s)| s.status != RunState::Running)
+    {
+        return Err(format!("vm{i} is {:?}", s.status));
+    }
+
+    // Timed round trips: each VM `rounds` query-status in a row, all VMs at once.
+    let rounds = args.rounds;
+    let (t, cpu) = (Instant::now(), cpu_time());
+    on_all(&clients, |i, c| async move {
+        for _ in 0..rounds {
+            c.execute(&QueryStatus)
+                .await
+                .map_err(|e| format!("vm{i}: {e}"))?;
+        }
+        Ok(())
+    })
+    .await?;
+    let (wall, cpu) = (t.elapsed(), cpu_time() - cpu);
+    report.round_trips = args.vms * rounds;
+    report.rt_wall_s = wall.as_secs_f64();
+    report.rt_per_s = report.round_trips as f64 / wall.as_secs_f64();
+    report.cpu_per_rt_us = cpu.as_secs_f64() * 1e6 / report.round_trips.max(1) as f64;
+
+    // Stop and continue them all, collecting every STOP and RESUME.
+    let mut streams: Vec<EventStream> = clients.iter().map(Client::events).collect();
+    let t = Instant::now();
+    for _ in 0..args.cycles {
+        on_all(&clients, |i, c| async move {
+            c.execute(&Stop).await.map_err(|e| format!("vm{i}: {e}"))
+        })
+        .await?;
+        report.events_seen += collect(&mut streams, "STOP").await?;
+        on_all(&clients, |i, c| async move {
+            c.execute(&Cont).await.map_err(|e| format!("vm{i}: {e}"))
+        })
+        .await?;
+        report.events_seen += collect(&mut streams, "RESUME").await?;
+        report.events_expected += 2 * args.vms;
+    }
+    report.stop_cont_s = t.elapsed().as_secs_f64();
+    report.heap_per_connection_after = heap().saturating_sub(heap_before) / args.vms;
+    (report.rss_kib, report.hwm_kib) = rss_kib();
+    report.total_cpu_s = (cpu_time() - cpu_begin).as_secs_f64();
+    drop(streams);
+    drop(clients);
+    drop(fleet);
+    report.total_s = begin.elapsed().as_secs_f64();
+    Ok(())
+}
+
+fn print_report(r: &Report, json: bool) {
+    if json {
+        let mut s = String::from("{");
+        let _ = write!(
+            s,
+            "\"client\": \"qmp-std tokio\", \"vms\": {}, \"rounds\": {}, \"cycles\": {}, \
+             \"threads\": {}, \"start_s\": {:.3}, \"connect_s\": {:.3}, \
+             \"heap_per_connection\": {}, \"heap_per_connection_after\": {}, \
+             \"rss_per_connection\": {}, \"round_trips\": {}, \"rt_wall_s\": {:.3}, \"rt_per_s\": {:.0}, \
+             \"cpu_per_rt_us\": {:.2}, \"stop_cont_s\": {:.3}, \"events_expected\": {}, \
+             \"events_seen\": {}, \"rss_kib\": {}, \"hwm_kib\": {}, \"total_s\": {:.3}, \
+             \"total_cpu_s\": {:.3}, \"load_before\": \"{}\", \"load_after\": \"{}\"",
+            r.vms,
+            r.rounds,
+            r.cycles,
+            r.threads,
+            r.start_s,
+            r.connect_s,
+            r.heap_per_connection,
+            r.heap_per_connection_after,
+            r.rss_per_connection,
+            r.round_trips,
+            r.rt_wall_s,
+            r.rt_per_s,
+            r.cpu_per_rt_us,
+            r.stop_cont_s,
+            r.events_expected,
+            r.events_seen,
+            r.rss_kib,
+            r.hwm_kib,
+            r.total_s,
+            r.total_cpu_s,
+            r.load_before,
+            r.load_after,
+        );
+        s.push('}');
+        println!("{s}");
+        return;
+    }
+    let runtime = match r.threads {
+        0 => "current-thread runtime".to_owned(),
+        n => format!("{n} worker threads"),
+    };
+    println!(
+        "qmp-fleet: {} QEMUs, qmp-std tokio client ({runtime})",
+        r.vms
+    );
+    println!(
+        "  load average          {} before, {} after",
+        r.load_before, r.load_after
+    );
+    println!("  start {} QEMUs        {:.2} s", r.vms, r.start_s);
+    println!("  connect + negotiate   {:.2} s (all at once)", r.connect_s);
+    println!(
+        "  round trips           {} query-status in {:.2} s: {:.0} round trips/s across the fleet",
+        r.round_trips, r.rt_wall_s, r.rt_per_s
+    );
+    println!(
+        "  client CPU            {:.2} µs per round trip",
+        r.cpu_per_rt_us
+    );
+    println!(
+        "  stop/cont             {} cycles in {:.2} s: {}/{} STOP+RESUME events seen",
+        r.cycles, r.stop_cont_s, r.events_seen, r.events_expected
+    );
+    println!(
+        "  client heap           {} bytes per connection after connecting, {} after the run",
+        r.heap_per_connection, r.heap_per_connection_after
+    );
+    println!(
+        "  client memory         VmRSS {} KiB, VmHWM {} KiB, RSS growth {} bytes per connection",
+        r.rss_kib, r.hwm_kib, r.rss_per_connection
+    );
+    println!(
+        "  total                 {:.2} s wall, {:.3} s client CPU",
+        r.total_s, r.total_cpu_s
+    );
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("qmp-fleet: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = if args.threads == 0 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("qmp-fleet: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut report = Report {
+        vms: args.vms,
+        rounds: args.rounds,
+        cycles: args.cycles,
+        threads: args.threads,
+        load_before: load_average(),
+        ..Report::default()
+    };
+    let result = runtime.block_on(run(&args, &mut report));
+    report.load_after = load_average();
+    match result {
+        Ok(()) if report.events_seen == report.events_expected => {
+            print_report(&report, args.json);
+            ExitCode::SUCCESS
+        }
+        Ok(()) => {
+            print_report(&report, args.json);
+            eprintln!("qmp-fleet: events missing");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("qmp-fleet: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

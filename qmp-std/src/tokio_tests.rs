@@ -1,0 +1,328 @@
+//! The tokio [`Client`] against the fake QEMU.
+
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ::tokio::net::UnixStream;
+use ::tokio::time::{sleep, timeout};
+use serde_json::{Value, json};
+
+use crate::Error;
+use crate::commands::{Empty, MigratePause};
+use crate::fake::{self, Server};
+use crate::tokio::{Client, ClientBuilder};
+
+async fn connect_with(
+    builder: ClientBuilder,
+    handler: impl FnMut(&mut Server, &Value) -> bool + Send + 'static,
+) -> (Client, JoinHandle<Server>) {
+    let (client_side, server_side) = UnixStream::pair().unwrap();
+    let server = fake::spawn(server_side.into_std().unwrap(), handler);
+    let client = builder
+        .connect_timeout(Some(Duration::from_secs(5)))
+        .command_timeout(Some(Duration::from_secs(10)))
+        .handshake_unix(client_side)
+        .await
+        .unwrap();
+    (client, server)
+}
+
+async fn connect(
+    handler: impl FnMut(&mut Server, &Value) -> bool + Send + 'static,
+) -> (Client, JoinHandle<Server>) {
+    connect_with(ClientBuilder::new(), handler).await
+}
+
+#[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_tasks_share_one_connection() {
+    let (qmp, server) = connect(fake::echo).await;
+    let tasks: Vec<_> = (0..32u64)
+        .map(|t| {
+            let qmp = qmp.clone();
+            ::tokio::spawn(async move {
+                for n in 0..100u64 {
+                    let args = json!({"task": t, "n": n});
+                    assert_eq!(qmp.execute_raw("echo", &args).await.unwrap(), args);
+                    assert!(qmp.in_flight() <= 8);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(qmp.in_flight(), 0);
+    drop(qmp);
+    server.join().unwrap();
+}
+
+/// Dropping `execute` futures before their replies, hundreds of times, at every stage
+/// (waiting for a permit, written and waiting for the reply), never puts the connection out
+/// of step: each late reply is discarded by id, and commands and events carry on.
+#[::tokio::test]
+async fn dropped_futures_do_not_desynchronise_the_connection() {
+    let (qmp, server) = connect(fake::echo).await;
+    let mut events = qmp.events();
+    let mut cancelled = 0;
+    for round in 0..200u64 {
+        // Nine at once: the ninth waits for a permit when it is dropped.
+        let calls: Vec<_> = (0..9)
+            .map(|_| {
+                let qmp = qmp.clone();
+                async move { qmp.execute_raw("sleep", &json!({"ms": 0})).await }
+            })
+            .collect();
+        let all = futures_join_all(calls);
+        if timeout(Duration::from_micros(round % 50), all)
+            .await
+            .is_err()
+        {
+            cancelled += 1;
+        }
+        let args = json!({"round": round});
+        let echoed = qmp.execute_raw("echo", &args).await.unwrap();
+        assert_eq!(echoed, args);
+        if round % 20 == 0 {
+            qmp.execute_raw("emit", &json!({"n": 1})).await.unwrap();
+            let event = events.next().await.unwrap().unwrap();
+            assert_eq!(event.data.unwrap()["seq"], round / 20);
+        }
+    }
+    assert!(cancelled > 0, "no call was cancelled");
+    // Every abandoned command's reply was (or will be) discarded.
+    timeout(Duration::from_secs(5), async {
+        while qmp.in_flight() > 0 {
+            sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert!(qmp.discarded_replies() > 0);
+    assert_eq!(qmp.dropped_messages(), 0);
+    drop(qmp);
+    server.join().unwrap();
+}
+
+/// `join_all` for a few futures, without futures-util.
+async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut done: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, d) in futures.iter_mut().zip(done.iter_mut()) {
+            if d.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *d = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    done.into_iter().map(Option::unwrap).collect()
+}
+
+#[::tokio::test]
+async fn a_command_timeout_abandons_and_the_next_command_works() {
+    let (qmp, server) = connect(fake::echo).await;
+    let slow = qmp
+        .execute_raw_timeout(
+            "sleep",
+            &json!({"ms": 100}),
+            Some(Duration::from_millis(10)),
+        )
+        .await;
+    assert!(matches!(slow, Err(Error::Timeout)), "{slow:?}");
+    assert_eq!(
+        qmp.in_flight(),
+        1,
+        "the slot stays taken until the late reply"
+    );
+    assert_eq!(
+        qmp.execute_raw("echo", &json!({"x": 1})).await.unwrap(),
+        json!({"x": 1})
+    );
+    assert_eq!((qmp.in_flight(), qmp.discarded_replies()), (0, 1));
+    drop(qmp);
+    server.join().unwrap();
+}
+
+#[::tokio::test]
+async fn exec_oob_overtakes_in_band_commands() {
+    let (qmp, server) = connect_with(ClientBuilder::new().oob(true), |server, command| {
+        if command["execute"] == "held" {
+            // Answered only after the out-of-band command that follows it.
+            let oob = server.recv().unwrap();
+            assert_eq!(oob["exec-oob"], "migrate-pause", "{oob}");
+            server.reply(&oob, json!({}));
+            server.reply(command, json!("held"));
+            return true;
+        }
+        fake::echo(server, command)
+    })
+    .await;
+    assert!(qmp.oob_enabled());
+    let held = {
+        let qmp = qmp.clone();
+        ::tokio::spawn(async move { qmp.execute_raw("held", &Value::Null).await })
+    };
+    while qmp.in_flight() == 0 {
+        sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(qmp.execute_oob(&MigratePause).await.unwrap(), Empty {});
+    assert_eq!(held.await.unwrap().unwrap(), json!("held"));
+    drop(qmp);
+    server.join().unwrap();
+}
+
+#[::tokio::test]
+async fn a_slow_subscriber_gets_lagged_then_the_rest() {
+    let (qmp, server) = connect_with(ClientBuilder::new().event_capacity(4), fake::echo).await;
+    let mut first = qmp.events();
+    let mut second = qmp.events();
+    qmp.execute_raw("emit", &json!({"n": 10})).await.unwrap();
+    for events in [&mut first, &mut second] {
+        match events.next().await {
+            Some(Err(Error::Lagged { missed: 6 })) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    let slow = &mut second;
+    let mut rest = Vec::new();
+    for _ in 0..4 {
+        let event = slow.next().await.unwrap().unwrap();
+        rest.push(event.data.unwrap()["seq"].as_u64().unwrap());
+    }
+    assert_eq!(rest, [6, 7, 8, 9]);
+    // `second` has caught up: the next three come through whole. `first` read nothing
+    // since its notice, so it holds four of seven: three more missed, then the last four.
+    qmp.execute_raw("emit", &json!({"n": 3})).await.unwrap();
+    let seqs = |events: Vec<crate::Event>| -> Vec<u64> {
+        events
+            .into_iter()
+            .map(|e| e.data.unwrap()["seq"].as_u64().unwrap())
+            .collect()
+    };
+    let mut caught_up = Vec::new();
+    for _ in 0..3 {
+        caught_up.push(slow.next().await.unwrap().unwrap());
+    }
+    assert_eq!(seqs(caught_up), [10, 11, 12]);
+    assert!(matches!(
+        first.next().await,
+        Some(Err(Error::Lagged { missed: 3 }))
+    ));
+    let mut last = Vec::new();
+    for _ in 0..4 {
+        last.push(first.next().await.unwrap().unwrap());
+    }
+    assert_eq!(seqs(last), [9, 10, 11, 12]);
+    drop(qmp);
+    server.join().unwrap();
+    // The client was dropped: the streams just end.
+    assert!(slow.next().await.is_none());
+}
+
+#[::tokio::test]
+async fn a_hang_up_fails_every_pending_command_and_ends_events_with_an_error() {
+    let (qmp, server) = connect(|server, command| {
+        if command["execute"] == "unanswered" {
+            return true;
+        }
+        fake::echo(server, command)
+    })
+    .await;
+    let mut events = qmp.events();
+    qmp.execute_raw("emit", &json!({"n": 1})).await.unwrap();
+    let pending: Vec<_> = (0..5)
+        .map(|_| {
+            let qmp = qmp.clone();
+            ::tokio::spawn(async move { qmp.execute_raw("unanswered", &Value::Null).await })
+        })
+        .collect();
+    while qmp.in_flight() < 5 {
+        sleep(Duration::from_millis(1)).await;
+    }
+    let hung_up = qmp.execute_raw("hang-up", &Value::Null).await;
+    assert!(matches!(hung_up, Err(Error::Disconnected)), "{hung_up:?}");
+    for task in pending {
+        let result = task.await.unwrap();
+        assert!(matches!(result, Err(Error::Disconnected)), "{result:?}");
+    }
+    assert!(qmp.is_closed());
+    let later = qmp.execute_raw("echo", &json!({})).await;
+    assert!(matches!(later, Err(Error::Disconnected)), "{later:?}");
+    assert_eq!(events.next().await.unwrap().unwrap().name, "TICK");
+    assert!(matches!(
+        events.next().await,
+        Some(Err(Error::Disconnected))
+    ));
+    assert!(events.next().await.is_none());
+    // A subscriber that comes after the end gets the error too.
+    assert!(matches!(
+        qmp.events().next().await,
+        Some(Err(Error::Disconnected))
+    ));
+    server.join().unwrap();
+}
+
+#[::tokio::test]
+async fn dropping_the_last_clone_closes_the_connection() {
+    let (qmp, server) = connect(fake::echo).await;
+    let other = qmp.clone();
+    drop(qmp);
+    other.execute_raw("echo", &json!({})).await.unwrap();
+    drop(other);
+    // The fake sees the end of the stream and returns.
+    ::tokio::task::spawn_blocking(move || server.join().unwrap())
+        .await
+        .unwrap();
+}
+
+/// A server that stops answering: the eight commands in flight time out (their slots stay
+/// taken, since the server still owes their replies), and a ninth, waiting for a permit,
+/// times out too instead of waiting forever. Once the server answers, all is well again.
+#[::tokio::test]
+async fn deadlines_bound_the_wait_for_room_too() {
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let mut released = false;
+    let (qmp, server) = connect(move |server, command| {
+        if command["execute"] == "stuck" {
+            // Answer nothing until told, then everything that came meanwhile, in order.
+            if !released {
+                held.recv().unwrap();
+                released = true;
+            }
+            server.reply(command, json!({}));
+            return true;
+        }
+        fake::echo(server, command)
+    })
+    .await;
+    let short = Some(Duration::from_millis(50));
+    let calls: Vec<_> = (0..9)
+        .map(|_| {
+            let qmp = qmp.clone();
+            ::tokio::spawn(
+                async move { qmp.execute_raw_timeout("stuck", &Value::Null, short).await },
+            )
+        })
+        .collect();
+    for call in calls {
+        let result = call.await.unwrap();
+        assert!(matches!(result, Err(Error::Timeout)), "{result:?}");
+    }
+    assert_eq!(qmp.in_flight(), 8);
+    release.send(()).unwrap();
+    // The eight late replies are discarded; then the next command goes through.
+    let args = json!({"after": "stuck"});
+    assert_eq!(qmp.execute_raw("echo", &args).await.unwrap(), args);
+    assert_eq!((qmp.in_flight(), qmp.discarded_replies()), (0, 8));
+    drop(qmp);
+    server.join().unwrap();
+}
