@@ -289,6 +289,29 @@ struct Serializer<'o, 'b> {
     out: &'o mut Out<'b>,
 }
 
+impl<'o, 'b> Serializer<'o, 'b> {
+    /// Writes `{"variant":` (for enum variants) and then `bracket`, and returns the compound
+    /// that writes the elements and, at its end, `close`.
+    fn open<'s>(
+        &'s mut self,
+        bracket: &[u8],
+        variant: Option<&str>,
+        close: &'static [u8],
+    ) -> Compound<'s, 'o, 'b> {
+        if let Some(variant) = variant {
+            self.out.put(b"{\"");
+            self.out.put_escaped(variant);
+            self.out.put(b"\":");
+        }
+        self.out.put(bracket);
+        Compound {
+            ser: self,
+            first: true,
+            close,
+        }
+    }
+}
+
 /// State for sequences and maps: whether a comma is due.
 struct Compound<'s, 'o, 'b> {
     ser: &'s mut Serializer<'o, 'b>,
@@ -437,12 +460,7 @@ impl<'s, 'o, 'b> ser::Serializer for &'s mut Serializer<'o, 'b> {
         Ok(())
     }
     fn serialize_seq(self, _len: Option<usize>) -> Result<Self::SerializeSeq, EncodeError> {
-        self.out.put(b"[");
-        Ok(Compound {
-            ser: self,
-            first: true,
-            close: b"]",
-        })
+        Ok(self.open(b"[", None, b"]"))
     }
     fn serialize_tuple(self, len: usize) -> Result<Self::SerializeTuple, EncodeError> {
         self.serialize_seq(Some(len))
@@ -461,22 +479,10 @@ impl<'s, 'o, 'b> ser::Serializer for &'s mut Serializer<'o, 'b> {
         variant: &'static str,
         _len: usize,
     ) -> Result<Self::SerializeTupleVariant, EncodeError> {
-        self.out.put(b"{\"");
-        self.out.put_escaped(variant);
-        self.out.put(b"\":[");
-        Ok(Compound {
-            ser: self,
-            first: true,
-            close: b"]}",
-        })
+        Ok(self.open(b"[", Some(variant), b"]}"))
     }
     fn serialize_map(self, _len: Option<usize>) -> Result<Self::SerializeMap, EncodeError> {
-        self.out.put(b"{");
-        Ok(Compound {
-            ser: self,
-            first: true,
-            close: b"}",
-        })
+        Ok(self.open(b"{", None, b"}"))
     }
     fn serialize_struct(
         self,
@@ -492,14 +498,7 @@ impl<'s, 'o, 'b> ser::Serializer for &'s mut Serializer<'o, 'b> {
         variant: &'static str,
         _len: usize,
     ) -> Result<Self::SerializeStructVariant, EncodeError> {
-        self.out.put(b"{\"");
-        self.out.put_escaped(variant);
-        self.out.put(b"\":{");
-        Ok(Compound {
-            ser: self,
-            first: true,
-            close: b"}}",
-        })
+        Ok(self.open(b"{", Some(variant), b"}}"))
     }
     fn collect_str<T: fmt::Display + ?Sized>(self, value: &T) -> Result<(), EncodeError> {
         self.out.put(b"\"");

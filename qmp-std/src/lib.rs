@@ -91,6 +91,43 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+/// The builder setters the blocking and tokio clients share, so their rules (such as the
+/// smallest buffer sizes) stay the same in both. Expands inside an `impl` of a type with an
+/// `options: Options` field.
+macro_rules! shared_option_setters {
+    () => {
+        /// See [`Options::connect_timeout`].
+        pub fn connect_timeout(mut self, timeout: Option<Duration>) -> Self {
+            self.options.connect_timeout = timeout;
+            self
+        }
+
+        /// See [`Options::max_reply_size`].
+        pub fn max_reply_size(mut self, bytes: usize) -> Self {
+            self.options.max_reply_size = bytes.max(64);
+            self
+        }
+
+        /// See [`Options::initial_buffer`].
+        pub fn initial_buffer(mut self, bytes: usize) -> Self {
+            self.options.initial_buffer = bytes.max(64);
+            self
+        }
+
+        /// See [`Options::oob`].
+        pub fn oob(mut self, enable: bool) -> Self {
+            self.options.oob = enable;
+            self
+        }
+
+        /// See [`Options::negotiate`].
+        pub fn negotiate(mut self, negotiate: bool) -> Self {
+            self.options.negotiate = negotiate;
+            self
+        }
+    };
+}
+
 mod client;
 pub mod commands;
 mod error;

@@ -134,39 +134,11 @@ impl ClientBuilder {
         }
     }
 
-    /// See [`Options::connect_timeout`].
-    pub fn connect_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.options.connect_timeout = timeout;
-        self
-    }
+    shared_option_setters!();
 
     /// See [`Options::command_timeout`]: the default bound of each command, from its call.
     pub fn command_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.options.command_timeout = timeout;
-        self
-    }
-
-    /// See [`Options::max_reply_size`].
-    pub fn max_reply_size(mut self, bytes: usize) -> Self {
-        self.options.max_reply_size = bytes.max(64);
-        self
-    }
-
-    /// See [`Options::initial_buffer`].
-    pub fn initial_buffer(mut self, bytes: usize) -> Self {
-        self.options.initial_buffer = bytes.max(64);
-        self
-    }
-
-    /// See [`Options::oob`].
-    pub fn oob(mut self, enable: bool) -> Self {
-        self.options.oob = enable;
-        self
-    }
-
-    /// See [`Options::negotiate`].
-    pub fn negotiate(mut self, negotiate: bool) -> Self {
-        self.options.negotiate = negotiate;
         self
     }
 
