@@ -15,8 +15,9 @@
 //! - A byte between messages that does not start an object yields one error
 //!   ([`FrameError::NotAnObject`] or [`FrameError::UnexpectedByte`]); the framer then skips to
 //!   the next `{`.
-//! - Nesting deeper than the limit, or a raw control character inside a string, yields one
-//!   error; the framer then skips to the end of the line and resumes at the next object.
+//! - Nesting deeper than the limit, a closing bracket of the wrong kind (`{"a": [}`), or a
+//!   raw control character inside a string, yields one error; the framer then skips to the
+//!   end of the line and resumes at the next object.
 //! - An object larger than the buffer is skimmed, not stored: its bytes are dropped as they
 //!   arrive, its top-level `"id"` is picked out on the way, and when it ends the framer yields
 //!   [`FrameError::TooLarge`] with that id so the command it answers is never left waiting.
@@ -109,6 +110,13 @@ pub enum FrameError {
         /// The limit in force.
         limit: u32,
     },
+    /// A closing bracket of the wrong kind: `]` for an object or `}` for an array.
+    MismatchedBracket {
+        /// Stream offset of the closing bracket.
+        offset: u64,
+        /// The closing bracket.
+        byte: u8,
+    },
     /// A raw control character (below 0x20) inside a string, which JSON forbids.
     ControlCharInString {
         /// Stream offset of the byte.
@@ -142,6 +150,7 @@ impl FrameError {
             Self::NotAnObject { offset }
             | Self::UnexpectedByte { offset, .. }
             | Self::TooDeep { offset, .. }
+            | Self::MismatchedBracket { offset, .. }
             | Self::ControlCharInString { offset, .. }
             | Self::TooLarge { offset, .. }
             | Self::Truncated { offset, .. } => offset,
@@ -163,6 +172,14 @@ impl fmt::Display for FrameError {
             }
             Self::TooDeep { offset, limit } => {
                 write!(f, "nesting deeper than {limit} at byte {offset}")
+            }
+            Self::MismatchedBracket { offset, byte } => {
+                let (found, open) = if *byte == b']' {
+                    ("]", "{")
+                } else {
+                    ("}", "[")
+                };
+                write!(f, "`{found}` at byte {offset} closes a `{open}`")
             }
             Self::ControlCharInString { offset, byte } => {
                 write!(
@@ -287,6 +304,8 @@ enum Scanned {
     TooDeep(u32),
     /// A control character inside a string at `pos`.
     ControlChar(u8),
+    /// A closing bracket of the wrong kind at `pos`.
+    Mismatched(u8),
     /// A `{` at the start of a line inside the object, at `pos`.
     NewObjectAtLineStart,
 }
@@ -301,6 +320,7 @@ impl Scanned {
                 limit,
             },
             Self::ControlChar(byte) => FrameError::ControlCharInString { offset: at, byte },
+            Self::Mismatched(byte) => FrameError::MismatchedBracket { offset: at, byte },
             _ => FrameError::Truncated { offset: frame, len },
         }
     }
@@ -358,6 +378,8 @@ impl Spans {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Scanner {
     depth: u32,
+    /// The kinds of the open brackets, as a stack of bits (see [`Kinds`]).
+    kinds: Kinds,
     in_string: bool,
     escaped: bool,
     line_start: bool,
@@ -386,6 +408,7 @@ impl Scanner {
     fn open(origin: usize) -> Self {
         Self {
             depth: 1,
+            kinds: 0,
             in_string: false,
             escaped: false,
             line_start: false,
@@ -398,6 +421,13 @@ impl Scanner {
     #[inline]
     fn scan(&mut self, bytes: &[u8], pos: &mut usize, max_depth: u32) -> Scanned {
         self.scan_blocks::<true>(bytes, pos, max_depth)
+    }
+
+    /// Replaces the low 64 bits of the kind stack: all of it at up to 64 levels, which is
+    /// where the block walk works.
+    #[inline(always)]
+    fn set_low_kinds(&mut self, low: u64) {
+        self.kinds = (self.kinds & !Kinds::from(u64::MAX)) | Kinds::from(low);
     }
 
     /// The buffer moved its bytes `by` positions towards the start.
@@ -487,8 +517,9 @@ impl Scanner {
                 exact = 0;
             }
             match self.walk::<LINES>(chunk, m.bracket & !in_string & exact, max_depth, from) {
-                Walk::Depth(depth) if exact == valid && !m.special => {
+                Walk::Depth(depth, kinds) if exact == valid && !m.special => {
                     self.depth = depth;
+                    self.set_low_kinds(kinds);
                     self.in_string = (in_string >> last) & 1 != 0;
                     self.line_start = false;
                     return Step::Continue;
@@ -522,15 +553,16 @@ impl Scanner {
         // Everything before the first rare byte is exact; depth changes there still count.
         let exact = below(rare.trailing_zeros()) & valid;
         match self.walk::<LINES>(chunk, m.bracket & outside & exact, max_depth, from) {
-            Walk::Depth(depth) if rare == 0 => {
+            Walk::Depth(depth, kinds) if rare == 0 => {
                 self.depth = depth;
+                self.set_low_kinds(kinds);
                 self.in_string = (in_string >> last) & 1 != 0;
                 self.escaped = escaped;
                 self.line_start = newline_at_end;
                 Step::Continue
             }
             Walk::Complete(k) => Step::Complete(k),
-            Walk::Depth(_) | Walk::TooDeep => {
+            Walk::Depth(..) | Walk::Rare => {
                 (self.spans.len, self.spans.open) = recorded;
                 Step::Slow
             }
@@ -550,16 +582,31 @@ impl Scanner {
         from: usize,
     ) -> Walk {
         let mut depth = self.depth;
+        // Up to 64 levels, the whole kind stack is in its low 64 bits; deeper ones are left
+        // to the byte loop.
+        let mut kinds = self.kinds as u64;
+        let limit = max_depth.min(u64::BITS);
         while brackets != 0 {
             let k = brackets.trailing_zeros();
-            // Opening brackets have bit 1 set.
-            let up = u32::from((chunk[k as usize] >> 1) & 1);
+            let b = chunk[k as usize];
+            // Opening brackets have bit 1 set, square ones have bit 5 clear.
+            let up = u32::from((b >> 1) & 1);
+            let square = u64::from(!b >> 5 & 1);
+            // The level the bracket opens or closes: the new depth's for `{` and `[`, the old
+            // one's for `}` and `]` (counting from 0).
+            let level = depth - 1 + up;
+            // Too deep, or a closing bracket of the other kind: one rare branch for both.
+            if level >= limit || ((kinds ^ square) & u64::from(up ^ 1) & 1) != 0 {
+                return Walk::Rare;
+            }
+            kinds = if up == 1 {
+                (kinds << 1) | square
+            } else {
+                kinds >> 1
+            };
             depth = depth + 2 * up - 1;
             if depth == 0 {
                 return Walk::Complete(k);
-            }
-            if depth > max_depth {
-                return Walk::TooDeep;
             }
             if LINES && depth == 1 + up {
                 // Into a top-level nested value (depth 2) or out of one (depth 1).
@@ -567,7 +614,7 @@ impl Scanner {
             }
             brackets &= brackets - 1;
         }
-        Walk::Depth(depth)
+        Walk::Depth(depth, kinds)
     }
 
     /// The byte-at-a-time scan, from `*pos` to the end of `bytes`.
@@ -620,11 +667,16 @@ impl Scanner {
                             i += 1;
                             break Scanned::TooDeep(max_depth);
                         }
+                        self.kinds = (self.kinds << 1) | kind(b);
                         if LINES && self.depth == 2 {
                             self.spans.note(true, i - self.origin);
                         }
                     }
                     CLOSE => {
+                        if self.kinds & 1 != kind(b) {
+                            break Scanned::Mismatched(b);
+                        }
+                        self.kinds >>= 1;
                         self.depth -= 1;
                         if self.depth == 0 {
                             i += 1;
@@ -651,12 +703,28 @@ impl Scanner {
 
 /// What following the depth through a block's brackets found.
 enum Walk {
-    /// The depth after them.
-    Depth(u32),
+    /// The depth and the kind stack (up to 64 levels) after them.
+    Depth(u32, u64),
     /// The depth reached 0 at this bit.
     Complete(u32),
-    /// The depth passed the limit.
-    TooDeep,
+    /// Something for the byte loop to report or handle: the depth limit, level 64 or
+    /// deeper, or a closing bracket of the wrong kind.
+    Rare,
+}
+
+/// The kinds of the open brackets, a stack of bits: bit 0 is the innermost open bracket, bit
+/// 1 the one around it, and so on (the object's own `{` at bit `depth - 1`); a bit is set for
+/// `[` and clear for `{`, and the bits from `depth` up are clear. An opening bracket shifts
+/// the stack up and sets bit 0, a closing one must match bit 0 and shifts it down: constant
+/// shifts, cheap in the block walk. Enough for [`MAX_SUPPORTED_DEPTH`] levels.
+type Kinds = u128;
+
+const _: () = assert!(MAX_SUPPORTED_DEPTH <= Kinds::BITS);
+
+/// The kind bit of a bracket: 1 for `[` and `]`, 0 for `{` and `}`.
+#[inline(always)]
+fn kind(b: u8) -> Kinds {
+    Kinds::from(!b >> 5 & 1)
 }
 
 /// The bits below bit `k` (all 64 when `k` is 64).
@@ -685,6 +753,7 @@ fn opening(chunk: &[u8; block::BLOCK], mut candidates: u64) -> u64 {
 /// `bytes` when the value never closes.
 pub(crate) fn skip_nested(bytes: &[u8], start: usize, max_depth: u32) -> Result<usize, usize> {
     let mut scanner = Scanner::open(start);
+    scanner.kinds = bytes.get(start).map_or(0, |&b| kind(b));
     let mut pos = start + 1;
     match scanner.scan_blocks::<false>(bytes, &mut pos, max_depth) {
         Scanned::Complete => Ok(pos),
@@ -710,6 +779,7 @@ enum Member {
 #[derive(Debug, Clone, Copy)]
 struct Skimmer {
     depth: u32,
+    kinds: Kinds,
     in_string: bool,
     escaped: bool,
     line_start: bool,
@@ -732,6 +802,7 @@ impl Skimmer {
     fn new(offset: u64) -> Self {
         Self {
             depth: 0,
+            kinds: 0,
             in_string: false,
             escaped: false,
             line_start: false,
@@ -832,8 +903,13 @@ impl Skimmer {
                 if self.depth > max_depth {
                     return Scanned::TooDeep(max_depth);
                 }
+                self.kinds = (self.kinds << 1) | kind(b);
             }
             b'}' | b']' => {
+                if self.kinds & 1 != kind(b) {
+                    return Scanned::Mismatched(b);
+                }
+                self.kinds >>= 1;
                 self.depth = self.depth.saturating_sub(1);
                 if self.depth == 0 {
                     self.end_capture();
@@ -1189,7 +1265,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Framer<B> {
                         Scanned::NewObjectAtLineStart => {
                             self.mode = Mode::Between;
                         }
-                        Scanned::TooDeep(_) | Scanned::ControlChar(_) => {
+                        Scanned::TooDeep(_) | Scanned::ControlChar(_) | Scanned::Mismatched(_) => {
                             self.mode = Mode::SkipLine;
                         }
                     }
@@ -1230,7 +1306,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Framer<B> {
                                 stop.error(at + 1, skim.offset, skim.size)
                             }
                             _ => {
-                                // A control character: resume at it, it may be the newline.
+                                // A control character (resume at it, it may be the newline)
+                                // or a mismatched bracket.
                                 self.mode = Mode::SkipLine;
                                 stop.error(at, skim.offset, skim.size)
                             }
@@ -1503,6 +1580,7 @@ mod scanner_tests {
         fn block_scan_equals_byte_scan(
             bytes in (0u32..3).prop_flat_map(json_like),
             depth in 1u32..6,
+            kinds: u8,
             in_string: bool,
             escaped: bool,
             line_start: bool,
@@ -1511,6 +1589,8 @@ mod scanner_tests {
         ) {
             let scanner = Scanner {
                 depth,
+                // Any mix of `{` and `[` inside the frame's own `{`.
+                kinds: Kinds::from(kinds) & ((1 << (depth - 1)) - 1),
                 in_string,
                 escaped: escaped && in_string,
                 line_start: line_start && !in_string,

@@ -889,11 +889,11 @@ mod tests {
             panic!()
         };
         assert!(e.data.unwrap().validate().is_err());
-        // What the framer would refuse is refused here too.
+        // What the framer would refuse is refused here too, at the same byte.
         for (text, offset) in [
-            (r#"{"return": [1, 2}"#, 17),
+            (r#"{"return": [1, 2}"#, 16),
             ("{\"return\": [\"a\tb\"]}", 14),
-            (r#"{"return": {"a": [}"#, 19),
+            (r#"{"return": {"a": [}"#, 18),
         ] {
             assert_eq!(parse(text), Err(MessageError::Syntax { offset }), "{text}");
         }
