@@ -199,10 +199,16 @@ fn shift(e: FrameError, by: u64) -> FrameError {
             offset: offset + by,
             byte,
         },
-        FrameError::TooLarge { offset, size, id } => FrameError::TooLarge {
+        FrameError::TooLarge {
+            offset,
+            size,
+            id,
+            reply,
+        } => FrameError::TooLarge {
             offset: offset + by,
             size,
             id,
+            reply,
         },
         FrameError::Truncated { offset, len } => FrameError::Truncated {
             offset: offset + by,

@@ -91,6 +91,15 @@ where
         &self.engine.config
     }
 
+    /// Messages dropped as the protocol asks, since the start: replies whose id matches no
+    /// command waiting (late replies to commands that timed out, unknown ids), id-less
+    /// errors, second greetings, malformed frames and bytes that could not be framed, with no
+    /// command to blame. Replies to abandoned commands are not counted. Saturates at
+    /// `u32::MAX`.
+    pub fn dropped_messages(&self) -> u32 {
+        self.engine.dropped
+    }
+
     /// Sets the timeout for the greeting, later commands and writes (`None`: wait forever).
     pub fn set_timeout(&mut self, timeout: Option<Duration>) {
         self.engine.config = self.engine.config.timeout(timeout);

@@ -50,8 +50,6 @@ struct Current {
     id: CommandId,
     /// Whether every byte of it reached the link.
     written: bool,
-    /// Whether it has a deadline (which frees its slot in the session if no reply comes).
-    expires: bool,
 }
 
 /// Where [`Engine::pump`] stops.
@@ -81,6 +79,8 @@ pub(crate) struct Engine<const RX: usize, const TX: usize, const EV: usize, cons
     current: Option<Current>,
     /// Part of a command reached the link, but not all of it.
     pub(crate) partial_write: bool,
+    /// Messages dropped as the protocol asks (notices), saturating.
+    pub(crate) dropped: u32,
 }
 
 impl<const RX: usize, const TX: usize, const EV: usize, const N: usize> Engine<RX, TX, EV, N> {
@@ -92,6 +92,7 @@ impl<const RX: usize, const TX: usize, const EV: usize, const N: usize> Engine<R
             config,
             current: None,
             partial_write: false,
+            dropped: 0,
         }
     }
 
@@ -119,12 +120,17 @@ impl<const RX: usize, const TX: usize, const EV: usize, const N: usize> Engine<R
     ) -> Result<Outgoing, Error<E>> {
         if let Some(old) = self.current.take() {
             // One on the wire is owed a reply: drop it when it comes. One that never fully
-            // reached the server gets no reply: leave it to its deadline, which frees its
-            // slot. Without a deadline it is abandoned too and its slot stays taken (the
-            // session has no way to forget a command that never left).
-            if old.written || !old.expires {
+            // reached the server gets no reply (a fragment of it is dropped by QEMU at the
+            // resync byte sent before the next command): free its slot now. Leaving it to
+            // its deadline would leak the slot, since deadlines only take effect while
+            // reading: after a link that fails every write, N such commands filled the
+            // table and every later command failed with `TableFull`.
+            if old.written {
                 let _ = self.session.abandon(old.id);
                 log!(debug, "qmp: abandoned command {}", old.id);
+            } else {
+                let _ = self.session.forget(old.id);
+                log!(debug, "qmp: forgot unsent command {}", old.id);
             }
         }
         let deadline = self.deadline(now);
@@ -145,7 +151,6 @@ impl<const RX: usize, const TX: usize, const EV: usize, const N: usize> Engine<R
         self.current = Some(Current {
             id: sent.id,
             written: false,
-            expires: deadline.is_some(),
         });
         Ok(Outgoing {
             len: sent.len,
@@ -202,6 +207,9 @@ impl<const RX: usize, const TX: usize, const EV: usize, const N: usize> Engine<R
                     log!(debug, "qmp: dropped the outcome of command {}", reply.id);
                 }
                 Received::Notice(notice) => {
+                    if !matches!(notice, qmp_proto::Notice::Discarded(_)) {
+                        self.dropped = self.dropped.saturating_add(1);
+                    }
                     if let qmp_proto::Notice::Framing(qmp_proto::FrameError::TooLarge {
                         id: None,
                         ..

@@ -626,3 +626,79 @@ fn duplex_of_two_halves() {
         [&t.steps[0].command[..], &t.steps[1].command[..]].concat()
     );
 }
+
+#[test]
+fn messages_dropped_as_the_protocol_asks_are_counted() {
+    let mut t = Transcript::parse(SESSION);
+    let greeting = t.greeting.clone();
+    // Before the first query-status reply: a reply to no command, the reply id the next
+    // command will get, an id-less error, and the greeting again.
+    let extra = [
+        &b"{\"return\": {}, \"id\": 99}\r\n"[..],
+        b"{\"return\": {\"status\": \"paused\", \"singlestep\": false, \"running\": false}, \"id\": 3}\r\n",
+        b"{\"error\": {\"class\": \"GenericError\", \"desc\": \"JSON parse error\"}}\r\n",
+        &greeting,
+    ]
+    .concat();
+    t.steps[1].response.splice(0..0, extra);
+    let mut c: Qmp = client(FakeQemu::from_transcript(t, Behavior::calm()));
+    c.handshake(false).unwrap();
+    assert_eq!(c.dropped_messages(), 0);
+    let s: Status<'_> = c.execute("query-status", &()).unwrap();
+    assert_eq!(s.status, "running");
+    assert_eq!(c.dropped_messages(), 4);
+    // Id 3 is `stop`'s: it gets its own (recorded) reply, not the one sent early.
+    c.execute_raw("stop", &()).unwrap();
+    let s: Status<'_> = c.execute("query-status", &()).unwrap();
+    assert_eq!(s.status, "paused");
+    assert_eq!(c.dropped_messages(), 4);
+}
+
+/// Commands whose writes never got a byte out (the link refused every write until their
+/// deadline) must not keep their slots: with one slot, the next command used to fail with
+/// `Send(TableFull)` for good, since deadlines only take effect while reading. Found by the
+/// chaos proxy (tests/tests/chaos.rs) as `TableFull` after a cut connection.
+#[test]
+fn commands_that_were_never_written_free_their_slots() {
+    let session = Transcript::parse(SESSION);
+    let t = Transcript {
+        greeting: session.greeting.clone(),
+        steps: vec![
+            session.steps[0].clone(),
+            common::Step {
+                command: br#"{"execute":"query-status","id":4}"#.to_vec(),
+                response: b"{\"return\": {\"status\": \"running\", \"singlestep\": false, \"running\": true}, \"id\": 4}\r\n".to_vec(),
+            },
+        ],
+        eof: false,
+    };
+    let mut behavior = Behavior::calm();
+    let caps = t.steps[0].command.len();
+    // Every write after the handshake stalls until 250 ms of fake time.
+    behavior.block_writes = Some((caps, 250_000));
+    let link = FakeQemu::from_transcript(t, behavior);
+    let observed = link.observed.clone();
+    let clock = link.clock.clone();
+    let config = Config::new().timeout(Some(Duration::from_millis(100)));
+    let mut c: Qmp<1024, 256, 256, 1> = Client::with_config(link, clock, config);
+    c.handshake(false).unwrap();
+    // Ids 2 and 3: nothing gets out before their deadlines.
+    assert_eq!(
+        c.execute_raw("query-status", &()).unwrap_err(),
+        Error::Timeout
+    );
+    assert_eq!(
+        c.execute_raw("query-status", &()).unwrap_err(),
+        Error::Timeout
+    );
+    // Id 4 gets out once writes flow again, and is answered.
+    let s: Status<'_> = c.execute("query-status", &()).unwrap();
+    assert_eq!(s.status, "running");
+    let observed = observed.borrow();
+    assert_eq!(observed.mismatch, None);
+    assert_eq!(
+        observed.resyncs, 0,
+        "no fragment went out, so no resync byte"
+    );
+    assert_eq!(observed.commands.len(), 2);
+}

@@ -132,6 +132,9 @@ pub enum FrameError {
         size: u64,
         /// Its top-level `"id"` member, when it had one that fit [`SkimmedId`].
         id: Option<SkimmedId>,
+        /// Whether it was a reply: a top-level `return` or `error` member and no `event`
+        /// (a session ties a reply without an id to the command it sent without one).
+        reply: bool,
     },
     /// An object that never ended: the stream closed, or a new object started at the
     /// beginning of a line inside it.
@@ -187,7 +190,9 @@ impl fmt::Display for FrameError {
                     "raw control character 0x{byte:02x} in a string at byte {offset}"
                 )
             }
-            Self::TooLarge { offset, size, id } => {
+            Self::TooLarge {
+                offset, size, id, ..
+            } => {
                 write!(
                     f,
                     "message of {size} bytes at byte {offset} is larger than the buffer"
@@ -408,7 +413,7 @@ impl Scanner {
     fn open(origin: usize) -> Self {
         Self {
             depth: 1,
-            kinds: 0,
+            kinds: Kinds::default(),
             in_string: false,
             escaped: false,
             line_start: false,
@@ -427,7 +432,7 @@ impl Scanner {
     /// where the block walk works.
     #[inline(always)]
     fn set_low_kinds(&mut self, low: u64) {
-        self.kinds = (self.kinds & !Kinds::from(u64::MAX)) | Kinds::from(low);
+        self.kinds.low = low;
     }
 
     /// The buffer moved its bytes `by` positions towards the start.
@@ -584,7 +589,7 @@ impl Scanner {
         let mut depth = self.depth;
         // Up to 64 levels, the whole kind stack is in its low 64 bits; deeper ones are left
         // to the byte loop.
-        let mut kinds = self.kinds as u64;
+        let mut kinds = self.kinds.low;
         let limit = max_depth.min(u64::BITS);
         while brackets != 0 {
             let k = brackets.trailing_zeros();
@@ -667,16 +672,15 @@ impl Scanner {
                             i += 1;
                             break Scanned::TooDeep(max_depth);
                         }
-                        self.kinds = (self.kinds << 1) | kind(b);
+                        self.kinds.push(b);
                         if LINES && self.depth == 2 {
                             self.spans.note(true, i - self.origin);
                         }
                     }
                     CLOSE => {
-                        if self.kinds & 1 != kind(b) {
+                        if !self.kinds.pop(b) {
                             break Scanned::Mismatched(b);
                         }
-                        self.kinds >>= 1;
                         self.depth -= 1;
                         if self.depth == 0 {
                             i += 1;
@@ -716,15 +720,43 @@ enum Walk {
 /// 1 the one around it, and so on (the object's own `{` at bit `depth - 1`); a bit is set for
 /// `[` and clear for `{`, and the bits from `depth` up are clear. An opening bracket shifts
 /// the stack up and sets bit 0, a closing one must match bit 0 and shifts it down: constant
-/// shifts, cheap in the block walk. Enough for [`MAX_SUPPORTED_DEPTH`] levels.
-type Kinds = u128;
+/// shifts, cheap in the block walk. Enough for [`MAX_SUPPORTED_DEPTH`] levels, in two words
+/// (a `u128` would double the alignment, and the size, of the framer's state).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Kinds {
+    /// Bits 0 to 63: the innermost 64 levels, all of them up to 64 levels deep.
+    low: u64,
+    /// Bits 64 to 127.
+    high: u64,
+}
 
-const _: () = assert!(MAX_SUPPORTED_DEPTH <= Kinds::BITS);
+const _: () = assert!(MAX_SUPPORTED_DEPTH <= 2 * u64::BITS);
+
+impl Kinds {
+    /// An opening bracket `b`.
+    #[inline(always)]
+    fn push(&mut self, b: u8) {
+        self.high = (self.high << 1) | (self.low >> 63);
+        self.low = (self.low << 1) | kind(b);
+    }
+
+    /// A closing bracket `b`: returns whether it matches the innermost open one (and then
+    /// pops it).
+    #[inline(always)]
+    fn pop(&mut self, b: u8) -> bool {
+        if self.low & 1 != kind(b) {
+            return false;
+        }
+        self.low = (self.low >> 1) | (self.high << 63);
+        self.high >>= 1;
+        true
+    }
+}
 
 /// The kind bit of a bracket: 1 for `[` and `]`, 0 for `{` and `}`.
 #[inline(always)]
-fn kind(b: u8) -> Kinds {
-    Kinds::from(!b >> 5 & 1)
+fn kind(b: u8) -> u64 {
+    u64::from(!b >> 5 & 1)
 }
 
 /// The bits below bit `k` (all 64 when `k` is 64).
@@ -753,7 +785,7 @@ fn opening(chunk: &[u8; block::BLOCK], mut candidates: u64) -> u64 {
 /// `bytes` when the value never closes.
 pub(crate) fn skip_nested(bytes: &[u8], start: usize, max_depth: u32) -> Result<usize, usize> {
     let mut scanner = Scanner::open(start);
-    scanner.kinds = bytes.get(start).map_or(0, |&b| kind(b));
+    scanner.kinds.low = bytes.get(start).map_or(0, |&b| kind(b));
     let mut pos = start + 1;
     match scanner.scan_blocks::<false>(bytes, &mut pos, max_depth) {
         Scanned::Complete => Ok(pos),
@@ -762,18 +794,38 @@ pub(crate) fn skip_nested(bytes: &[u8], start: usize, max_depth: u32) -> Result<
     }
 }
 
+/// The top-level `id` of a complete frame and whether it reads as a reply (see
+/// [`FrameError::TooLarge`]), read byte by byte as the skimmer of oversized messages does:
+/// for a frame [`crate::find_id`] cannot read, such as one with invalid UTF-8 before its id.
+pub(crate) fn skim_id(frame: &[u8]) -> (Option<SkimmedId>, bool) {
+    let mut skim = Skimmer::new(0);
+    for &b in frame {
+        match skim.step(b, MAX_SUPPORTED_DEPTH) {
+            Scanned::NeedMore => {}
+            Scanned::Complete => return (skim.id(), skim.is_reply()),
+            _ => break,
+        }
+    }
+    (None, false)
+}
+
 /// Where skimming of an oversized object stands in its top-level members.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Member {
     /// Expecting a key (or the end).
     Key,
-    /// Inside a key: how many bytes of `id` matched, and whether it still can be `id`.
-    InKey { matched: u8, still_id: bool },
+    /// Inside a key: its first bytes (up to [`KEY_PREFIX`]) and its length, which goes past
+    /// the prefix for longer keys, and to `u8::MAX` after an escape (no key of interest has
+    /// one).
+    InKey { prefix: [u8; KEY_PREFIX], len: u8 },
     /// After a key, before its `:`.
     AfterKey { is_id: bool },
     /// Inside a value.
     Value,
 }
+
+/// The longest key the skimmer recognises (`return`).
+const KEY_PREFIX: usize = 6;
 
 /// The slow scanner for an object too large for the buffer: drops bytes, keeps the `id`.
 #[derive(Debug, Clone, Copy)]
@@ -787,6 +839,10 @@ struct Skimmer {
     capturing: bool,
     id: SkimmedId,
     id_state: IdState,
+    /// Seen a top-level `return` or `error` key.
+    reply_key: bool,
+    /// Seen a top-level `event` key.
+    event_key: bool,
     offset: u64,
     size: u64,
 }
@@ -802,7 +858,7 @@ impl Skimmer {
     fn new(offset: u64) -> Self {
         Self {
             depth: 0,
-            kinds: 0,
+            kinds: Kinds::default(),
             in_string: false,
             escaped: false,
             line_start: false,
@@ -813,6 +869,8 @@ impl Skimmer {
                 len: 0,
             },
             id_state: IdState::None,
+            reply_key: false,
+            event_key: false,
             offset,
             size: 0,
         }
@@ -848,6 +906,24 @@ impl Skimmer {
         (self.id_state == IdState::Captured && self.id.len > 0).then_some(self.id)
     }
 
+    /// Whether the object was a reply, once it has ended.
+    fn is_reply(&self) -> bool {
+        self.reply_key && !self.event_key
+    }
+
+    /// A top-level key ended: notes the keys of interest; returns whether it was `id`.
+    fn end_key(&mut self, prefix: [u8; KEY_PREFIX], len: u8) -> bool {
+        let Some(key) = prefix.get(..usize::from(len)) else {
+            return false;
+        };
+        match key {
+            b"return" | b"error" => self.reply_key = true,
+            b"event" => self.event_key = true,
+            _ => {}
+        }
+        key == b"id"
+    }
+
     /// Feeds one byte of the object (starting with its `{`).
     fn step(&mut self, b: u8, max_depth: u32) -> Scanned {
         self.size += 1;
@@ -858,25 +934,26 @@ impl Skimmer {
                     return Scanned::ControlChar(b);
                 }
                 self.escaped = false;
-                if let Member::InKey { still_id, .. } = &mut self.member {
-                    *still_id = false;
+                if let Member::InKey { len, .. } = &mut self.member {
+                    *len = u8::MAX;
                 }
             } else if b == b'"' {
                 self.in_string = false;
-                if let Member::InKey { matched, still_id } = self.member {
-                    self.member = Member::AfterKey {
-                        is_id: still_id && matched == 2,
-                    };
+                if let Member::InKey { prefix, len } = self.member {
+                    let is_id = self.end_key(prefix, len);
+                    self.member = Member::AfterKey { is_id };
                 }
             } else if b == b'\\' {
                 self.escaped = true;
             } else if b < 0x20 {
                 return Scanned::ControlChar(b);
-            } else if let Member::InKey { matched, still_id } = &mut self.member {
-                if *still_id && b"id".get(usize::from(*matched)) == Some(&b) {
-                    *matched += 1;
-                } else {
-                    *still_id = false;
+            } else if let Member::InKey { prefix, len } = &mut self.member {
+                if let Some(slot) = prefix.get_mut(usize::from(*len)) {
+                    *slot = b;
+                }
+                // Counts up to `u8::MAX - 1`, never into the escape mark.
+                if *len < u8::MAX - 1 {
+                    *len += 1;
                 }
             }
             return Scanned::NeedMore;
@@ -890,8 +967,8 @@ impl Skimmer {
                 self.in_string = true;
                 if self.depth == 1 && self.member == Member::Key {
                     self.member = Member::InKey {
-                        matched: 0,
-                        still_id: true,
+                        prefix: [0; KEY_PREFIX],
+                        len: 0,
                     };
                 } else {
                     self.capture(b);
@@ -903,13 +980,12 @@ impl Skimmer {
                 if self.depth > max_depth {
                     return Scanned::TooDeep(max_depth);
                 }
-                self.kinds = (self.kinds << 1) | kind(b);
+                self.kinds.push(b);
             }
             b'}' | b']' => {
-                if self.kinds & 1 != kind(b) {
+                if !self.kinds.pop(b) {
                     return Scanned::Mismatched(b);
                 }
-                self.kinds >>= 1;
                 self.depth = self.depth.saturating_sub(1);
                 if self.depth == 0 {
                     self.end_capture();
@@ -1291,6 +1367,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Framer<B> {
                                     offset: skim.offset,
                                     size: skim.size,
                                     id: skim.id(),
+                                    reply: skim.is_reply(),
                                 }
                             }
                             Scanned::NewObjectAtLineStart => {
@@ -1474,6 +1551,7 @@ mod tests {
                     offset: 0,
                     size,
                     id,
+                    reply: true,
                 }) => {
                     assert_eq!(size, 86);
                     assert_eq!(id.unwrap().as_u64(), Some(7), "chunk {chunk}");
@@ -1485,7 +1563,11 @@ mod tests {
         }
         let big_error = b"{\"id\": \"str-id\", \"error\": {\"class\": \"GenericError\", \"desc\": \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}}";
         match run::<16>(big_error, 5)[0] {
-            Err(FrameError::TooLarge { id: Some(id), .. }) => {
+            Err(FrameError::TooLarge {
+                id: Some(id),
+                reply: true,
+                ..
+            }) => {
                 assert_eq!(id.as_bytes(), b"\"str-id\"")
             }
             ref other => panic!("{other:?}"),
@@ -1493,8 +1575,36 @@ mod tests {
         let no_id =
             b"{\"event\": \"X\", \"data\": {\"id\": 5, \"pad\": \"yyyyyyyyyyyyyyyyyyyyyyyy\"}}";
         match run::<16>(no_id, 5)[0] {
-            Err(FrameError::TooLarge { id: None, .. }) => {}
+            Err(FrameError::TooLarge {
+                id: None,
+                reply: false,
+                ..
+            }) => {}
             ref other => panic!("{other:?}"),
+        }
+        // Which keys make a reply: `return` or `error` at the top level, and no `event`;
+        // keys that only begin like those, or are escaped, do not count.
+        for (text, reply) in [
+            (&b"{\"return\": \"xxxxxxxxxxxxxxxxxxxxxxxx\"}"[..], true),
+            (b"{\"error\": {\"class\": \"xxxxxxxxxxxxxxxxxxxxx\"}}", true),
+            (b"{\"returns\": \"xxxxxxxxxxxxxxxxxxxxxxx\"}", false),
+            (b"{\"retur\": \"xxxxxxxxxxxxxxxxxxxxxxxxx\"}", false),
+            (
+                b"{\"\\u0069d\": 1, \"x\": \"xxxxxxxxxxxxxxxxxxxxx\"}",
+                false,
+            ),
+            (b"{\"data\": {\"return\": \"xxxxxxxxxxxxxxxxxxx\"}}", false),
+            (
+                b"{\"return\": 1, \"event\": \"xxxxxxxxxxxxxxxxxxx\"}",
+                false,
+            ),
+        ] {
+            match run::<16>(text, 3)[0] {
+                Err(FrameError::TooLarge { reply: r, .. }) => {
+                    assert_eq!(r, reply, "{}", std::string::String::from_utf8_lossy(text))
+                }
+                ref other => panic!("{other:?}"),
+            }
         }
     }
 
@@ -1590,7 +1700,10 @@ mod scanner_tests {
             let scanner = Scanner {
                 depth,
                 // Any mix of `{` and `[` inside the frame's own `{`.
-                kinds: Kinds::from(kinds) & ((1 << (depth - 1)) - 1),
+                kinds: Kinds {
+                    low: u64::from(kinds) & ((1 << (depth - 1)) - 1),
+                    high: 0,
+                },
                 in_string,
                 escaped: escaped && in_string,
                 line_start: line_start && !in_string,

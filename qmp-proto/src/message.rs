@@ -269,7 +269,7 @@ fn walk<'a>(
             let valid = core::str::from_utf8(&frame[..e.valid_up_to()]).unwrap_or("");
             let mut prefix = Members::default();
             let _ = walk_text(valid, spans, &mut prefix);
-            members.id = prefix.id;
+            *members = prefix;
             let error = MessageError::InvalidUtf8 {
                 offset: e.valid_up_to(),
             };
@@ -615,9 +615,17 @@ impl<'a> Message<'a> {
 /// The top-level `id` of a frame that may not be a valid message, as far as it can be read:
 /// used to tie a malformed reply to its command.
 pub fn find_id(frame: &[u8]) -> Option<RawJson<'_>> {
+    find_reply(frame).0
+}
+
+/// [`find_id`], and whether the frame reads as a reply as far as it can be read: a top-level
+/// `return` or `error` member and no `event` (used to tie a malformed reply without an id to
+/// the command sent without one).
+pub(crate) fn find_reply(frame: &[u8]) -> (Option<RawJson<'_>>, bool) {
     let mut members = Members::default();
     let _ = walk(frame, &Spans::default(), &mut members);
-    members.id
+    let reply = (members.ret.is_some() || members.error.is_some()) && members.event.is_none();
+    (members.id, reply)
 }
 
 /// A member of `object` picked out while it was validated, with the errors [`member`] gives.

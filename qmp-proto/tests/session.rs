@@ -621,3 +621,215 @@ fn forgotten_commands_free_their_slot_at_once() {
         failure: Failure::Disconnected
     }));
 }
+
+/// A negotiated session with [`Config::untagged_when_alone`].
+fn ready_untagged(oob: bool) -> Small {
+    let config = Config::default().untagged_when_alone(true);
+    let mut s = Small::with_config([0; 1024], config);
+    let mut out = [0u8; 128];
+    feed_all(&mut s, GREETING);
+    let sent = s.negotiate(oob, None, &mut out).unwrap();
+    // Negotiation keeps its id.
+    assert!(out[..sent.len].ends_with(br#","id":1}"#));
+    feed_all(&mut s, b"{\"return\": {}, \"id\": 1}\r\n");
+    assert_eq!(s.state(), State::Ready);
+    s
+}
+
+fn send_bytes(s: &mut Small, name: &str, oob: bool) -> (u64, String) {
+    let mut out = [0u8; 128];
+    let sent = if oob {
+        s.execute_oob(name, &(), None, &mut out)
+    } else {
+        s.execute(name, &(), None, &mut out)
+    }
+    .unwrap();
+    (
+        sent.id.0,
+        String::from_utf8(out[..sent.len].to_vec()).unwrap(),
+    )
+}
+
+#[test]
+fn a_lone_command_goes_without_its_id_and_its_reply_is_matched_by_order() {
+    let mut s = ready_untagged(true);
+    let (a, wire) = send_bytes(&mut s, "query-status", false);
+    assert_eq!(wire, r#"{"execute":"query-status"}"#);
+    // Another in-band command while `a` is in flight, and an out-of-band one, keep their ids.
+    let (b, wire) = send_bytes(&mut s, "query-name", false);
+    assert_eq!(wire, format!(r#"{{"execute":"query-name","id":{b}}}"#));
+    let (c, wire) = send_bytes(&mut s, "query-status", true);
+    assert_eq!(wire, format!(r#"{{"exec-oob":"query-status","id":{c}}}"#));
+    let got = feed_all(
+        &mut s,
+        format!(
+            "{{\"return\": {{}}, \"id\": {c}}}\r\n\
+             {{\"timestamp\": {{\"seconds\": 1, \"microseconds\": 2}}, \"event\": \"STOP\"}}\r\n\
+             {{\"return\": {{\"status\": \"running\"}}}}\r\n\
+             {{\"return\": {{}}, \"id\": {b}}}\r\n"
+        )
+        .as_bytes(),
+    );
+    let ret = |id, value: &str| Got::Return {
+        id,
+        value: value.into(),
+    };
+    let stop = Got::Event {
+        name: "STOP".into(),
+        data: None,
+    };
+    assert_eq!(
+        got,
+        [
+            ret(c, "{}"),
+            stop,
+            ret(a, r#"{"status": "running"}"#),
+            ret(b, "{}")
+        ]
+    );
+    assert_eq!(s.in_flight(), 0);
+
+    // Errors, malformed replies and replies too large for the buffer, without ids.
+    let (d, _) = send_bytes(&mut s, "nope", false);
+    let got = feed_all(
+        &mut s,
+        b"{\"error\": {\"class\": \"CommandNotFound\", \"desc\": \"The command nope has not been found\"}}\r\n",
+    );
+    assert_eq!(
+        got,
+        [Got::Error {
+            id: d,
+            class: "CommandNotFound".into(),
+            desc: "The command nope has not been found".into()
+        }]
+    );
+    let (e, _) = send_bytes(&mut s, "query-status", false);
+    let got = feed_all(&mut s, b"{\"error\": {\"class\": \"GenericError\"}}\r\n");
+    let missing = MessageError::MissingMember {
+        member: "error.desc",
+    };
+    assert_eq!(
+        got,
+        [Got::Failed {
+            id: e,
+            failure: Failure::Malformed(missing)
+        }]
+    );
+    let (f, _) = send_bytes(&mut s, "query-qmp-schema", false);
+    let mut big = b"{\"return\": [\"".to_vec();
+    big.extend(std::iter::repeat_n(b'x', 2000));
+    big.extend_from_slice(b"\"]}\r\n");
+    let size = big.len() as u64 - 2;
+    assert_eq!(
+        feed_all(&mut s, &big),
+        [Got::Failed {
+            id: f,
+            failure: Failure::TooLarge { size }
+        }]
+    );
+    // An event too large for the buffer is not taken for the reply.
+    let (g, _) = send_bytes(&mut s, "query-status", false);
+    let mut big_event = b"{\"event\": \"X\", \"data\": {\"return\": \"".to_vec();
+    big_event.extend(std::iter::repeat_n(b'y', 2000));
+    big_event.extend_from_slice(
+        b"\"}, \"timestamp\": {\"seconds\": 1, \"microseconds\": 2}}\r\n{\"return\": {}}\r\n",
+    );
+    let got = feed_all(&mut s, &big_event);
+    assert!(
+        matches!(&got[..], [Got::Notice(n), r] if n.starts_with("framing TooLarge") && *r == ret(g, "{}")),
+        "{got:?}"
+    );
+    // Still untagged: nothing went wrong.
+    assert_eq!(
+        send_bytes(&mut s, "query-status", false).1,
+        r#"{"execute":"query-status"}"#
+    );
+}
+
+#[test]
+fn after_a_lone_command_times_out_every_command_carries_its_id() {
+    let mut s = ready_untagged(false);
+    let mut out = [0u8; 128];
+    let a = s
+        .execute("query-status", &(), Some(ms(100)), &mut out)
+        .unwrap();
+    assert_eq!(&out[..a.len], br#"{"execute":"query-status"}"#);
+    s.handle_timeout(ms(100));
+    assert_eq!(
+        drain(&mut s),
+        [Got::Failed {
+            id: a.id.0,
+            failure: Failure::TimedOut
+        }]
+    );
+    // The late reply has no id: it cannot be taken for the next command's, which has one.
+    let (b, wire) = send_bytes(&mut s, "query-name", false);
+    assert_eq!(wire, format!(r#"{{"execute":"query-name","id":{b}}}"#));
+    let got = feed_all(
+        &mut s,
+        format!(
+            "{{\"return\": {{\"status\": \"running\"}}}}\r\n{{\"return\": {{}}, \"id\": {b}}}\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(
+        got,
+        [
+            Got::Notice("unmatched id=".into()),
+            Got::Return {
+                id: b,
+                value: "{}".into()
+            }
+        ]
+    );
+    let (_, wire) = send_bytes(&mut s, "query-status", false);
+    assert!(wire.contains("\"id\":"), "{wire}");
+}
+
+#[test]
+fn after_a_lone_command_is_abandoned_its_reply_is_discarded_and_ids_return() {
+    let mut s = ready_untagged(false);
+    let (a, _) = send_bytes(&mut s, "query-status", false);
+    assert!(s.abandon(qmp_proto::CommandId(a)));
+    let (b, wire) = send_bytes(&mut s, "query-name", false);
+    assert_eq!(wire, format!(r#"{{"execute":"query-name","id":{b}}}"#));
+    let got = feed_all(
+        &mut s,
+        format!("{{\"return\": {{}}}}\r\n{{\"return\": {{}}, \"id\": {b}}}\r\n").as_bytes(),
+    );
+    assert_eq!(
+        got,
+        [
+            Got::Notice(format!("discarded {a}")),
+            Got::Return {
+                id: b,
+                value: "{}".into()
+            }
+        ]
+    );
+    assert!(
+        send_bytes(&mut s, "query-status", false)
+            .1
+            .contains("\"id\":")
+    );
+}
+
+#[test]
+fn a_malformed_reply_is_tied_to_its_id_even_after_invalid_utf8() {
+    // QEMU puts the id last; the grammar walk stops at the invalid byte, the skim does not.
+    let mut s = ready(false);
+    let a = send(&mut s, "query-status");
+    let got = feed_all(
+        &mut s,
+        &[
+            &b"{\"return\": \"\xff\", \"id\": "[..],
+            a.to_string().as_bytes(),
+            b"}\r\n",
+        ]
+        .concat(),
+    );
+    assert!(
+        matches!(&got[..], [Got::Failed { id, failure: Failure::Malformed(MessageError::InvalidUtf8 { .. }) }] if *id == a),
+        "{got:?}"
+    );
+}

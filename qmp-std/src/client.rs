@@ -30,6 +30,11 @@ use crate::stream::{FdStream, Stream};
 /// abandoned ones still owed a reply.
 pub(crate) const TABLE: usize = 32;
 
+/// How many events the blocking [`Client`] queues by default before it drops new ones and
+/// reports the gap (see [`Options::max_queued_events`]): far more than QEMU sends while a
+/// program is busy elsewhere, a few MiB at most.
+pub const DEFAULT_MAX_QUEUED_EVENTS: usize = 10_000;
+
 /// Client settings; build them with [`ClientBuilder`], read them with [`Client::options`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -60,6 +65,21 @@ pub struct Options {
     /// At most this many in-band commands in flight (default 8, QEMU's queue length); more
     /// wait for a reply first.
     pub max_in_flight: usize,
+    /// At most this many events wait in the blocking [`Client`]'s queue (default
+    /// [`DEFAULT_MAX_QUEUED_EVENTS`]; `None`: no bound, every event is kept however many
+    /// arrive). When the queue is full, new events are dropped and counted until the caller
+    /// has taken the queued ones: then [`Client::next_event`] / [`Client::wait_event`]
+    /// report the gap once, as [`Error::Lagged`], and [`Client::events_lost`] counts every
+    /// dropped event. The bound keeps a peer that floods events (or a program that never
+    /// takes them) from growing the queue without end (the shared and async clients have
+    /// their own per-subscriber bounds).
+    pub max_queued_events: Option<usize>,
+    /// Send a command without an `id` when no other in-band command is in flight (default
+    /// `false`); its reply is matched by order, as QEMU answers in-band commands in order.
+    /// QEMU reads commands one byte at a time, so the shorter command makes sequential
+    /// round trips about a quarter faster. See `qmp_proto::Config::untagged_when_alone` for
+    /// the rules that keep it safe.
+    pub untagged_when_alone: bool,
 }
 
 impl Default for Options {
@@ -73,6 +93,8 @@ impl Default for Options {
             oob: false,
             negotiate: true,
             max_in_flight: qmp_proto::QEMU_QUEUE_LEN,
+            max_queued_events: Some(DEFAULT_MAX_QUEUED_EVENTS),
+            untagged_when_alone: false,
         }
     }
 }
@@ -123,6 +145,12 @@ impl ClientBuilder {
         self
     }
 
+    /// See [`Options::max_queued_events`].
+    pub fn max_queued_events(mut self, n: Option<usize>) -> Self {
+        self.options.max_queued_events = n;
+        self
+    }
+
     /// Connects to a QMP Unix socket (`-qmp unix:PATH,server=on` or a
     /// `-chardev socket,path=PATH,server=on` + `-mon` pair) and does the handshake.
     pub fn connect_unix(self, path: impl AsRef<Path>) -> Result<Client<UnixStream>> {
@@ -164,14 +192,18 @@ impl ClientBuilder {
         let options = self.options;
         let config = Config::default()
             .max_in_band(options.max_in_flight)
-            .enforce_negotiation(options.negotiate);
+            .enforce_negotiation(options.negotiate)
+            .untagged_when_alone(options.untagged_when_alone);
         let buffer = vec![0; options.initial_buffer.min(options.max_reply_size)];
         let mut client = Client {
             stream,
             session: Session::with_config(buffer, config),
             out: vec![0; 4096],
             origin: start,
-            inbox: Inbox::default(),
+            inbox: Inbox {
+                max_events: options.max_queued_events,
+                ..Inbox::default()
+            },
             server: ServerInfo::default(),
             broken: None,
             write_closed: false,
@@ -265,6 +297,12 @@ struct Inbox {
     done: Vec<(CommandId, Done)>,
     greeting: Option<ServerInfo>,
     dropped: u64,
+    /// [`Options::max_queued_events`].
+    max_events: Option<usize>,
+    /// Events dropped after the last queued one (the gap not yet reported).
+    lost: u64,
+    /// Events dropped since the start.
+    lost_total: u64,
 }
 
 impl Inbox {
@@ -279,7 +317,15 @@ impl Inbox {
                 };
                 self.done.push((reply.id, done));
             }
-            Received::Event(e) => self.events.push_back(Event::from_view(&e)),
+            Received::Event(e) => {
+                let full = self.max_events.is_some_and(|max| self.events.len() >= max);
+                if self.lost > 0 || full {
+                    self.lost += 1;
+                    self.lost_total += 1;
+                } else {
+                    self.events.push_back(Event::from_view(&e));
+                }
+            }
             Received::Notice(Notice::Discarded(_)) => {}
             Received::Notice(_) => self.dropped += 1,
         }
@@ -305,9 +351,12 @@ enum Broken {
 ///   (Unix sockets), and [`request`](Self::request) for a whole message of your own.
 /// - **Pipelining**: [`send`](Self::send) (and `send_*`) returns a [`Handle`]; collect
 ///   replies with [`wait`](Self::wait) in any order.
-/// - **Events**: queued as they arrive, whatever the client is doing, and never dropped:
+/// - **Events**: queued as they arrive, whatever the client is doing, and never dropped
+///   silently (beyond [`Options::max_queued_events`] a gap is reported):
 ///   [`events`](Self::events) drains the queue, [`wait_event`](Self::wait_event) and
-///   [`next_event`](Self::next_event) wait for more.
+///   [`next_event`](Self::next_event) wait for more. Against a peer that may flood
+///   events, bound the queue with [`Options::max_queued_events`]: a gap is then reported,
+///   not hidden.
 ///
 /// Every wait is bounded: by the command's deadline ([`Options::command_timeout`]), by the
 /// read timeout, or by the timeout you pass. When the peer closes the connection or stalls,
@@ -651,11 +700,22 @@ impl<S: Stream> Client<S> {
     // ---- events ------------------------------------------------------------------------
 
     /// Drains the events received so far, oldest first, without reading the stream.
+    ///
+    /// With [`Options::max_queued_events`], events dropped because the queue was full came
+    /// after the drained ones; [`events_lost`](Self::events_lost) counts them (this does not
+    /// report the gap as an error, and new events are queued again from now on).
     pub fn events(&mut self) -> vec_deque::Drain<'_, Event> {
         while let Some(item) = self.session.poll() {
             self.inbox.dispatch(item);
         }
+        self.inbox.lost = 0;
         self.inbox.events.drain(..)
+    }
+
+    /// Events dropped since the start because the queue was full (see
+    /// [`Options::max_queued_events`]).
+    pub fn events_lost(&self) -> u64 {
+        self.inbox.lost_total
     }
 
     /// Events received and not yet taken.
@@ -664,13 +724,17 @@ impl<S: Stream> Client<S> {
     }
 
     /// The oldest queued event, or the next to arrive within `timeout` ([`Error::Timeout`]
-    /// if none does). A zero timeout only looks at what was already received.
+    /// if none does). A zero timeout only looks at what was already received. Once the
+    /// queued events are taken, a gap left by a full queue is reported once as
+    /// [`Error::Lagged`] (see [`Options::max_queued_events`]).
     pub fn next_event(&mut self, timeout: Duration) -> Result<Event> {
         self.wait_event_where(timeout, |_| true)
     }
 
     /// The oldest queued event called `name`, or the next to arrive within `timeout`
-    /// ([`Error::Timeout`] if none does). Other events stay queued, in order.
+    /// ([`Error::Timeout`] if none does). Other events stay queued, in order. If none of the
+    /// queued events matches and events were dropped after them because the queue was
+    /// full, the gap is reported once as [`Error::Lagged`].
     pub fn wait_event(&mut self, name: &str, timeout: Duration) -> Result<Event> {
         self.wait_event_where(timeout, |e| e.name == name)
     }
@@ -698,6 +762,10 @@ impl<S: Stream> Client<S> {
             }
             if self.inbox.events.len() > scanned {
                 continue;
+            }
+            if self.inbox.lost > 0 {
+                let missed = std::mem::take(&mut self.inbox.lost);
+                return Err(Error::Lagged { missed });
             }
             if self.session.state() == State::Closed {
                 return Err(self.closed_error());

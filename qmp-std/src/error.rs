@@ -78,8 +78,10 @@ pub enum Error {
     /// [`Client::wait`](crate::Client::wait) was given a handle this client does not know.
     UnknownHandle,
     /// An event subscriber fell behind and this many events were dropped for it (not for
-    /// other subscribers); its next items are the events that followed. Only event
-    /// subscriptions of the shared and async clients yield it.
+    /// other subscribers); its next items are the events that followed. Event subscriptions
+    /// of the shared and async clients yield it, and the blocking client's
+    /// [`next_event`](crate::Client::next_event) / [`wait_event`](crate::Client::wait_event)
+    /// when its queue is bounded ([`Options::max_queued_events`](crate::Options::max_queued_events)).
     Lagged {
         /// How many events this subscriber missed.
         missed: u64,

@@ -10,8 +10,9 @@
 //! - Typed commands through [`Command`] (the common ones are in [`commands`]), raw ones by
 //!   name with [`serde_json::Value`] arguments, `exec-oob`, HMP, fd passing over Unix sockets.
 //! - Pipelining: [`Client::send`] several commands, [`Client::wait`] for each in any order.
-//! - Events are queued as they arrive and never lost: [`Client::events`],
-//!   [`Client::wait_event`].
+//! - Events are queued as they arrive and never lost silently: [`Client::events`],
+//!   [`Client::wait_event`]. The queue is bounded ([`Options::max_queued_events`]); a peer
+//!   that floods past it causes a reported gap: [`Error::Lagged`], [`Client::events_lost`].
 //! - Every wait is bounded; a closed or stalled peer gives each waiting command a typed
 //!   [`Error`].
 //! - [`SharedClient`]: one connection shared by many threads (`Clone + Send + Sync`), a
@@ -125,6 +126,12 @@ macro_rules! shared_option_setters {
             self.options.negotiate = negotiate;
             self
         }
+
+        /// See [`Options::untagged_when_alone`].
+        pub fn untagged_when_alone(mut self, on: bool) -> Self {
+            self.options.untagged_when_alone = on;
+            self
+        }
     };
 }
 
@@ -146,7 +153,7 @@ pub mod tokio;
 #[cfg(all(test, feature = "tokio"))]
 mod tokio_tests;
 
-pub use client::{Client, ClientBuilder, Handle, Options, ServerInfo};
+pub use client::{Client, ClientBuilder, DEFAULT_MAX_QUEUED_EVENTS, Handle, Options, ServerInfo};
 pub use commands::{Command, EventKind};
 pub use error::{Error, QmpError, Result};
 pub use event::{Event, Timestamp};

@@ -176,6 +176,8 @@ impl<W: Waiter> Router<W> {
         }
     }
 
+    // Only the tokio client reads and times out through the router itself.
+    #[cfg(feature = "tokio")]
     /// Times out the commands `expired` picks (among those still waited for): each is
     /// answered [`Error::Timeout`] and abandoned, so its slot (and waiter) stays until its
     /// late reply, which is then discarded by id.
@@ -189,6 +191,7 @@ impl<W: Waiter> Router<W> {
         }
     }
 
+    #[cfg(feature = "tokio")]
     /// The waiters of the commands still waited for.
     pub(crate) fn waiting(&self) -> impl Iterator<Item = &W> {
         self.slots
@@ -203,6 +206,7 @@ impl<W: Waiter> Router<W> {
         self.slots.retain(|s| s.id != id);
     }
 
+    #[cfg(feature = "tokio")]
     /// Room to read bytes into (the buffer first grows, up to the maximum reply size, if one
     /// message fills it); follow with [`Router::commit`] and [`Router::route`].
     pub(crate) fn read_buf(&mut self) -> &mut [u8] {
@@ -210,6 +214,7 @@ impl<W: Waiter> Router<W> {
         self.session.read_buf()
     }
 
+    #[cfg(feature = "tokio")]
     pub(crate) fn commit(&mut self, n: usize) {
         self.session.commit(n);
     }

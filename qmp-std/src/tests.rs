@@ -600,3 +600,52 @@ fn debug_and_handles_print() {
     client.wait(handle).unwrap();
     server.join().unwrap();
 }
+
+#[test]
+fn a_bounded_event_queue_reports_the_flood_it_dropped() {
+    let (client, server) = connect(quick().max_queued_events(Some(3)), |q| {
+        q.handshake();
+        let stop = q.expect("stop");
+        for i in 0..10 {
+            q.event(&format!("E{i}"), None);
+        }
+        q.reply(&stop, json!({}));
+        let status = q.expect("query-status");
+        q.event("AFTER", None);
+        q.reply(&status, serde_json::from_str(STATUS_RUNNING).unwrap());
+        let status = q.expect("query-status");
+        for i in 0..5 {
+            q.event(&format!("F{i}"), None);
+        }
+        q.reply(&status, serde_json::from_str(STATUS_RUNNING).unwrap());
+    });
+    let mut client = client.unwrap();
+    client.execute(&Stop).unwrap();
+    assert_eq!(client.queued_events(), 3);
+    assert_eq!(client.events_lost(), 7);
+    // While the gap is unreported, later events are dropped too: none is reordered.
+    client.execute(&QueryStatus).unwrap();
+    assert_eq!(client.events_lost(), 8);
+    for name in ["E0", "E1", "E2"] {
+        assert_eq!(client.next_event(Duration::ZERO).unwrap().name, name);
+    }
+    // The gap, once, where it is; then the queue is open again.
+    match client.next_event(Duration::ZERO) {
+        Err(Error::Lagged { missed: 8 }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        client.next_event(Duration::ZERO),
+        Err(Error::Timeout)
+    ));
+    client.execute(&QueryStatus).unwrap();
+    // `events` drains up to the gap and closes it; `events_lost` still counts it.
+    let names: Vec<_> = client.events().map(|e| e.name).collect();
+    assert_eq!(names, ["F0", "F1", "F2"]);
+    assert_eq!(client.events_lost(), 10);
+    assert!(matches!(
+        client.next_event(Duration::ZERO),
+        Err(Error::Timeout)
+    ));
+    server.join().unwrap();
+}

@@ -208,7 +208,8 @@ impl ClientBuilder {
         let in_band = options.max_in_flight.clamp(1, TABLE - 4);
         let config = Config::default()
             .max_in_band(in_band)
-            .enforce_negotiation(options.negotiate);
+            .enforce_negotiation(options.negotiate)
+            .untagged_when_alone(options.untagged_when_alone);
         let buffer = vec![0; options.initial_buffer.min(options.max_reply_size)];
         let mut session = Session::with_config(buffer, config);
         let server = handshake(&socket, &mut session, &options).await?;

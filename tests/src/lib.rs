@@ -43,12 +43,20 @@
 //! unchanged both ways, without echo. QEMU looks for a client on a pty once a second, so the
 //! greeting can take up to a second to arrive after [`open_pty`].
 //!
+//! # Chaos
+//!
+//! [`chaos::ChaosProxy`] sits between a client and a QEMU monitor and, from a seed, splits,
+//! delays and stalls the bytes, cuts connections and injects garbage between server
+//! messages, keeping an exact record of what was delivered (used by `tests/chaos.rs`).
+//!
 //! # Missing QEMU
 //!
 //! There is no silent skip: if `qemu-system-x86_64` is not installed, [`Qemu::start`] fails with
 //! an error that says to install the Debian package `qemu-system-x86`.
 
 #![deny(missing_docs)]
+
+pub mod chaos;
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;

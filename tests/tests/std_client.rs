@@ -1063,3 +1063,101 @@ mod erased {
         }
     }
 }
+
+/// `untagged_when_alone`: a lone command goes without its id and its reply (return, error,
+/// or one too large for the buffer) is matched by order; pipelined and out-of-band commands
+/// keep ids; events still arrive in order; a timeout switches ids back on for good.
+#[test]
+fn lone_commands_without_ids_against_qemu() {
+    /// A Unix socket that keeps a copy of everything written to it.
+    struct Recorder(UnixStream, Vec<u8>);
+    impl std::io::Read for Recorder {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.0.read(buf)
+        }
+    }
+    impl std::io::Write for Recorder {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let n = self.0.write(buf)?;
+            self.1.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl Stream for Recorder {
+        fn set_read_timeout(&mut self, timeout: Option<Duration>) -> std::io::Result<bool> {
+            Stream::set_read_timeout(&mut self.0, timeout)
+        }
+    }
+    fn wire(client: &mut Client<Recorder>) -> String {
+        String::from_utf8(std::mem::take(&mut client.stream_mut().1)).unwrap()
+    }
+
+    let qemu = start(Monitor::Unix);
+    let socket = UnixStream::connect(unix_path(&qemu)).unwrap();
+    let mut client = builder()
+        .untagged_when_alone(true)
+        .oob(true)
+        .initial_buffer(4096)
+        .max_reply_size(64 << 10)
+        .handshake(Recorder(socket, Vec::new()))
+        .unwrap();
+    assert!(wire(&mut client).ends_with(r#","id":1}"#));
+    for _ in 0..5 {
+        client.execute(&Stop).unwrap();
+        assert_eq!(
+            client.execute(&QueryStatus).unwrap().status,
+            RunState::Paused
+        );
+        client.execute(&Cont).unwrap();
+    }
+    let names: Vec<_> = client.events().map(|e| e.name).collect();
+    assert_eq!(names, ["STOP", "RESUME"].repeat(5));
+    assert_eq!(
+        wire(&mut client),
+        r#"{"execute":"stop"}{"execute":"query-status"}{"execute":"cont"}"#.repeat(5)
+    );
+    let e = client.execute_raw("nope", &Value::Null).unwrap_err();
+    assert_eq!(e.qmp_class(), Some("CommandNotFound"));
+    // About 207 KB, over the 64 KiB limit.
+    let schema = client.execute_raw("query-qmp-schema", &Value::Null);
+    assert!(matches!(schema, Err(Error::TooLarge { .. })), "{schema:?}");
+    // Eight pipelined (the first goes without an id) and an out-of-band one overtaking them.
+    let handles: Vec<_> = (0..7).map(|_| client.send(&QueryStatus).unwrap()).collect();
+    let kvm = client.send(&QueryKvm).unwrap();
+    let oob = client.send_oob(&MigratePause).unwrap();
+    assert!(client.wait(oob).is_err());
+    assert!(client.wait(kvm).unwrap().present);
+    for handle in handles.into_iter().rev() {
+        assert!(client.wait(handle).unwrap().running);
+    }
+    assert_eq!(client.dropped_messages(), 0);
+    let sent = wire(&mut client);
+    assert!(
+        sent.starts_with(r#"{"execute":"nope"}{"execute":"query-qmp-schema"}{"execute":"query-status"}{"execute":"query-status","id":"#),
+        "{sent}"
+    );
+    assert_eq!(sent.matches(r#""id":"#).count(), 8, "{sent}");
+
+    // A timeout: the late reply must not be taken for the next command's.
+    signal(&qemu, "STOP");
+    client.set_command_timeout(Some(Duration::from_millis(200)));
+    let result = client.execute(&QueryStatus);
+    signal(&qemu, "CONT");
+    assert!(matches!(result, Err(Error::Timeout)), "{result:?}");
+    client.set_command_timeout(Some(TIMEOUT));
+    assert!(client.execute(&QueryKvm).unwrap().present);
+    assert_eq!(client.execute(&QueryName).unwrap().name, None);
+    assert_eq!(client.dropped_messages(), 1);
+    let sent = wire(&mut client);
+    assert!(
+        sent.starts_with(r#"{"execute":"query-status"}{"execute":"query-kvm","id":"#),
+        "{sent}"
+    );
+    assert!(
+        sent.ends_with(r#"{"execute":"query-name","id":30}"#),
+        "{sent}"
+    );
+}
