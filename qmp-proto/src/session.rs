@@ -283,6 +283,9 @@ struct Protocol<const N: usize> {
     config: Config,
     next_id: u64,
     table: [Option<Pending>; N],
+    /// Slots from here on are all free, so walks stop here: with one command in flight, a
+    /// walk looks at one slot, not `N`.
+    used: usize,
     oob_offered: bool,
     oob_enabled: bool,
     version: Option<(u64, u64, u64)>,
@@ -338,6 +341,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
                 config,
                 next_id: 1,
                 table: [None; N],
+                used: 0,
                 oob_offered: false,
                 oob_enabled: false,
                 version: None,
@@ -370,13 +374,13 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
 
     /// Commands sent and not yet answered (including abandoned ones still owed a reply).
     pub fn in_flight(&self) -> usize {
-        self.proto.table.iter().flatten().count()
+        self.proto.slots().iter().flatten().count()
     }
 
     /// Whether `id` is still waiting for its outcome.
     pub fn is_pending(&self, id: CommandId) -> bool {
         self.proto
-            .table
+            .slots()
             .iter()
             .flatten()
             .any(|p| p.id == id.0 && p.status != Status::Abandoned)
@@ -419,7 +423,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
     /// [`Failure::TimedOut`] (yielded by [`poll`](Self::poll) after buffered messages, so a
     /// reply already received still wins).
     pub fn handle_timeout(&mut self, now: Instant) {
-        for p in self.proto.table.iter_mut().flatten() {
+        for p in self.proto.slots_mut().iter_mut().flatten() {
             if p.status == Status::Waiting && p.deadline.is_some_and(|d| d <= now) {
                 p.status = Status::Expired;
             }
@@ -430,7 +434,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.proto
-            .table
+            .slots()
             .iter()
             .flatten()
             .filter(|p| p.status == Status::Waiting)
@@ -453,7 +457,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
         }
         if self
             .proto
-            .table
+            .slots()
             .iter()
             .flatten()
             .any(|p| matches!(p.kind, Kind::Negotiate { .. }))
@@ -543,27 +547,22 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
     /// can come, so the slot is freed at once. Returns whether `id` was pending.
     pub fn abandon(&mut self, id: CommandId) -> bool {
         let closed = self.proto.state == State::Closed;
-        let Some(slot) = self
-            .proto
-            .table
-            .iter_mut()
-            .find(|p| p.is_some_and(|p| p.id == id.0))
-        else {
+        let Some(index) = self.proto.position(id.0) else {
             return false;
         };
-        match slot {
-            Some(p) if p.status == Status::Abandoned => false,
-            Some(_) if closed => {
-                *slot = None;
-                true
-            }
-            Some(p) => {
-                p.status = Status::Abandoned;
-                self.proto.may_untag &= p.tagged;
-                true
-            }
-            None => false,
+        let Some(p) = &mut self.proto.table[index] else {
+            return false;
+        };
+        if p.status == Status::Abandoned {
+            return false;
         }
+        if closed {
+            self.proto.free(index);
+        } else {
+            p.status = Status::Abandoned;
+            self.proto.may_untag &= p.tagged;
+        }
+        true
     }
 
     /// Forgets a command that never reached the server (for example, writing it failed
@@ -572,14 +571,9 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
     /// [`abandon`](Self::abandon) instead for a command the server may have received.
     /// Returns whether `id` was in the table.
     pub fn forget(&mut self, id: CommandId) -> bool {
-        match self
-            .proto
-            .table
-            .iter_mut()
-            .find(|p| p.is_some_and(|p| p.id == id.0))
-        {
-            Some(slot) => {
-                *slot = None;
+        match self.proto.position(id.0) {
+            Some(index) => {
+                self.proto.free(index);
                 true
             }
             None => false,
@@ -607,15 +601,42 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
 }
 
 impl<const N: usize> Protocol<N> {
+    /// The slots that may be taken (those past them are all free).
+    fn slots(&self) -> &[Option<Pending>] {
+        &self.table[..self.used]
+    }
+
+    fn slots_mut(&mut self) -> &mut [Option<Pending>] {
+        &mut self.table[..self.used]
+    }
+
+    /// The lowest free slot (keeping the taken ones packed at the start).
     fn free_slot(&self) -> Result<usize, SendError> {
-        self.table
+        match self.slots().iter().position(Option::is_none) {
+            Some(index) => Ok(index),
+            None if self.used < N => Ok(self.used),
+            None => Err(SendError::TableFull),
+        }
+    }
+
+    /// Where command `id` is in the table.
+    fn position(&self, id: u64) -> Option<usize> {
+        self.slots()
             .iter()
-            .position(Option::is_none)
-            .ok_or(SendError::TableFull)
+            .position(|p| p.is_some_and(|p| p.id == id))
+    }
+
+    /// Frees slot `index` and returns what it held.
+    fn free(&mut self, index: usize) -> Option<Pending> {
+        let pending = self.table[index].take();
+        while self.used > 0 && self.table[self.used - 1].is_none() {
+            self.used -= 1;
+        }
+        pending
     }
 
     fn in_band(&self) -> usize {
-        self.table
+        self.slots()
             .iter()
             .flatten()
             .filter(|p| p.kind != Kind::OutOfBand)
@@ -639,6 +660,7 @@ impl<const N: usize> Protocol<N> {
             status: Status::Waiting,
             tagged,
         });
+        self.used = self.used.max(slot + 1);
         Sent {
             id: CommandId(id),
             len,
@@ -647,28 +669,22 @@ impl<const N: usize> Protocol<N> {
 
     /// Takes the table entry for a reply's id.
     fn take(&mut self, id: Option<RawJson<'_>>) -> Option<Pending> {
-        let id = id?.as_u64()?;
-        self.table
-            .iter_mut()
-            .find(|p| p.is_some_and(|p| p.id == id))?
-            .take()
+        self.take_u64(id?.as_u64())
     }
 
     fn take_u64(&mut self, id: Option<u64>) -> Option<Pending> {
-        let id = id?;
-        self.table
-            .iter_mut()
-            .find(|p| p.is_some_and(|p| p.id == id))?
-            .take()
+        let index = self.position(id?)?;
+        self.free(index)
     }
 
     /// Takes the entry of the command sent without an id, for a reply without one. There is
     /// at most one: it went out alone, and QEMU answers in-band commands in order.
     fn take_untagged(&mut self) -> Option<Pending> {
-        self.table
-            .iter_mut()
-            .find(|p| p.is_some_and(|p| !p.tagged))?
-            .take()
+        let index = self
+            .slots()
+            .iter()
+            .position(|p| p.is_some_and(|p| !p.tagged))?;
+        self.free(index)
     }
 
     fn reply<'a>(&mut self, pending: Pending, outcome: Outcome<'a>) -> Received<'a> {
@@ -761,9 +777,11 @@ impl<const N: usize> Protocol<N> {
 
     fn close(&mut self) {
         self.state = State::Closed;
-        for slot in &mut self.table {
-            match slot {
-                Some(p) if p.status == Status::Abandoned => *slot = None,
+        for index in 0..self.used {
+            match &mut self.table[index] {
+                Some(p) if p.status == Status::Abandoned => {
+                    self.free(index);
+                }
                 Some(p) => p.status = Status::Disconnected,
                 None => {}
             }
@@ -776,10 +794,10 @@ impl<const N: usize> Protocol<N> {
         if let Some(error) = self.eof_notice.take() {
             return Some(Received::Notice(Notice::Framing(error)));
         }
-        let slot = self.table.iter_mut().find(|p| {
+        let index = self.slots().iter().position(|p| {
             p.is_some_and(|p| matches!(p.status, Status::Expired | Status::Disconnected))
         })?;
-        let p = slot.take()?;
+        let p = self.free(index)?;
         let failure = if p.status == Status::Expired {
             // Its reply may still come, without an id if it went without one.
             self.may_untag &= p.tagged;
