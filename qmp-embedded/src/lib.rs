@@ -171,12 +171,12 @@
 //!
 //! | configuration | `RX` | `TX` | `EV` | `N` | `size_of` |
 //! |---|---:|---:|---:|---:|---:|
-//! | smallest for query-status / stop / cont | 140 | 37 | 25 | 1 | 624 |
-//! | small | 256 | 64 | 64 | 1 | 808 |
-//! | default (`Client<L, C>`) | 1024 | 256 | 256 | 2 | 1992 |
-//! | large (`query-commands` is ~6.5 KB) | 8192 | 512 | 1024 | 8 | 10376 |
+//! | smallest for query-status / stop / cont | 140 | 37 | 25 | 1 | 632 |
+//! | small | 256 | 64 | 64 | 1 | 816 |
+//! | default (`Client<L, C>`) | 1024 | 256 | 256 | 2 | 2000 |
+//! | large (`query-commands` is ~6.5 KB) | 8192 | 512 | 1024 | 8 | 10384 |
 //!
-//! That is `RX + TX + EV` plus about 420 bytes of session and framer state, plus about 35
+//! That is `RX + TX + EV` plus about 430 bytes of session and framer state, plus about 35
 //! bytes per in-flight slot. The smallest configuration that runs a session of
 //! `query-status`, `stop` and `cont` against QEMU 7.2 (`tests/blocking.rs`,
 //! `smallest_configuration`) is `RX = 140` (QEMU 7.2.22's Debian greeting is 140 bytes; with
