@@ -91,6 +91,27 @@ fn cpu_time() -> Duration {
     Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
+/// User and system CPU time of this process from `/proc/self/stat` (10 ms ticks: Linux
+/// reports them in USER_HZ, 100 per second), to split [`cpu_time`].
+fn user_system() -> (Duration, Duration) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is the first, utime the
+    // 12th, stime the 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (
+        Duration::from_millis(ticks(11) * 10),
+        Duration::from_millis(ticks(12) * 10),
+    )
+}
+
 /// `VmRSS` and `VmHWM` from `/proc/self/status`, in KiB.
 fn rss_kib() -> (u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -273,6 +294,8 @@ struct Report {
     round_trips: usize,
     rt_per_s: f64,
     cpu_per_rt_us: f64,
+    user_per_rt_us: f64,
+    system_per_rt_us: f64,
     stop_cont_s: f64,
     events_expected: usize,
     events_seen: usize,
@@ -326,7 +349,7 @@ async fn run(args: &Args, report: &mut Report) -> Result<(), String> {
 
     // Timed round trips: each VM `rounds` query-status in a row, all VMs at once.
     let rounds = args.rounds;
-    let (t, cpu) = (Instant::now(), cpu_time());
+    let (t, cpu, (user, system)) = (Instant::now(), cpu_time(), user_system());
     on_all(&clients, |i, c| async move {
         for _ in 0..rounds {
             c.execute(&QueryStatus)
@@ -337,10 +360,14 @@ async fn run(args: &Args, report: &mut Report) -> Result<(), String> {
     })
     .await?;
     let (wall, cpu) = (t.elapsed(), cpu_time() - cpu);
+    let (user_end, system_end) = user_system();
     report.round_trips = args.vms * rounds;
     report.rt_wall_s = wall.as_secs_f64();
     report.rt_per_s = report.round_trips as f64 / wall.as_secs_f64();
-    report.cpu_per_rt_us = cpu.as_secs_f64() * 1e6 / report.round_trips.max(1) as f64;
+    let per_rt = |d: Duration| d.as_secs_f64() * 1e6 / report.round_trips.max(1) as f64;
+    report.cpu_per_rt_us = per_rt(cpu);
+    report.user_per_rt_us = per_rt(user_end.saturating_sub(user));
+    report.system_per_rt_us = per_rt(system_end.saturating_sub(system));
 
     // Stop and continue them all, collecting every STOP and RESUME.
     let mut streams: Vec<EventStream> = clients.iter().map(Client::events).collect();
@@ -378,7 +405,8 @@ fn print_report(r: &Report, json: bool) {
              \"threads\": {}, \"start_s\": {:.3}, \"connect_s\": {:.3}, \
              \"heap_per_connection\": {}, \"heap_per_connection_after\": {}, \
              \"rss_per_connection\": {}, \"round_trips\": {}, \"rt_wall_s\": {:.3}, \"rt_per_s\": {:.0}, \
-             \"cpu_per_rt_us\": {:.2}, \"stop_cont_s\": {:.3}, \"events_expected\": {}, \
+             \"cpu_per_rt_us\": {:.2}, \"user_per_rt_us\": {:.2}, \"system_per_rt_us\": {:.2}, \
+             \"stop_cont_s\": {:.3}, \"events_expected\": {}, \
              \"events_seen\": {}, \"rss_kib\": {}, \"hwm_kib\": {}, \"total_s\": {:.3}, \
              \"total_cpu_s\": {:.3}, \"load_before\": \"{}\", \"load_after\": \"{}\"",
             r.vms,
@@ -394,6 +422,8 @@ fn print_report(r: &Report, json: bool) {
             r.rt_wall_s,
             r.rt_per_s,
             r.cpu_per_rt_us,
+            r.user_per_rt_us,
+            r.system_per_rt_us,
             r.stop_cont_s,
             r.events_expected,
             r.events_seen,
@@ -427,8 +457,8 @@ fn print_report(r: &Report, json: bool) {
         r.round_trips, r.rt_wall_s, r.rt_per_s
     );
     println!(
-        "  client CPU            {:.2} µs per round trip",
-        r.cpu_per_rt_us
+        "  client CPU            {:.2} µs per round trip (user {:.2}, system {:.2}; /proc ticks)",
+        r.cpu_per_rt_us, r.user_per_rt_us, r.system_per_rt_us
     );
     println!(
         "  stop/cont             {} cycles in {:.2} s: {}/{} STOP+RESUME events seen",
