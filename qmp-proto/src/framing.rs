@@ -1351,6 +1351,24 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Framer<B> {
                 Mode::Oversized(skim) => {
                     let max_depth = self.max_depth;
                     while self.scan < bytes.len() {
+                        if skim.in_string
+                            && !skim.escaped
+                            && !skim.capturing
+                            && !matches!(skim.member, Member::InKey { .. })
+                        {
+                            // Plain string bytes change nothing but the size: skip a run of
+                            // them at once (a huge reply is mostly one long string).
+                            let rest = &bytes[self.scan..];
+                            let run = rest
+                                .iter()
+                                .position(|&b| STRING_STOP[usize::from(b)])
+                                .unwrap_or(rest.len());
+                            if run > 0 {
+                                skim.size += run as u64;
+                                self.scan += run;
+                                continue;
+                            }
+                        }
                         let b = bytes[self.scan];
                         let stop = skim.step(b, max_depth);
                         if stop == Scanned::NeedMore {
