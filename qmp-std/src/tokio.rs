@@ -61,8 +61,11 @@
 //!
 //! # Disconnection
 //! When the peer closes the connection or an I/O error occurs, every command waiting fails
-//! ([`Error::Disconnected`] or [`Error::Io`]), and so does every later one. Dropping the last
-//! clone of a [`Client`] (or [`Client::close`]) closes the connection.
+//! ([`Error::Disconnected`] or [`Error::Io`]), and so does every later one. What the peer
+//! sent before it went is still delivered first, even when a write is what notices it gone
+//! (a broken pipe): the writing stops, later commands fail at once, and the reader task
+//! reads replies and events up to the end of the stream. Dropping the last clone of a
+//! [`Client`] (or [`Client::close`]) closes the connection.
 
 use std::fmt;
 use std::future::{Future, poll_fn};
@@ -85,7 +88,7 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use qmp_proto::{CommandId, Config, Outcome, Received, Session};
 
-use crate::client::{Options, ServerInfo, TABLE};
+use crate::client::{Options, ServerInfo, TABLE, is_disconnect};
 use crate::commands::{Command, HumanMonitorCommand};
 use crate::error::{Error, QmpError, Result};
 use crate::event::Event;
@@ -223,6 +226,7 @@ impl ClientBuilder {
                 task: None,
                 timer: None,
                 rearm: false,
+                write_closed: false,
             }),
             socket,
             in_band: Arc::new(Semaphore::new(in_band)),
@@ -429,6 +433,10 @@ struct State {
     timer: Option<Instant>,
     /// The timer must be set again (to the earliest deadline).
     rearm: bool,
+    /// A write failed because the peer went away: nothing more is written and new commands
+    /// fail at once, while the reader task still reads what the peer sent before it went
+    /// (replies, events) up to the end of the stream, which then fails what still waits.
+    write_closed: bool,
 }
 
 /// One connection, shared by every [`Client`] clone and the reader task.
@@ -467,10 +475,26 @@ impl Inner {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    self.close(st, Closed::from_io(&e));
+                    self.write_failed(st, &e);
                     return;
                 }
             }
+        }
+    }
+
+    /// A write failed. A peer that went away may have sent replies and events that still
+    /// wait unread in the socket: stop writing, and let the reader task read up to the end
+    /// of the stream (as the blocking client does), where the connection closes. Any other
+    /// error closes it now (part of a command may be on the wire).
+    fn write_failed(&self, st: &mut State, e: &io::Error) {
+        if is_disconnect(e.kind()) {
+            st.write_closed = true;
+            st.out = Vec::new();
+            if let Some(task) = &st.task {
+                task.wake_by_ref();
+            }
+        } else {
+            self.close(st, Closed::from_io(e));
         }
     }
 
@@ -527,8 +551,10 @@ impl Inner {
                             io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
                         ) => {}
                     Err(e) => {
-                        self.close(st, Closed::from_io(&e));
-                        return Poll::Ready(());
+                        self.write_failed(st, &e);
+                        if st.router.closed().is_some() {
+                            return Poll::Ready(());
+                        }
                     }
                 },
             }
@@ -833,6 +859,9 @@ impl Client {
         let id = {
             let mut guard = inner.lock();
             let st = &mut *guard;
+            if st.write_closed {
+                return Err(Error::Disconnected);
+            }
             let queued = !st.out.is_empty();
             let id = st.router.encode(oob, name, arguments, &mut st.out)?;
             st.router.register(

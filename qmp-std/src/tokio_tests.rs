@@ -326,3 +326,45 @@ async fn deadlines_bound_the_wait_for_room_too() {
     drop(qmp);
     server.join().unwrap();
 }
+
+/// The peer answers, sends an event and goes away before the client has read any of it;
+/// the client's next write then fails (a broken pipe) before its reader task runs. The reply
+/// and the event still come through, as with the blocking client: the writing stops, and the
+/// reader reads up to the end of the stream, where what still waits fails.
+#[::tokio::test] // One thread: the reader task runs only when this test yields.
+async fn a_broken_pipe_still_delivers_what_the_peer_sent_before_it_went() {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+    let (gone, hung_up) = std::sync::mpsc::channel();
+    let (qmp, server) = connect(move |server, command| {
+        if command["execute"] == "last-words" {
+            server.event("BYE", json!({}));
+            server.reply(command, json!({"bye": true}));
+            server.hang_up();
+            gone.send(()).unwrap();
+            return false;
+        }
+        fake::echo(server, command)
+    })
+    .await;
+    let mut events = qmp.events();
+    let mut last = std::pin::pin!(qmp.execute_raw("last-words", &Value::Null));
+    // Written on its first poll; then this thread waits (the reader task cannot run) until
+    // the server has answered and hung up.
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(last.as_mut().poll(&mut cx).is_pending());
+    hung_up.recv_timeout(Duration::from_secs(5)).unwrap();
+    let broken = qmp.execute_raw("echo", &json!({})).await;
+    assert!(matches!(broken, Err(Error::Disconnected)), "{broken:?}");
+    assert_eq!(last.await.unwrap(), json!({"bye": true}));
+    assert_eq!(events.next().await.unwrap().unwrap().name, "BYE");
+    assert!(matches!(
+        events.next().await,
+        Some(Err(Error::Disconnected))
+    ));
+    assert!(events.next().await.is_none());
+    assert!(qmp.is_closed());
+    let later = qmp.execute_raw("echo", &json!({})).await;
+    assert!(matches!(later, Err(Error::Disconnected)), "{later:?}");
+    server.join().unwrap();
+}

@@ -59,12 +59,13 @@
 //! # The record
 //! For each connection the proxy keeps a [`Record`]: every complete message QEMU sent on it
 //! (byte for byte, without its `\r\n`), how many of them were fully delivered to the client
-//! (the closing `}` written to the client's socket) before the connection ended, the
-//! garbage injected, the stalls done and how the connection ended. Messages are forwarded
-//! in order and only once, so the delivered ones are a prefix of the received ones. A
-//! message counts as delivered once its last byte was accepted by the client's socket: a
-//! Unix socket keeps such bytes for the reader even after the proxy shuts the connection
-//! down, and the reader sees them before the end of the stream.
+//! (the closing `}` written to the client's socket) before the connection ended, the bytes
+//! the client sent that reached QEMU, the garbage injected, the stalls done and how the
+//! connection ended. Messages are forwarded in order and only once, so the delivered ones
+//! are a prefix of the received ones. A message counts as delivered once its last byte was
+//! accepted by the client's socket: a Unix socket keeps such bytes for the reader even after
+//! the proxy shuts the connection down, and the reader sees them before the end of the
+//! stream.
 //!
 //! The proxy frames QEMU's output on `\r\n`, which is exact for a monitor without
 //! `pretty=on` (QEMU escapes line ends inside strings). It forwards only complete messages
@@ -517,6 +518,9 @@ pub struct Record {
     pub server_bytes: u64,
     /// Client bytes written to QEMU.
     pub client_bytes: u64,
+    /// Those bytes, in order: what QEMU got from the client (the commands, and part of the
+    /// last one if the connection was cut in the middle of it).
+    pub sent: Vec<u8>,
     /// Garbage injected, in order.
     pub garbage: Vec<Injected>,
     /// Stalls done: the message they started in, and how long they lasted.
@@ -887,8 +891,13 @@ fn client_to_server(conn: Arc<Conn>, plan: Plan, index: u64, mut upstream: Strea
             let Some(k) = chunker.next(&conn, (n - off).min(room)) else {
                 return;
             };
+            let mut at = off;
             let result = write_counted(&mut upstream, &buf[off..off + k], |k| {
-                conn.record(|r| r.client_bytes += k as u64);
+                conn.record(|r| {
+                    r.client_bytes += k as u64;
+                    r.sent.extend_from_slice(&buf[at..at + k]);
+                });
+                at += k;
             });
             if let Err(e) = result {
                 return conn.cut(End::Failed(e.kind()));

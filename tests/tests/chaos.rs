@@ -4,18 +4,38 @@
 //!
 //! Each seed is one session through a fresh proxy: the handshake, `query-status`, `stop`
 //! (→ `STOP`), `query-status`, `cont` (→ `RESUME`), `query-commands` (a 6.5 KB reply), an
-//! unknown command (an error reply), then a pipelined batch sent with `send` and collected
-//! with `wait` out of order, then the proxy shuts the connection down. What it proves, for
-//! every seed:
+//! unknown command (an error reply), then a pipelined batch (qmp-std's blocking client:
+//! sent with `send` and collected with `wait` out of order; the tokio client: five `execute`
+//! futures joined on one task), then (tokio only) three commands from three spawned tasks at
+//! once, a last `query-status`, and the proxy shuts the connection down. Half of the seeds
+//! of the qmp-std blocking and tokio clients (drawn from the seed) turn on
+//! `untagged_when_alone`: a command sent while no other in-band command is in flight goes
+//! without an `id`, and its reply is matched by order. What it proves, for every seed:
 //! - every call returns the right value, or a typed error (`Timeout`, or a disconnect:
 //!   `Disconnected` / `Stalled` / `Io` / `Eof`) within its deadline plus [`MARGIN`];
 //! - once a call has reported a disconnect, every later call does too, within [`FAST`];
 //! - the events the client reported (queued, drained, and read to the end of the stream)
 //!   are exactly the events the proxy fully delivered, in order (name and timestamp): none
 //!   lost, none duplicated, none dropped because garbage came before them; an event caused
-//!   by a command was there when that command's reply came;
-//! - (qmp-std) no command whose reply the proxy delivered is reported as disconnected; a
-//!   successful command's reply was delivered;
+//!   by a command was there when that command's reply came; (tokio) a second subscriber,
+//!   read only at the end, saw the same events, and both streams end with the disconnect
+//!   error, once;
+//! - (qmp-std, blocking and tokio) every call is tied to its command as QEMU saw it: the
+//!   proxy records the client's bytes, QEMU answers in-band commands one at a time in order
+//!   (so its n-th reply answers the n-th command), and each reply QEMU tagged carries the
+//!   id of that command (checked). Then: a successful call returned exactly the value of
+//!   the reply QEMU sent to *its* command, and that reply was delivered; an expected error
+//!   was QEMU's error to that command; no call whose reply was delivered is reported as
+//!   disconnected. So a reply matched to the wrong command (by order or by id) fails the
+//!   seed even where it would decode;
+//! - (the same clients) ids on the wire: `qmp_capabilities` always carries id 1, every id
+//!   sent is the command's own, and without `untagged_when_alone` every command carries
+//!   one. With it: the first command after the handshake goes without; only a command sent
+//!   alone (the first of a batch, or a sequential one) may; after a command sent without an
+//!   id timed out, every later one carries its id (its late reply could otherwise be taken
+//!   for another's); a command sent alone with no timeout before it goes without (for the
+//!   blocking client, which frees a timed-out command's slot at once: exactly those sent
+//!   alone before the first untagged timeout);
 //! - a seed whose plan neither cut nor stalled for long runs every command successfully;
 //! - nothing panics or hangs: each seed runs on a thread under a watchdog ([`WATCHDOG`]);
 //! - afterwards a fresh direct connection to the same QEMU negotiates and runs
@@ -24,13 +44,16 @@
 //! Seeds run on [`WORKERS`] threads, each with its own QEMU (a monitor serves one client at
 //! a time). `QMP_CHAOS_SEEDS=N` runs N seeds per client instead of the defaults,
 //! `QMP_CHAOS_SEED=S` replays seed S alone (the seed and the plan are printed with every
-//! failure).
+//! failure; a seed's client follows from its range, see the `*_BASE` constants).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::pin::pin;
 use std::sync::{Arc, Mutex, mpsc};
+use std::task::{Context, Poll, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -40,7 +63,10 @@ use qmp_std::commands::{
     Cont, HumanMonitorCommand, QueryCommands, QueryStatus, RunState, StatusInfo, Stop,
 };
 use qmp_std::serde_json::{self, Value};
+use qmp_std::tokio::EventStream;
 use qmp_std::{Client, ClientBuilder, Error, Handle};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 /// Every command's deadline (and the handshake's).
 const DEADLINE: Duration = Duration::from_secs(1);
@@ -57,11 +83,20 @@ const WORKERS: usize = 3;
 /// Seeds per client unless `QMP_CHAOS_SEEDS` says otherwise.
 const STD_SEEDS: u64 = 96;
 const EMBEDDED_SEEDS: u64 = 32;
+const TOKIO_SEEDS: u64 = 32;
 /// Where each client's seeds start, so the clients do not replay each other's plans.
 const STD_BASE: u64 = 0;
 const EMBEDDED_BASE: u64 = 1_000_000;
+const TOKIO_BASE: u64 = 2_000_000;
+/// The tokio client's in-flight bound: more than the commands of a whole session, so no
+/// call ever waits for a permit. Then every call that starts before the connection is gone
+/// takes its id (and writes its command) on its first poll, and the calls' ids follow from
+/// their order (see [`assign_ids`]). QEMU without `oob` reads one command at a time, so
+/// more than its queue of 8 in flight is harmless.
+const TOKIO_IN_FLIGHT: usize = 24;
 
-/// Roughly what a session sends: 17 server messages, 700 client bytes.
+/// Roughly what a qmp-std or qmp-embedded session sends: 17 server messages, 700 client
+/// bytes.
 fn knobs() -> Knobs {
     Knobs {
         messages: 17,
@@ -70,10 +105,29 @@ fn knobs() -> Knobs {
     }
 }
 
-/// The seeds to run: `QMP_CHAOS_SEED` alone, or `QMP_CHAOS_SEEDS` (default `n`) from `base`.
+/// Roughly what a tokio session sends (three more commands): 20 server messages, 800
+/// client bytes.
+fn tokio_knobs() -> Knobs {
+    Knobs {
+        messages: 20,
+        client_bytes: 800,
+        deadline: DEADLINE,
+    }
+}
+
+/// Whether a seed's client sends commands without ids when alone: half of the seeds.
+fn untagged_for(seed: u64) -> bool {
+    Rng::fork(seed, 98).chance(50)
+}
+
+/// The seeds to run: `QMP_CHAOS_SEED` alone (if it is in this client's range of
+/// `QMP_CHAOS_SEEDS`-or-so seeds from `base`, else none), or `QMP_CHAOS_SEEDS` (default `n`)
+/// from `base`.
 fn seeds(n: u64, base: u64) -> Vec<u64> {
     if let Ok(seed) = std::env::var("QMP_CHAOS_SEED") {
-        return vec![seed.trim().parse().expect("QMP_CHAOS_SEED is a u64")];
+        let seed: u64 = seed.trim().parse().expect("QMP_CHAOS_SEED is a u64");
+        let mine = (base..base + 1_000_000).contains(&seed);
+        return if mine { vec![seed] } else { Vec::new() };
     }
     let n = match std::env::var("QMP_CHAOS_SEEDS") {
         Ok(n) => n.trim().parse().expect("QMP_CHAOS_SEEDS is a number"),
@@ -91,11 +145,15 @@ struct Stats {
     garbage: usize,
     events: usize,
     ok: usize,
+    /// Commands sent without an id.
+    untagged: usize,
+    /// Successful calls whose value was compared with QEMU's reply to their command.
+    matched: usize,
 }
 
 /// Runs `session` for every seed on [`WORKERS`] threads with a QEMU each; fails with every
 /// failing seed's plan and message.
-fn run_seeds(label: &str, seeds: Vec<u64>, session: fn(u64, &Path) -> Stats) {
+fn run_seeds(label: &str, seeds: Vec<u64>, knobs: Knobs, session: fn(u64, &Path) -> Stats) {
     let started = Instant::now();
     let total = seeds.len();
     let queue = Arc::new(Mutex::new(VecDeque::from(seeds)));
@@ -103,7 +161,7 @@ fn run_seeds(label: &str, seeds: Vec<u64>, session: fn(u64, &Path) -> Stats) {
     let workers: Vec<_> = (0..WORKERS.min(total))
         .map(|_| {
             let (queue, results) = (Arc::clone(&queue), Arc::clone(&results));
-            thread::spawn(move || worker(queue, results, session))
+            thread::spawn(move || worker(queue, results, knobs, session))
         })
         .collect();
     for w in workers {
@@ -118,7 +176,8 @@ fn run_seeds(label: &str, seeds: Vec<u64>, session: fn(u64, &Path) -> Stats) {
         .collect();
     eprintln!(
         "chaos {label}: {} seeds in {:.1?}: {} cut, {} saw a disconnect, {} timeouts, {} garbage \
-         injected, {} events compared, {} calls succeeded; {} failed",
+         injected, {} events compared, {} calls succeeded ({} checked against QEMU's reply), \
+         {} commands sent without an id; {} failed",
         results.len(),
         started.elapsed(),
         stats.iter().filter(|s| s.cut).count(),
@@ -127,6 +186,8 @@ fn run_seeds(label: &str, seeds: Vec<u64>, session: fn(u64, &Path) -> Stats) {
         stats.iter().map(|s| s.garbage).sum::<usize>(),
         stats.iter().map(|s| s.events).sum::<usize>(),
         stats.iter().map(|s| s.ok).sum::<usize>(),
+        stats.iter().map(|s| s.matched).sum::<usize>(),
+        stats.iter().map(|s| s.untagged).sum::<usize>(),
         failures.len(),
     );
     assert!(
@@ -144,7 +205,12 @@ fn run_seeds(label: &str, seeds: Vec<u64>, session: fn(u64, &Path) -> Stats) {
 
 type Results = Arc<Mutex<Vec<Result<Stats, String>>>>;
 
-fn worker(queue: Arc<Mutex<VecDeque<u64>>>, results: Results, session: fn(u64, &Path) -> Stats) {
+fn worker(
+    queue: Arc<Mutex<VecDeque<u64>>>,
+    results: Results,
+    knobs: Knobs,
+    session: fn(u64, &Path) -> Stats,
+) {
     let qemu = match Qemu::start(Monitor::Unix) {
         Ok(q) => q,
         Err(e) => {
@@ -162,7 +228,7 @@ fn worker(queue: Arc<Mutex<VecDeque<u64>>>, results: Results, session: fn(u64, &
         let Some(seed) = queue.lock().unwrap().pop_front() else {
             return;
         };
-        let plan = Plan::generate(seed, &knobs());
+        let plan = Plan::generate(seed, &knobs);
         let (tx, rx) = mpsc::channel();
         let thread_path = path.clone();
         let thread = thread::Builder::new()
@@ -261,21 +327,6 @@ fn delivered_events(record: &Record) -> Vec<Ev> {
         .collect()
 }
 
-/// The ids of the replies the proxy delivered.
-fn delivered_reply_ids(record: &Record) -> HashSet<u64> {
-    record
-        .delivered_messages()
-        .iter()
-        .filter_map(|m| {
-            let v: Value = serde_json::from_slice(m).ok()?;
-            if v.get("return").is_none() && v.get("error").is_none() {
-                return None;
-            }
-            v.get("id")?.as_u64()
-        })
-        .collect()
-}
-
 /// How a call ended, as far as the checks care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
@@ -286,6 +337,72 @@ enum Outcome {
     Gone,
 }
 
+/// Reads a reply's `return` value the way the call's typed output does (decoded, then
+/// encoded again), so it compares with what the call returned.
+type Normalize = fn(&Value) -> Result<Value, serde_json::Error>;
+
+fn normalize<T: DeserializeOwned + Serialize>(value: &Value) -> Result<Value, serde_json::Error> {
+    serde_json::to_value(serde_json::from_value::<T>(value.clone())?)
+}
+
+/// One call, as the checks remember it.
+struct Call {
+    label: &'static str,
+    /// The QMP command it ran (`None`: the handshake and the embedded client's calls, which
+    /// the wire checks leave out).
+    command: Option<&'static str>,
+    /// Its command's id: the blocking client's handle says it; a tokio call gets it from its
+    /// place on the wire ([`assign_ids`]).
+    id: Option<u64>,
+    /// Calls in flight together share a group; a sequential call has one of its own.
+    group: usize,
+    /// The error class it was meant to get.
+    expected: Option<&'static str>,
+    outcome: Outcome,
+    /// What it returned (as JSON), and how to read QEMU's reply the same way.
+    value: Option<(Value, Normalize)>,
+}
+
+/// A finished call of the tokio client, before the checks: its result as JSON.
+struct Finished {
+    label: &'static str,
+    command: &'static str,
+    expected: Option<&'static str>,
+    sent: Instant,
+    done: Instant,
+    result: Result<Value, Error>,
+    normalize: Normalize,
+}
+
+/// Times `call`; returns the finished call and its typed value.
+async fn timed<T: Serialize + DeserializeOwned>(
+    label: &'static str,
+    command: &'static str,
+    expected: Option<&'static str>,
+    call: impl Future<Output = Result<T, Error>>,
+) -> (Finished, Option<T>) {
+    let sent = Instant::now();
+    let result = call.await;
+    let done = Instant::now();
+    let (result, typed) = match result {
+        Ok(t) => (
+            Ok(serde_json::to_value(&t).expect("a command's output encodes")),
+            Some(t),
+        ),
+        Err(e) => (Err(e), None),
+    };
+    let finished = Finished {
+        label,
+        command,
+        expected,
+        sent,
+        done,
+        result,
+        normalize: normalize::<T>,
+    };
+    (finished, typed)
+}
+
 /// What the checks need to remember across calls of one session.
 struct Observer {
     ctx: String,
@@ -293,11 +410,13 @@ struct Observer {
     gone: Option<(Instant, String)>,
     /// The client gave up on the connection itself (`Stalled`): it reads nothing more.
     abandoned: bool,
-    calls: Vec<(&'static str, Option<u64>, Outcome)>,
+    calls: Vec<Call>,
     events: Vec<Ev>,
     /// The VM's run state, when known for sure.
     running: Option<bool>,
     stats: Stats,
+    /// The last call group handed out.
+    group: usize,
 }
 
 impl Observer {
@@ -310,11 +429,17 @@ impl Observer {
             events: Vec::new(),
             running: Some(true),
             stats: Stats::default(),
+            group: 0,
         }
     }
 
-    /// Checks one call's outcome: typed, in time, and failing fast once disconnected.
-    /// `sent` is when the command went out, `asked` when the caller started waiting.
+    /// A new call group (for a sequential call, or for calls in flight together).
+    fn next_group(&mut self) -> usize {
+        self.group += 1;
+        self.group
+    }
+
+    /// Checks one call's outcome, ending now, with no command to tie it to on the wire.
     #[track_caller]
     fn note(
         &mut self,
@@ -325,18 +450,47 @@ impl Observer {
         outcome: Outcome,
         shown: &dyn std::fmt::Debug,
     ) -> Outcome {
-        let now = Instant::now();
+        let group = self.next_group();
+        let call = Call {
+            label: name,
+            command: None,
+            id,
+            group,
+            expected: None,
+            outcome,
+            value: None,
+        };
+        self.note_call(call, sent, asked, Instant::now(), shown)
+    }
+
+    /// Checks one call's outcome: typed, in time, and failing fast once disconnected.
+    /// `sent` is when the command went out, `asked` when the caller started waiting, `done`
+    /// when the call returned.
+    #[track_caller]
+    fn note_call(
+        &mut self,
+        call: Call,
+        sent: Instant,
+        asked: Instant,
+        done: Instant,
+        shown: &dyn std::fmt::Debug,
+    ) -> Outcome {
         let ctx = &self.ctx;
-        let took = now - sent;
+        let name = call.label;
+        let outcome = call.outcome;
+        let took = done - sent;
         assert!(
             took <= DEADLINE + MARGIN,
             "{ctx}\n  {name} returned after {took:?} (deadline {DEADLINE:?}): {shown:?}"
         );
         if let Some((at, what)) = &self.gone {
+            // From when it was asked, or when the client knew, whichever came later (calls
+            // in flight together may have been asked before).
+            let from = asked.max(*at);
+            let late = done.saturating_duration_since(from);
             assert!(
-                now - asked <= FAST,
-                "{ctx}\n  {name} took {:?} after the client reported {what}: {shown:?}",
-                now - asked
+                late <= FAST,
+                "{ctx}\n  {name} took {late:?} after the client reported {what}: {shown:?}"
             );
             if sent > *at {
                 assert_eq!(
@@ -350,13 +504,33 @@ impl Observer {
             Outcome::Ok => self.stats.ok += 1,
             Outcome::Timeout => self.stats.timeouts += 1,
             Outcome::Gone if self.gone.is_none() => {
-                self.gone = Some((now, format!("{shown:?}")));
+                self.gone = Some((done, format!("{shown:?}")));
                 self.stats.gone = true;
             }
             _ => {}
         }
-        self.calls.push((name, id, outcome));
+        self.calls.push(call);
         outcome
+    }
+
+    /// Checks the tokio calls of one group (in the order they returned), and returns them to
+    /// the caller's typed checks.
+    #[track_caller]
+    fn note_group(&mut self, mut finished: Vec<Finished>, group: usize) {
+        finished.sort_by_key(|f| f.done);
+        for f in finished {
+            let outcome = classify(&self.ctx, f.label, &f.result, f.expected);
+            let call = Call {
+                label: f.label,
+                command: Some(f.command),
+                id: None,
+                group,
+                expected: f.expected,
+                outcome,
+                value: f.result.as_ref().ok().map(|v| (v.clone(), f.normalize)),
+            };
+            self.note_call(call, f.sent, f.sent, f.done, &f.result);
+        }
     }
 }
 
@@ -381,6 +555,14 @@ fn classify<T: std::fmt::Debug>(
         Err(e) if e.is_disconnect() => Outcome::Gone,
         Err(e) => panic!("{ctx}\n  {name}: unexpected error {e:?}"),
     }
+}
+
+/// A command sent with `send`: its handle, what it ran, when, and the call group.
+struct Sent<T> {
+    handle: Handle<T>,
+    command: &'static str,
+    at: Instant,
+    group: usize,
 }
 
 struct StdSession {
@@ -413,43 +595,78 @@ impl StdSession {
     fn sent<T>(
         &mut self,
         name: &'static str,
+        command: &'static str,
+        group: usize,
         sent: Result<Handle<T>, Error>,
-    ) -> Option<(Handle<T>, Instant)> {
+    ) -> Option<Sent<T>> {
         let now = Instant::now();
         match sent {
-            Ok(h) => Some((h, now)),
+            Ok(handle) => Some(Sent {
+                handle,
+                command,
+                at: now,
+                group,
+            }),
             Err(e) => {
                 let stalled = matches!(e, Error::Stalled);
                 let ctx = self.obs.ctx.clone();
                 let result: Result<(), Error> = Err(e);
                 let outcome = classify(&ctx, name, &result, None);
-                self.obs.note(name, None, now, now, outcome, &result);
+                let call = Call {
+                    label: name,
+                    command: Some(command),
+                    id: None,
+                    group,
+                    expected: None,
+                    outcome,
+                    value: None,
+                };
+                self.obs.note_call(call, now, now, Instant::now(), &result);
                 self.after(stalled);
                 None
             }
         }
     }
 
-    fn wait<T: serde::de::DeserializeOwned + std::fmt::Debug>(
+    fn wait<T: DeserializeOwned + Serialize + std::fmt::Debug>(
         &mut self,
         name: &'static str,
-        handle: Option<(Handle<T>, Instant)>,
-        expected_class: Option<&str>,
+        sent: Option<Sent<T>>,
+        expected_class: Option<&'static str>,
     ) -> Option<T> {
-        let (handle, sent) = handle?;
+        let Sent {
+            handle,
+            command,
+            at: sent,
+            group,
+        } = sent?;
         let id = handle.id();
         let asked = Instant::now();
         let result = self.client.wait(handle);
+        let done = Instant::now();
         let ctx = self.obs.ctx.clone();
         let outcome = classify(&ctx, name, &result, expected_class);
-        self.obs.note(name, Some(id), sent, asked, outcome, &result);
+        let call = Call {
+            label: name,
+            command: Some(command),
+            id: Some(id),
+            group,
+            expected: expected_class,
+            outcome,
+            value: result.as_ref().ok().map(|t| {
+                let json = serde_json::to_value(t).expect("a command's output encodes");
+                (json, normalize::<T> as Normalize)
+            }),
+        };
+        self.obs.note_call(call, sent, asked, done, &result);
         self.after(matches!(result, Err(Error::Stalled)));
         result.ok()
     }
 
     fn status(&mut self, name: &'static str) -> Option<StatusInfo> {
+        let group = self.obs.next_group();
         let h = self.client.send(&QueryStatus);
-        let h = self.sent(name, h);
+        let h = self.sent(name, "query-status", group, h);
         let status = self.wait(name, h, None);
         if let Some(s) = &status {
             if let Some(running) = self.obs.running {
@@ -471,12 +688,13 @@ impl StdSession {
     /// come before its reply.
     fn change(&mut self, name: &'static str, to_running: bool) {
         let before = self.obs.running;
+        let group = self.obs.next_group();
         let h = if to_running {
             self.client.send(&Cont)
         } else {
             self.client.send(&Stop)
         };
-        let h = self.sent(name, h);
+        let h = self.sent(name, name, group, h);
         let done = self.wait(name, h, None).is_some();
         let events = self.drain();
         if done {
@@ -498,7 +716,9 @@ impl StdSession {
 fn std_session(seed: u64, qemu: &Path) -> Stats {
     let plan = Plan::generate(seed, &knobs());
     let read_timeout = Rng::fork(seed, 99).chance(35).then_some(READ_TIMEOUT);
-    let ctx = format!("qmp-std {plan}, read timeout {read_timeout:?}");
+    let untagged = untagged_for(seed);
+    let ctx =
+        format!("qmp-std {plan}, read timeout {read_timeout:?}, untagged when alone: {untagged}");
     let proxy = ChaosProxy::start(Address::Unix(qemu.to_path_buf()), plan.clone())
         .unwrap_or_else(|e| panic!("{ctx}\n  start the proxy: {e}"));
     let stream = proxy
@@ -509,6 +729,7 @@ fn std_session(seed: u64, qemu: &Path) -> Stats {
         .connect_timeout(Some(DEADLINE))
         .command_timeout(Some(DEADLINE))
         .read_timeout(read_timeout)
+        .untagged_when_alone(untagged)
         .handshake(stream);
     let mut obs = Observer::new(ctx.clone());
     let outcome = classify(&ctx, "handshake", &connected, None);
@@ -522,21 +743,7 @@ fn std_session(seed: u64, qemu: &Path) -> Stats {
     );
     let client = match connected {
         Ok(client) => client,
-        Err(_) => {
-            // No client, no events: QEMU sends none before negotiation completes.
-            let records = proxy
-                .finish(Duration::from_secs(5))
-                .unwrap_or_else(|e| panic!("{ctx}\n  stop the proxy: {e}"));
-            let record = &records[0];
-            assert_eq!(
-                delivered_events(record),
-                [],
-                "{ctx}\n  {}",
-                record.summary()
-            );
-            obs.stats.cut = matches!(record.end, Some(End::PlannedCut(_)));
-            return obs.stats;
-        }
+        Err(_) => return handshake_failed(obs, proxy, &plan, untagged),
     };
     let mut s = StdSession { client, obs, proxy };
 
@@ -545,8 +752,9 @@ fn std_session(seed: u64, qemu: &Path) -> Stats {
     s.status("query-status #2");
     s.change("cont", true);
 
+    let group = s.obs.next_group();
     let h = s.client.send(&QueryCommands);
-    let h = s.sent("query-commands", h);
+    let h = s.sent("query-commands", "query-commands", group, h);
     if let Some(commands) = s.wait("query-commands", h, None) {
         assert!(
             commands.len() > 100 && commands.iter().any(|c| c.name == "query-status"),
@@ -556,40 +764,31 @@ fn std_session(seed: u64, qemu: &Path) -> Stats {
     }
     s.drain();
 
+    let group = s.obs.next_group();
     let h = s.client.send_raw("chaos-no-such-command", &Value::Null);
-    let h = s.sent("chaos-no-such-command", h);
+    let h = s.sent("chaos-no-such-command", "chaos-no-such-command", group, h);
     s.wait("chaos-no-such-command", h, Some("CommandNotFound"));
     s.drain();
 
     // Pipelined: all sent, then collected out of order.
     let before = s.obs.running;
+    let group = s.obs.next_group();
     let h1 = s.client.send(&QueryStatus);
-    let h1 = s.sent("pipelined query-status #1", h1);
+    let h1 = s.sent("pipelined query-status #1", "query-status", group, h1);
     let h2 = s.client.send(&Stop);
-    let h2 = s.sent("pipelined stop", h2);
+    let h2 = s.sent("pipelined stop", "stop", group, h2);
     let h3 = s.client.send(&QueryStatus);
-    let h3 = s.sent("pipelined query-status #2", h3);
+    let h3 = s.sent("pipelined query-status #2", "query-status", group, h3);
     let h4 = s.client.send(&Cont);
-    let h4 = s.sent("pipelined cont", h4);
+    let h4 = s.sent("pipelined cont", "cont", group, h4);
     let h5 = s.client.send(&HumanMonitorCommand::new("info status"));
-    let h5 = s.sent("pipelined info status", h5);
+    let h5 = s.sent("pipelined info status", "human-monitor-command", group, h5);
     let r3 = s.wait("pipelined query-status #2", h3, None);
     let r1 = s.wait("pipelined query-status #1", h1, None);
     let r5 = s.wait("pipelined info status", h5, None);
     let r2 = s.wait("pipelined stop", h2, None);
     let r4 = s.wait("pipelined cont", h4, None);
-    if let (Some(r1), Some(before)) = (&r1, before) {
-        assert_eq!(
-            r1.running, before,
-            "{ctx}\n  pipelined query-status #1: {r1:?}"
-        );
-    }
-    if let (Some(r3), Some(_)) = (&r3, &r2) {
-        assert_eq!(r3.status, RunState::Paused, "{ctx}\n  after stop: {r3:?}");
-    }
-    if let (Some(r5), Some(_)) = (&r5, &r4) {
-        assert_eq!(r5, "VM status: running\r\n", "{ctx}\n  after cont");
-    }
+    check_batch(&s.obs.ctx, before, &r1, &r2, &r3, &r4, &r5);
     s.obs.running = match (r4.is_some(), before, r2.is_some()) {
         (true, _, _) => Some(true),
         _ => None,
@@ -621,12 +820,374 @@ fn std_session(seed: u64, qemu: &Path) -> Stats {
         }
         assert!(Instant::now() < deadline, "{ctx}\n  the stream never ended");
     }
-    check_record(&mut obs, record, &ctx, &plan, true);
+    let wire = Wire {
+        untagged,
+        blocking: true,
+    };
+    check_record(&mut obs, record, &ctx, &plan, Some(wire));
     obs.stats
 }
 
-/// The checks against the proxy's record, shared by the clients.
-fn check_record(obs: &mut Observer, record: &Record, ctx: &str, plan: &Plan, ids: bool) {
+/// The handshake failed: no client, no events (QEMU sends none before negotiation
+/// completes); `qmp_capabilities`, if it got through, carried id 1.
+fn handshake_failed(mut obs: Observer, proxy: ChaosProxy, plan: &Plan, untagged: bool) -> Stats {
+    let ctx = obs.ctx.clone();
+    let records = proxy
+        .finish(Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{ctx}\n  stop the proxy: {e}"));
+    let record = &records[0];
+    assert_eq!(
+        delivered_events(record),
+        [],
+        "{ctx}\n  {}",
+        record.summary()
+    );
+    let wire = Wire {
+        untagged,
+        blocking: true,
+    };
+    check_record(&mut obs, record, &ctx, plan, Some(wire));
+    obs.stats.cut = matches!(record.end, Some(End::PlannedCut(_)));
+    obs.stats
+}
+
+/// The pipelined batch's values (`query-status`, `stop`, `query-status`, `cont`, `info
+/// status`, sent in this order): each state as the commands before it left it.
+fn check_batch(
+    ctx: &str,
+    before: Option<bool>,
+    r1: &Option<StatusInfo>,
+    r2: &Option<qmp_std::qmp_proto::commands::Empty>,
+    r3: &Option<StatusInfo>,
+    r4: &Option<qmp_std::qmp_proto::commands::Empty>,
+    r5: &Option<String>,
+) {
+    if let (Some(r1), Some(before)) = (r1, before) {
+        assert_eq!(
+            r1.running, before,
+            "{ctx}\n  pipelined query-status #1: {r1:?}"
+        );
+    }
+    if let (Some(r3), Some(_)) = (r3, r2) {
+        assert_eq!(r3.status, RunState::Paused, "{ctx}\n  after stop: {r3:?}");
+    }
+    if let (Some(r5), Some(_)) = (r5, r4) {
+        assert_eq!(r5, "VM status: running\r\n", "{ctx}\n  after cont");
+    }
+}
+
+// ---- the wire: commands as QEMU got them, and its replies ----------------------------------
+
+/// What the wire checks need to know about the client.
+#[derive(Debug, Clone, Copy)]
+struct Wire {
+    /// `untagged_when_alone` was on.
+    untagged: bool,
+    /// The blocking client: ids come from its handles, and a timed-out command's slot is
+    /// freed at once (so which commands go without an id is exactly predictable).
+    blocking: bool,
+}
+
+/// A command as it reached QEMU, and QEMU's reply to it if one came.
+#[derive(Debug)]
+struct Exchange {
+    name: String,
+    /// The `id` it carried, if any.
+    id: Option<u64>,
+    /// QEMU's reply (`{"return": …}` or `{"error": …}`), and whether the proxy delivered
+    /// it whole.
+    reply: Option<(Value, bool)>,
+}
+
+/// Pairs the commands that reached QEMU (parsed from the client's bytes, up to the first
+/// incomplete one) with QEMU's replies, in order: QEMU answers in-band commands one at a
+/// time, in the order it read them.
+fn exchanges(record: &Record, ctx: &str) -> Vec<Exchange> {
+    let mut commands: Vec<Exchange> = serde_json::Deserializer::from_slice(&record.sent)
+        .into_iter::<Value>()
+        .map_while(Result::ok)
+        .map(|command| {
+            let name = command.get("execute").and_then(Value::as_str);
+            let name = name.unwrap_or_else(|| panic!("{ctx}\n  not a command: {command}"));
+            let id = command.get("id").map(|id| {
+                id.as_u64()
+                    .unwrap_or_else(|| panic!("{ctx}\n  an id that is no u64: {command}"))
+            });
+            Exchange {
+                name: name.to_owned(),
+                id,
+                reply: None,
+            }
+        })
+        .collect();
+    let replies = record.received.iter().enumerate().filter_map(|(i, m)| {
+        let v: Value = serde_json::from_slice(m).ok()?;
+        (v.get("return").is_some() || v.get("error").is_some()).then_some((v, i < record.delivered))
+    });
+    for (n, reply) in replies.enumerate() {
+        let Some(command) = commands.get_mut(n) else {
+            panic!(
+                "{ctx}\n  QEMU sent reply #{} ({}), but only {n} commands reached it",
+                n + 1,
+                reply.0
+            );
+        };
+        command.reply = Some(reply);
+    }
+    commands
+}
+
+/// Gives each tokio call the id of its command: the calls of a group took consecutive ids
+/// when first polled (a group's calls all start before any of them can finish; groups run
+/// one after another), none once the connection was gone, so a group's commands are the
+/// next ones on the wire. A group with distinct commands (tasks, polled in any order) is
+/// matched by name; one with repeated commands (futures joined with `biased;`, polled in
+/// order) by position, and the names must agree.
+fn assign_ids(calls: &mut [Call], wire: &[Exchange], ctx: &str) {
+    let mut next = 1; // the command after qmp_capabilities
+    let mut at = 0;
+    while at < calls.len() {
+        let group = calls[at].group;
+        let len = calls[at..].iter().take_while(|c| c.group == group).count();
+        let members = &mut calls[at..at + len];
+        at += len;
+        if members.iter().all(|c| c.command.is_none()) {
+            continue;
+        }
+        let window = next..(next + len).min(wire.len().max(next));
+        next += len;
+        let mut names: Vec<_> = members.iter().map(|c| c.command).collect();
+        names.sort();
+        names.dedup();
+        let distinct = names.len() == len;
+        for call in members.iter_mut() {
+            let found = if distinct {
+                window
+                    .clone()
+                    .find(|&k| Some(wire[k].name.as_str()) == call.command)
+            } else {
+                // The group was noted in the order its calls finished: place each by its
+                // label.
+                let k = window.start + batch_index(call.label);
+                window.contains(&k).then_some(k)
+            };
+            if let Some(k) = found {
+                assert_eq!(
+                    Some(wire[k].name.as_str()),
+                    call.command,
+                    "{ctx}\n  {} is not the command at its place on the wire: {wire:?}",
+                    call.label
+                );
+                call.id = Some(k as u64 + 1);
+            }
+        }
+    }
+}
+
+/// A batch call's place in its batch, from its label.
+fn batch_index(label: &str) -> usize {
+    BATCH
+        .iter()
+        .position(|l| *l == label)
+        .unwrap_or_else(|| panic!("{label} is not in the batch"))
+}
+
+/// The pipelined batch, in the order it is sent.
+const BATCH: [&str; 5] = [
+    "pipelined query-status #1",
+    "pipelined stop",
+    "pipelined query-status #2",
+    "pipelined cont",
+    "pipelined info status",
+];
+
+/// Ties every call to its command on the wire and checks values, replies and ids; see the
+/// module documentation.
+fn check_wire(obs: &mut Observer, record: &Record, ctx: &str, wire: Wire) {
+    let summary = record.summary();
+    let exchanges = exchanges(record, ctx);
+    let shown = || {
+        exchanges
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}{}",
+                    e.name,
+                    e.id.map(|i| format!("#{i}")).unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    if !wire.blocking {
+        assign_ids(&mut obs.calls, &exchanges, ctx);
+    }
+    // Ids on the wire are the commands' own, and tagged replies echo them.
+    for (k, e) in exchanges.iter().enumerate() {
+        let ordinal = k as u64 + 1;
+        if let Some(id) = e.id {
+            assert_eq!(
+                id,
+                ordinal,
+                "{ctx}\n  command #{ordinal} on the wire carries id {id}: {}",
+                shown()
+            );
+        }
+        if let Some((reply, _)) = &e.reply {
+            assert_eq!(
+                reply.get("id").and_then(Value::as_u64),
+                e.id,
+                "{ctx}\n  QEMU's reply #{ordinal} does not echo command #{ordinal}'s id: {reply}"
+            );
+        }
+    }
+    if let Some(first) = exchanges.first() {
+        assert_eq!(
+            (first.name.as_str(), first.id),
+            ("qmp_capabilities", Some(1)),
+            "{ctx}\n  the first command"
+        );
+    }
+    obs.stats.untagged = exchanges.iter().filter(|e| e.id.is_none()).count();
+    if !wire.untagged {
+        assert_eq!(
+            obs.stats.untagged,
+            0,
+            "{ctx}\n  commands without an id though untagged_when_alone is off: {}",
+            shown()
+        );
+    } else if exchanges.len() > 1 {
+        assert_eq!(
+            exchanges[1].id,
+            None,
+            "{ctx}\n  the first command after the handshake carries an id: {}",
+            shown()
+        );
+    }
+    // Each call against its command and QEMU's reply.
+    let mut first_of_group: Vec<(usize, u64)> = Vec::new();
+    for call in &obs.calls {
+        let (Some(command), Some(id)) = (call.command, call.id) else {
+            continue;
+        };
+        match first_of_group.iter_mut().find(|(g, _)| *g == call.group) {
+            Some((_, first)) => *first = (*first).min(id),
+            None => first_of_group.push((call.group, id)),
+        }
+        let name = call.label;
+        let k = usize::try_from(id - 1).expect("a small id");
+        let exchange = exchanges.get(k);
+        if let Some(e) = exchange {
+            assert_eq!(
+                e.name,
+                command,
+                "{ctx}\n  {name} (id {id}) is not the command with that place on the wire: {}",
+                shown()
+            );
+        }
+        let reply = exchange.and_then(|e| e.reply.as_ref());
+        let delivered = reply.filter(|(_, delivered)| *delivered).map(|(r, _)| r);
+        match call.outcome {
+            Outcome::Ok => {
+                let reply = delivered.unwrap_or_else(|| {
+                    panic!(
+                        "{ctx}\n  {name} (id {id}) succeeded without a delivered reply\n  {summary}"
+                    )
+                });
+                let value = reply.get("return").unwrap_or_else(|| {
+                    panic!("{ctx}\n  {name} (id {id}) succeeded, but QEMU answered {reply}")
+                });
+                let (got, normalize) = call.value.as_ref().expect("a successful call's value");
+                let want = normalize(value).unwrap_or_else(|e| {
+                    panic!("{ctx}\n  {name} (id {id}): QEMU's reply {value} does not decode: {e}")
+                });
+                assert_eq!(
+                    got, &want,
+                    "{ctx}\n  {name} (id {id}) returned another value than QEMU's reply to it"
+                );
+                obs.stats.matched += 1;
+            }
+            Outcome::ExpectedError => {
+                let reply = delivered.unwrap_or_else(|| {
+                    panic!("{ctx}\n  {name} (id {id}) failed as expected without a delivered reply\n  {summary}")
+                });
+                let class = reply.pointer("/error/class").and_then(Value::as_str);
+                assert_eq!(
+                    class, call.expected,
+                    "{ctx}\n  {name} (id {id}): QEMU answered {reply}"
+                );
+                obs.stats.matched += 1;
+            }
+            Outcome::Gone if !obs.abandoned => assert!(
+                delivered.is_none(),
+                "{ctx}\n  {name} (id {id}) failed as disconnected, but its reply was delivered\n  \
+                 {summary}"
+            ),
+            Outcome::Gone | Outcome::Timeout => {}
+        }
+    }
+    // Which commands went without an id.
+    let timed_out = |id: u64| {
+        obs.calls
+            .iter()
+            .any(|c| c.id == Some(id) && c.outcome == Outcome::Timeout)
+    };
+    let first_untagged_timeout = exchanges
+        .iter()
+        .enumerate()
+        .map(|(k, e)| (k as u64 + 1, e))
+        .find(|(id, e)| e.id.is_none() && timed_out(*id))
+        .map(|(id, _)| id);
+    let first_timeout = obs
+        .calls
+        .iter()
+        .filter(|c| c.outcome == Outcome::Timeout)
+        .filter_map(|c| c.id)
+        .min();
+    for call in &obs.calls {
+        let (Some(_), Some(id)) = (call.command, call.id) else {
+            continue;
+        };
+        let Some(e) = exchanges.get(usize::try_from(id - 1).expect("a small id")) else {
+            continue;
+        };
+        let name = call.label;
+        let alone = first_of_group
+            .iter()
+            .any(|&(g, first)| g == call.group && first == id);
+        let after_untagged_timeout = first_untagged_timeout.is_some_and(|t| id > t);
+        if e.id.is_none() {
+            assert!(
+                alone,
+                "{ctx}\n  {name} (id {id}) went without an id while another command was in \
+                 flight: {}",
+                shown()
+            );
+            assert!(
+                !after_untagged_timeout,
+                "{ctx}\n  {name} (id {id}) went without an id after a command without one \
+                 timed out: {}",
+                shown()
+            );
+        } else if wire.untagged && alone {
+            let excused = if wire.blocking {
+                after_untagged_timeout
+            } else {
+                first_timeout.is_some_and(|t| id > t)
+            };
+            assert!(
+                excused,
+                "{ctx}\n  {name} (id {id}) was sent alone with untagged_when_alone, but carried \
+                 an id: {}",
+                shown()
+            );
+        }
+    }
+}
+
+/// The checks against the proxy's record, shared by the clients (`wire`: the qmp-std
+/// clients, whose calls are tied to the wire).
+fn check_record(obs: &mut Observer, record: &Record, ctx: &str, plan: &Plan, wire: Option<Wire>) {
     obs.stats.cut = matches!(record.end, Some(End::PlannedCut(_)));
     obs.stats.garbage = record.garbage.len();
     let summary = record.summary();
@@ -641,34 +1202,20 @@ fn check_record(obs: &mut Observer, record: &Record, ctx: &str, plan: &Plan, ids
         "{ctx}\n  the client's events (left) differ from those the proxy delivered (right)\n  \
          {summary}\n  garbage {garbage:?}"
     );
-    if ids {
-        let replies = delivered_reply_ids(record);
-        for (name, id, outcome) in &obs.calls {
-            let Some(id) = id else { continue };
-            if *outcome == Outcome::Gone && !obs.abandoned {
-                assert!(
-                    !replies.contains(id),
-                    "{ctx}\n  {name} (id {id}) failed as disconnected, but its reply was \
-                     delivered\n  {summary}\n  garbage {garbage:?}"
-                );
-            }
-            if matches!(outcome, Outcome::Ok | Outcome::ExpectedError) {
-                assert!(
-                    replies.contains(id),
-                    "{ctx}\n  {name} (id {id}) succeeded without a delivered reply\n  {summary}"
-                );
-            }
-        }
+    if let Some(wire) = wire {
+        check_wire(obs, record, ctx, wire);
     }
     // No cut, no long stall, no give-up: everything must have worked.
     let cut = matches!(record.end, Some(End::PlannedCut(_)));
     let long_stall = record.stalls.iter().any(|(_, d)| *d >= DEADLINE / 2);
     if !cut && !long_stall && !plan.has_stall_of(DEADLINE / 2) {
-        for (name, _, outcome) in &obs.calls {
+        for call in &obs.calls {
             assert!(
-                matches!(outcome, Outcome::Ok | Outcome::ExpectedError),
-                "{ctx}\n  {name} failed ({outcome:?}) though the plan neither cut nor stalled \
-                 for long\n  {summary}\n  garbage {garbage:?}"
+                matches!(call.outcome, Outcome::Ok | Outcome::ExpectedError),
+                "{ctx}\n  {} failed ({:?}) though the plan neither cut nor stalled for long\n  \
+                 {summary}\n  garbage {garbage:?}",
+                call.label,
+                call.outcome
             );
         }
     }
@@ -676,7 +1223,397 @@ fn check_record(obs: &mut Observer, record: &Record, ctx: &str, plan: &Plan, ids
 
 #[test]
 fn std_client_survives_chaos() {
-    run_seeds("qmp-std", seeds(STD_SEEDS, STD_BASE), std_session);
+    run_seeds("qmp-std", seeds(STD_SEEDS, STD_BASE), knobs(), std_session);
+}
+
+// ---- qmp-std's tokio client ----------------------------------------------------------------
+
+/// The items an event stream has ready now, without waiting: events, then (once) the error
+/// that ended it, then the end.
+fn ready_items(stream: &mut EventStream) -> Vec<Option<Result<Ev, Error>>> {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut items = Vec::new();
+    loop {
+        let next = pin!(stream.next()).poll(&mut cx);
+        let Poll::Ready(item) = next else {
+            return items;
+        };
+        let end = item.is_none();
+        items
+            .push(item.map(|r| r.map(|e| (e.name, e.timestamp.seconds, e.timestamp.microseconds))));
+        if end {
+            return items;
+        }
+    }
+}
+
+/// One event subscriber's view: the events, and how its stream ended.
+#[derive(Debug, Default)]
+struct Subscriber {
+    events: Vec<Ev>,
+    /// The error the stream ended with (it must come once, then the end).
+    error: Option<String>,
+    ended: bool,
+}
+
+impl Subscriber {
+    /// Takes `items`; returns the new events. A lagging subscriber, an error that is no
+    /// disconnect, a second error or anything after the end fails the seed.
+    #[track_caller]
+    fn take(&mut self, ctx: &str, items: Vec<Option<Result<Ev, Error>>>) -> Vec<Ev> {
+        let mut new = Vec::new();
+        for item in items {
+            assert!(
+                !self.ended,
+                "{ctx}\n  an item after the end of the event stream: {item:?}"
+            );
+            assert!(
+                self.error.is_none() || item.is_none(),
+                "{ctx}\n  the event stream went on after its error: {item:?}"
+            );
+            match item {
+                Some(Ok(e)) => new.push(e),
+                Some(Err(e)) if e.is_disconnect() => self.error = Some(format!("{e:?}")),
+                Some(Err(e)) => panic!("{ctx}\n  the event stream failed: {e:?}"),
+                None => self.ended = true,
+            }
+        }
+        self.events.extend(new.iter().cloned());
+        new
+    }
+
+    /// Reads the stream to its end (bounded), after the connection was shut down.
+    async fn read_to_end(&mut self, ctx: &str, stream: &mut EventStream) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.ended {
+            let item = tokio::time::timeout(Duration::from_secs(3), stream.next())
+                .await
+                .unwrap_or_else(|_| panic!("{ctx}\n  the event stream did not end"));
+            let item =
+                item.map(|r| r.map(|e| (e.name, e.timestamp.seconds, e.timestamp.microseconds)));
+            self.take(ctx, vec![item]);
+            assert!(
+                Instant::now() < deadline,
+                "{ctx}\n  the event stream never ended"
+            );
+        }
+        assert!(
+            self.error.is_some(),
+            "{ctx}\n  the event stream ended without the disconnect error"
+        );
+    }
+}
+
+struct TokioSession {
+    client: qmp_std::tokio::Client,
+    events: EventStream,
+    subscriber: Subscriber,
+    obs: Observer,
+}
+
+impl TokioSession {
+    /// Takes the events the first subscriber has ready (the second reads at the end).
+    fn drain(&mut self) -> Vec<Ev> {
+        if self.subscriber.ended {
+            return Vec::new();
+        }
+        let items = ready_items(&mut self.events);
+        let new = self.subscriber.take(&self.obs.ctx, items);
+        self.obs.events.extend(new.iter().cloned());
+        self.obs.stats.events += new.len();
+        new
+    }
+
+    /// Runs one call alone (a group of its own) and checks it.
+    async fn one<T: Serialize + DeserializeOwned>(
+        &mut self,
+        label: &'static str,
+        command: &'static str,
+        expected: Option<&'static str>,
+        call: impl Future<Output = Result<T, Error>>,
+    ) -> Option<T> {
+        let (finished, typed) = timed(label, command, expected, call).await;
+        let group = self.obs.next_group();
+        self.obs.note_group(vec![finished], group);
+        typed
+    }
+
+    async fn status(&mut self, name: &'static str) -> Option<StatusInfo> {
+        let qmp = self.client.clone();
+        let status = self
+            .one(name, "query-status", None, qmp.execute(&QueryStatus))
+            .await;
+        if let Some(s) = &status {
+            check_status(&mut self.obs, name, s);
+        }
+        self.drain();
+        status
+    }
+
+    /// `stop` or `cont`, as [`StdSession::change`].
+    async fn change(&mut self, name: &'static str, to_running: bool) {
+        let before = self.obs.running;
+        let qmp = self.client.clone();
+        let done = if to_running {
+            self.one(name, name, None, qmp.execute(&Cont)).await
+        } else {
+            self.one(name, name, None, qmp.execute(&Stop)).await
+        }
+        .is_some();
+        let events = self.drain();
+        if done {
+            if before == Some(!to_running) {
+                let want = if to_running { "RESUME" } else { "STOP" };
+                assert!(
+                    events.iter().any(|e| e.0 == want),
+                    "{}\n  {name} succeeded but {want} was not received before its reply: {events:?}",
+                    self.obs.ctx
+                );
+            }
+            self.obs.running = Some(to_running);
+        } else {
+            self.obs.running = None;
+        }
+    }
+}
+
+/// A `query-status` result against the known run state; it becomes the known state.
+#[track_caller]
+fn check_status(obs: &mut Observer, name: &str, s: &StatusInfo) {
+    if let Some(running) = obs.running {
+        assert_eq!(s.running, running, "{}\n  {name}: {s:?}", obs.ctx);
+    }
+    let want = if s.running {
+        RunState::Running
+    } else {
+        RunState::Paused
+    };
+    assert_eq!(s.status, want, "{}\n  {name}: {s:?}", obs.ctx);
+    obs.running = Some(s.running);
+}
+
+fn tokio_session(seed: u64, qemu: &Path) -> Stats {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(tokio_script(seed, qemu))
+}
+
+async fn tokio_script(seed: u64, qemu: &Path) -> Stats {
+    let plan = Plan::generate(seed, &tokio_knobs());
+    let untagged = untagged_for(seed);
+    let ctx = format!("qmp-std tokio {plan}, untagged when alone: {untagged}");
+    let proxy = ChaosProxy::start(Address::Unix(qemu.to_path_buf()), plan.clone())
+        .unwrap_or_else(|e| panic!("{ctx}\n  start the proxy: {e}"));
+    let started = Instant::now();
+    let connected = qmp_std::tokio::ClientBuilder::new()
+        .connect_timeout(Some(DEADLINE))
+        .command_timeout(Some(DEADLINE))
+        .max_in_flight(TOKIO_IN_FLIGHT)
+        .untagged_when_alone(untagged)
+        .connect_unix(proxy.path())
+        .await;
+    let mut obs = Observer::new(ctx.clone());
+    let outcome = classify(&ctx, "handshake", &connected, None);
+    obs.note(
+        "handshake",
+        None,
+        started,
+        started,
+        outcome,
+        &connected.as_ref().map(|_| ()),
+    );
+    let client = match connected {
+        Ok(client) => client,
+        Err(_) => {
+            let wire = Wire {
+                untagged,
+                blocking: false,
+            };
+            let records = proxy
+                .finish(Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("{ctx}\n  stop the proxy: {e}"));
+            let record = &records[0];
+            assert_eq!(
+                delivered_events(record),
+                [],
+                "{ctx}\n  {}",
+                record.summary()
+            );
+            check_record(&mut obs, record, &ctx, &plan, Some(wire));
+            return obs.stats;
+        }
+    };
+    // Two subscribers: the first drained as the session goes, the second only at the end.
+    let events = client.events();
+    let mut late = client.events();
+    let mut s = TokioSession {
+        client,
+        events,
+        subscriber: Subscriber::default(),
+        obs,
+    };
+    let qmp = s.client.clone();
+
+    s.status("query-status #1").await;
+    s.change("stop", false).await;
+    s.status("query-status #2").await;
+    s.change("cont", true).await;
+
+    let commands = s
+        .one(
+            "query-commands",
+            "query-commands",
+            None,
+            qmp.execute(&QueryCommands),
+        )
+        .await;
+    if let Some(commands) = commands {
+        assert!(
+            commands.len() > 100 && commands.iter().any(|c| c.name == "query-status"),
+            "{ctx}\n  query-commands: {} commands",
+            commands.len()
+        );
+    }
+    s.drain();
+
+    // A deadline of its own (the same as the default).
+    let unknown = qmp.execute_raw_timeout("chaos-no-such-command", &Value::Null, Some(DEADLINE));
+    s.one(
+        "chaos-no-such-command",
+        "chaos-no-such-command",
+        Some("CommandNotFound"),
+        unknown,
+    )
+    .await;
+    s.drain();
+
+    // Pipelined: five futures on this task, polled in this order (so sent in this order).
+    let before = s.obs.running;
+    let info = HumanMonitorCommand::new("info status");
+    let (f1, f2, f3, f4, f5) = tokio::join!(
+        biased;
+        timed(BATCH[0], "query-status", None, qmp.execute(&QueryStatus)),
+        timed(BATCH[1], "stop", None, qmp.execute(&Stop)),
+        timed(BATCH[2], "query-status", None, qmp.execute(&QueryStatus)),
+        timed(BATCH[3], "cont", None, qmp.execute(&Cont)),
+        timed(BATCH[4], "human-monitor-command", None, qmp.execute(&info)),
+    );
+    let group = s.obs.next_group();
+    let ((f1, r1), (f2, r2), (f3, r3), (f4, r4), (f5, r5)) = (f1, f2, f3, f4, f5);
+    s.obs.note_group(vec![f1, f2, f3, f4, f5], group);
+    check_batch(&ctx, before, &r1, &r2, &r3, &r4, &r5);
+    s.obs.running = match (r4.is_some(), before, r2.is_some()) {
+        (true, _, _) => Some(true),
+        _ => None,
+    };
+    s.drain();
+
+    // Three tasks at once, each with a command of its own.
+    let status = {
+        let qmp = qmp.clone();
+        tokio::spawn(async move {
+            timed(
+                "task query-status",
+                "query-status",
+                None,
+                qmp.execute(&QueryStatus),
+            )
+            .await
+        })
+    };
+    let hmp = {
+        let qmp = qmp.clone();
+        tokio::spawn(async move {
+            let info = HumanMonitorCommand::new("info status");
+            timed(
+                "task info status",
+                "human-monitor-command",
+                None,
+                qmp.execute(&info),
+            )
+            .await
+        })
+    };
+    let unknown = {
+        let qmp = qmp.clone();
+        tokio::spawn(async move {
+            let call = qmp.execute_raw("chaos-no-such-task-command", &Value::Null);
+            timed(
+                "task unknown command",
+                "chaos-no-such-task-command",
+                Some("CommandNotFound"),
+                call,
+            )
+            .await
+        })
+    };
+    let (status, hmp, unknown) = tokio::join!(status, hmp, unknown);
+    let ((fs, rs), (fh, rh), (fu, _)) = (
+        status.expect("the query-status task"),
+        hmp.expect("the info status task"),
+        unknown.expect("the unknown command task"),
+    );
+    let group = s.obs.next_group();
+    s.obs.note_group(vec![fs, fh, fu], group);
+    if let Some(rs) = &rs {
+        check_status(&mut s.obs, "task query-status", rs);
+    }
+    if let (Some(rh), Some(true)) = (&rh, s.obs.running) {
+        assert_eq!(rh, "VM status: running\r\n", "{ctx}\n  task info status");
+    }
+    s.drain();
+    s.status("query-status #3").await;
+
+    // The end: the proxy shuts the connection down; both subscribers read to the end.
+    let TokioSession {
+        client,
+        mut events,
+        mut subscriber,
+        mut obs,
+    } = s;
+    let records = proxy
+        .finish(Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{ctx}\n  stop the proxy: {e}"));
+    assert_eq!(records.len(), 1, "{ctx}\n  one connection");
+    let record = &records[0];
+    let before = subscriber.events.len();
+    subscriber.read_to_end(&ctx, &mut events).await;
+    let rest = &subscriber.events[before..];
+    obs.events.extend(rest.iter().cloned());
+    obs.stats.events += rest.len();
+    let mut second = Subscriber::default();
+    second.read_to_end(&ctx, &mut late).await;
+    assert_eq!(
+        second.events, subscriber.events,
+        "{ctx}\n  the second subscriber (left) saw other events than the first (right)"
+    );
+    // Every later call fails at once.
+    let t = Instant::now();
+    let after = qmp.execute(&QueryStatus).await;
+    assert!(
+        matches!(after, Err(ref e) if e.is_disconnect()) && t.elapsed() <= FAST,
+        "{ctx}\n  a command after the end: {after:?} after {:?}",
+        t.elapsed()
+    );
+    assert!(client.is_closed(), "{ctx}\n  the client is not closed");
+    let wire = Wire {
+        untagged,
+        blocking: false,
+    };
+    check_record(&mut obs, record, &ctx, &plan, Some(wire));
+    obs.stats
+}
+
+#[test]
+fn tokio_client_survives_chaos() {
+    run_seeds(
+        "qmp-std tokio",
+        seeds(TOKIO_SEEDS, TOKIO_BASE),
+        tokio_knobs(),
+        tokio_session,
+    );
 }
 
 // ---- qmp-embedded's blocking client ------------------------------------------------------
@@ -920,7 +1857,7 @@ fn embedded_session(seed: u64, qemu: &Path) -> Stats {
         }
         assert!(Instant::now() < deadline, "{ctx}\n  the stream never ended");
     }
-    check_record(&mut obs, record, &ctx, &plan, false);
+    check_record(&mut obs, record, &ctx, &plan, None);
     obs.stats
 }
 
@@ -929,6 +1866,7 @@ fn embedded_client_survives_chaos() {
     run_seeds(
         "qmp-embedded",
         seeds(EMBEDDED_SEEDS, EMBEDDED_BASE),
+        knobs(),
         embedded_session,
     );
 }

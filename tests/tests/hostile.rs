@@ -1,6 +1,6 @@
-//! Hostile servers: what the std blocking client (`qmp_std::Client`) and the embedded blocking
-//! client (`qmp_embedded::Client`) do when the peer is not QEMU but something trying to hurt
-//! them.
+//! Hostile servers: what the std blocking client (`qmp_std::Client`), the tokio client
+//! (`qmp_std::tokio::Client`) and the embedded blocking client (`qmp_embedded::Client`) do when
+//! the peer is not QEMU but something trying to hurt them.
 //!
 //! Each case is a fake server on a thread, at the other end of a `UnixStream::pair()`. It sends
 //! QEMU 7.2.22's real greeting (`qmp-proto/tests/data/greeting.jsonl`), answers
@@ -18,14 +18,17 @@
 //!   (the command timeout plus slack for the cases that can only end at a deadline).
 //! - **A memory bound**: the peak heap while the client works, measured by a counting
 //!   `#[global_allocator]` in this binary. The std client may use its receive buffer (bounded
-//!   by `max_reply_size`) and a little more; the embedded client, which has no allocator at all,
-//!   must use exactly 0 heap bytes.
+//!   by `max_reply_size`) and a little more; the tokio client the same, plus a fixed allowance
+//!   for the runtime's share (its reader task, I/O registration, timers, the event channel);
+//!   the embedded client, which has no allocator at all, must use exactly 0 heap bytes.
 //! - **No panic**: each run is wrapped in `catch_unwind`, and a panic fails the case.
 //!
 //! # How the measurement stays reliable
 //! Everything runs sequentially inside one `#[test]` (the only one in this binary), so no other
-//! test allocates meanwhile. The server thread allocates its buffers, then meets the client at
-//! a barrier; only then is the peak reset, and from there on the server does not allocate
+//! test allocates meanwhile. The server thread allocates its buffers, and the tokio client's
+//! runtime (current-thread) is built and warmed up (a task spawned, a socket registered, a
+//! timer run), then the two meet at a barrier; only then is the peak reset, and from there on
+//! the server does not allocate
 //! (commands are parsed in a fixed array, replies formatted into stack buffers, big payloads
 //! streamed from one reusable 64 KiB chunk). Reallocations are counted conservatively: the new
 //! block is counted before the old one is released.
@@ -36,17 +39,21 @@
 //! the table of outcomes, times and peaks. No QEMU is needed.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::future::Future;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Barrier};
+use std::task::{Context, Poll, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use qmp_embedded::qmp_proto::MessageError;
 use qmp_std::commands::QueryStatus;
+use qmp_std::tokio::{DEFAULT_EVENT_CAPACITY, EventStream};
 
 // ---------------------------------------------------------------------------------------
 // Peak heap: a counting allocator.
@@ -144,12 +151,22 @@ const INITIAL_BUFFER: usize = 64 << 10;
 /// The std client's peak heap bound: the receive buffer grown (by doubling, counted with the
 /// copy) to `MAX_REPLY`, plus small change (encode buffer, owned replies, a few events).
 const STD_HEAP: usize = MAX_REPLY + MAX_REPLY / 2 + (256 << 10);
+/// The tokio client's peak heap bound: its receive buffer grown (by doubling from 4 KiB,
+/// counted with the copy) to `MAX_REPLY`, plus 64 KiB for everything else: what the runtime
+/// allocates for the connection once warmed up (the reader task, the socket's registration,
+/// the timer, a oneshot per command), the event channel's ring of [`DEFAULT_EVENT_CAPACITY`]
+/// events and the encode buffer (measured: under 16 KiB).
+const TOKIO_HEAP: usize = MAX_REPLY + MAX_REPLY / 2 + (64 << 10);
 /// Payload of the huge reply for the std client: 1 GiB (about 13 s in a debug build: the
 /// framer skims an oversized message byte by byte).
 const HUGE: u64 = 1 << 30;
 /// Payload of the huge reply for the embedded client: 128 MiB, 131,072 times its receive
 /// buffer (1 GiB takes about 20 s there in a debug build: it also reads 1 KiB at a time).
 const HUGE_EMBEDDED: u64 = 128 << 20;
+/// Payload of the huge reply for the tokio client: 128 MiB, 128 times its largest receive
+/// buffer (it skims with the same session code as the std client, which the 1 GiB case
+/// already takes past any 32-bit size; this keeps the case under 2 s).
+const HUGE_TOKIO: u64 = 128 << 20;
 /// Nesting depth of the deep reply.
 const DEEP: usize = 100_000;
 /// The most a streaming server sends before giving up on a client that never hangs up.
@@ -245,6 +262,7 @@ impl Case {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Which {
     Std,
+    Tokio,
     Embedded,
 }
 
@@ -252,6 +270,7 @@ impl Which {
     fn name(self) -> &'static str {
         match self {
             Which::Std => "std",
+            Which::Tokio => "tokio",
             Which::Embedded => "embedded",
         }
     }
@@ -633,7 +652,14 @@ struct Events {
 }
 
 trait Subject: Sized {
-    fn handshake(stream: UnixStream, timeout: Duration) -> Result<Self, Got>;
+    /// What is made before the measurement starts (the tokio client's runtime).
+    type Prepared: Send;
+    fn prepare() -> Self::Prepared;
+    fn handshake(
+        prepared: Self::Prepared,
+        stream: UnixStream,
+        timeout: Duration,
+    ) -> Result<Self, Got>;
     /// Runs `x-probe`; the real reply is `{"ok": true}`.
     fn probe(&mut self) -> Got;
     /// Runs `query-status`; the real reply says running.
@@ -660,7 +686,11 @@ fn std_got(e: qmp_std::Error) -> Got {
 }
 
 impl Subject for qmp_std::Client<UnixStream> {
-    fn handshake(stream: UnixStream, timeout: Duration) -> Result<Self, Got> {
+    type Prepared = ();
+
+    fn prepare() {}
+
+    fn handshake((): (), stream: UnixStream, timeout: Duration) -> Result<Self, Got> {
         qmp_std::ClientBuilder::new()
             .connect_timeout(Some(timeout))
             .command_timeout(Some(timeout))
@@ -701,6 +731,104 @@ impl Subject for qmp_std::Client<UnixStream> {
             }
         }
         events.lost = self.events_lost();
+        events
+    }
+}
+
+/// The tokio client, on a current-thread runtime of its own; it runs only inside the calls
+/// below (`block_on`), so what its reader task does between them waits until the next one.
+struct Tokio {
+    client: qmp_std::tokio::Client,
+    /// Subscribed right after the handshake (the first subscriber also gets every event
+    /// received since the connection was made).
+    events: EventStream,
+    /// Dropped last, after the client.
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Subject for Tokio {
+    type Prepared = tokio::runtime::Runtime;
+
+    /// Builds the runtime and warms it up, so that its lazily made parts (the I/O driver's
+    /// registrations, the timer wheel, the task machinery) are not counted as the client's.
+    fn prepare() -> tokio::runtime::Runtime {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        runtime.block_on(async {
+            let (a, b) = tokio::net::UnixStream::pair().expect("a socket pair");
+            let task = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                a.try_write(b"x")
+            });
+            task.await.unwrap().unwrap();
+            b.readable().await.unwrap();
+        });
+        runtime
+    }
+
+    fn handshake(
+        runtime: tokio::runtime::Runtime,
+        stream: UnixStream,
+        timeout: Duration,
+    ) -> Result<Self, Got> {
+        stream.set_nonblocking(true).unwrap();
+        let connected = runtime.block_on(async {
+            let stream = tokio::net::UnixStream::from_std(stream).unwrap();
+            qmp_std::tokio::ClientBuilder::new()
+                .connect_timeout(Some(timeout))
+                .command_timeout(Some(timeout))
+                .max_reply_size(MAX_REPLY)
+                .handshake_unix(stream)
+                .await
+        });
+        match connected {
+            Ok(client) => Ok(Tokio {
+                events: client.events(),
+                client,
+                runtime,
+            }),
+            Err(e) => Err(std_got(e)),
+        }
+    }
+
+    fn probe(&mut self) -> Got {
+        let probe = self
+            .client
+            .execute_raw("x-probe", &qmp_std::serde_json::Value::Null);
+        match self.runtime.block_on(probe) {
+            Ok(v) if v == qmp_std::serde_json::json!({"ok": true}) => Got::Ok,
+            Ok(_) => Got::WrongValue,
+            Err(e) => std_got(e),
+        }
+    }
+
+    fn status(&mut self) -> Got {
+        match self.runtime.block_on(self.client.execute(&QueryStatus)) {
+            Ok(s) if s.running => Got::Ok,
+            Ok(_) => Got::WrongValue,
+            Err(e) => std_got(e),
+        }
+    }
+
+    fn dropped(&self) -> u64 {
+        self.client.dropped_messages()
+    }
+
+    /// The events the subscriber has ready now (the runtime does not run meanwhile), with
+    /// the gap it was told of (`Lagged`).
+    fn events(&mut self) -> Events {
+        let mut events = Events::default();
+        let mut cx = Context::from_waker(Waker::noop());
+        while let Poll::Ready(Some(item)) = pin!(self.events.next()).poll(&mut cx) {
+            match item {
+                Ok(e) if e.name == "RESUME" => events.resume += 1,
+                Ok(_) => events.other += 1,
+                Err(qmp_std::Error::Lagged { missed }) => events.lost += missed,
+                Err(e) => panic!("the event stream failed: {e:?}"),
+            }
+        }
         events
     }
 }
@@ -775,7 +903,11 @@ struct Status {
 }
 
 impl Subject for Embedded {
-    fn handshake(stream: UnixStream, timeout: Duration) -> Result<Self, Got> {
+    type Prepared = ();
+
+    fn prepare() {}
+
+    fn handshake((): (), stream: UnixStream, timeout: Duration) -> Result<Self, Got> {
         stream
             .set_read_timeout(Some(Duration::from_millis(20)))
             .unwrap();
@@ -843,8 +975,8 @@ fn runs_next(case: Case) -> bool {
     )
 }
 
-fn drive<S: Subject>(case: Case, stream: UnixStream) -> Outcome {
-    let mut client = match S::handshake(stream, case.timeout()) {
+fn drive<S: Subject>(case: Case, prepared: S::Prepared, stream: UnixStream) -> Outcome {
+    let mut client = match S::handshake(prepared, stream, case.timeout()) {
         Ok(client) => client,
         Err(got) => {
             return Outcome {
@@ -879,7 +1011,16 @@ struct Row {
 }
 
 fn run(case: Case, which: Which, seed: u64) -> Row {
+    match which {
+        Which::Std => run_with::<qmp_std::Client<UnixStream>>(case, which, seed),
+        Which::Tokio => run_with::<Tokio>(case, which, seed),
+        Which::Embedded => run_with::<Embedded>(case, which, seed),
+    }
+}
+
+fn run_with<S: Subject>(case: Case, which: Which, seed: u64) -> Row {
     let (client_side, server_side) = UnixStream::pair().unwrap();
+    let prepared = S::prepare();
     let barrier = Arc::new(Barrier::new(2));
     let (done, finished) = sync_channel(1);
     let server = {
@@ -894,10 +1035,7 @@ fn run(case: Case, which: Which, seed: u64) -> Row {
     barrier.wait();
     let base = heap_reset();
     let start = Instant::now();
-    let outcome = catch_unwind(AssertUnwindSafe(|| match which {
-        Which::Std => drive::<qmp_std::Client<UnixStream>>(case, client_side),
-        Which::Embedded => drive::<Embedded>(case, client_side),
-    }));
+    let outcome = catch_unwind(AssertUnwindSafe(|| drive::<S>(case, prepared, client_side)));
     let elapsed = start.elapsed();
     let peak = heap_peak_since(base);
     let outcome = outcome.map_err(|panic| {
@@ -935,6 +1073,7 @@ struct Expect {
 fn huge(which: Which) -> u64 {
     match which {
         Which::Std => HUGE,
+        Which::Tokio => HUGE_TOKIO,
         Which::Embedded => HUGE_EMBEDDED,
     }
 }
@@ -1034,6 +1173,7 @@ fn expect(case: Case, which: Which) -> Expect {
     };
     let max_heap = match which {
         Which::Std => STD_HEAP,
+        Which::Tokio => TOKIO_HEAP,
         Which::Embedded => 0,
     };
     Expect {
@@ -1065,11 +1205,13 @@ fn check(row: &Row, seed: u64) -> Vec<String> {
                 ));
             }
             if row.case == Case::EventFlood {
-                // The queue fills (std: MAX_EVENTS events; embedded: as many as fit in EV
-                // bytes), and the rest is reported lost, not kept.
+                // The queue fills (std: MAX_EVENTS events; tokio: the subscriber's
+                // DEFAULT_EVENT_CAPACITY; embedded: as many as fit in EV bytes), and the rest
+                // is reported lost, not kept.
                 let e = row.outcome.as_ref().map(|o| o.events).unwrap_or_default();
                 let full = match row.which {
                     Which::Std => e.resume == MAX_EVENTS as u64,
+                    Which::Tokio => e.resume == DEFAULT_EVENT_CAPACITY as u64,
                     Which::Embedded => e.resume > 0,
                 };
                 if !full || e.other != 0 || e.lost == 0 {
@@ -1139,7 +1281,7 @@ fn hostile_servers() {
         .unwrap_or(0x5EED_0006);
     let mut rows = Vec::new();
     for case in CASES {
-        for which in [Which::Std, Which::Embedded] {
+        for which in [Which::Std, Which::Tokio, Which::Embedded] {
             rows.push(run(case, which, seed));
         }
     }
