@@ -175,7 +175,12 @@ fuzz_target!(|input: &[u8]| {
 
 /// A frame ends with `}`: bracket kinds are matched, so `]` never closes one.
 fn check_last_byte(bytes: &[u8]) {
-    assert_eq!(bytes[bytes.len() - 1], b'}', "{}", String::from_utf8_lossy(bytes));
+    assert_eq!(
+        bytes[bytes.len() - 1],
+        b'}',
+        "{}",
+        String::from_utf8_lossy(bytes)
+    );
 }
 
 fn shift(e: FrameError, by: u64) -> FrameError {

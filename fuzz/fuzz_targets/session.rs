@@ -134,6 +134,10 @@ enum Op {
 struct Owed {
     deadline: Option<u64>,
     abandoned: bool,
+    /// `execute` (or negotiation), not `exec-oob`.
+    in_band: bool,
+    /// Sent with its id (see `Config::untagged_when_alone`).
+    tagged: bool,
     /// `handle_timeout` was given a time at or past the deadline after the command was sent.
     expired: bool,
 }
@@ -143,6 +147,9 @@ struct Model {
     /// Commands owed an outcome, by id.
     owed: BTreeMap<u64, Owed>,
     eof: bool,
+    /// Commands may go without ids (`Config::untagged_when_alone`) and none that did has
+    /// timed out or been abandoned yet.
+    may_untag: bool,
 }
 
 impl Model {
@@ -157,6 +164,7 @@ impl Model {
                 assert!(!owed.abandoned, "reply for abandoned {id}");
                 match reply.outcome {
                     Outcome::Failed(Failure::TimedOut) => {
+                        self.may_untag &= owed.tagged;
                         assert!(owed.deadline.is_some(), "{id} timed out without a deadline");
                         assert!(
                             owed.expired,
@@ -364,7 +372,27 @@ impl<const N: usize> Driver<N> {
                 assert!(sent.len <= out.len());
                 let text = std::str::from_utf8(&out[..sent.len]).expect("UTF-8");
                 let raw = RawJson::parse(text).expect("a valid command");
-                assert_eq!(raw.get("id").and_then(|i| i.as_u64()), Some(id));
+                let in_band = raw.get("exec-oob").is_none();
+                let tagged = match raw.get("id") {
+                    Some(wire) => {
+                        assert_eq!(wire.as_u64(), Some(id));
+                        true
+                    }
+                    None => {
+                        // Without an id only when allowed, in band, not negotiation, and
+                        // with no other in-band command owed anything.
+                        assert!(self.model.may_untag, "{text}");
+                        assert!(in_band, "{text}");
+                        let name = raw.get("execute").map(|n| n.as_json());
+                        assert_ne!(name, Some("\"qmp_capabilities\""), "{text}");
+                        assert!(
+                            self.model.owed.values().all(|o| !o.in_band),
+                            "{text} went without an id next to {:?}",
+                            self.model.owed
+                        );
+                        false
+                    }
+                };
                 self.last_id = id;
                 self.sent.push(id);
                 self.model.owed.insert(
@@ -372,6 +400,8 @@ impl<const N: usize> Driver<N> {
                     Owed {
                         deadline: deadline.map(|d| self.now + u64::from(d)),
                         abandoned: false,
+                        in_band,
+                        tagged,
                         expired: false,
                     },
                 );
@@ -456,6 +486,9 @@ impl<const N: usize> Driver<N> {
                     Some(o) => {
                         assert_eq!(was, !o.abandoned, "{id}");
                         o.abandoned = true;
+                        if was && self.session.state() != State::Closed {
+                            self.model.may_untag &= o.tagged;
+                        }
                     }
                     None => assert!(!was, "abandoned {id}, which is owed nothing"),
                 }
@@ -492,7 +525,13 @@ impl<const N: usize> Driver<N> {
     }
 }
 
-fn drive<const N: usize>(config: Config, cap: usize, ops: Vec<Op>, mut stream: &[u8]) {
+fn drive<const N: usize>(
+    config: Config,
+    untagged: bool,
+    cap: usize,
+    ops: Vec<Op>,
+    mut stream: &[u8],
+) {
     let storage = vec![0u8; cap];
     let storage_shape = (storage.len(), storage.capacity());
     let mut d = Driver::<N> {
@@ -501,6 +540,7 @@ fn drive<const N: usize>(config: Config, cap: usize, ops: Vec<Op>, mut stream: &
         model: Model {
             owed: BTreeMap::new(),
             eof: false,
+            may_untag: untagged,
         },
         sent: Vec::new(),
         last_id: 0,
@@ -525,7 +565,9 @@ fuzz_target!(|input: &[u8]| {
     let Some((&[cfg, lo, hi], rest)) = input.split_first_chunk::<3>() else {
         return;
     };
-    let ops_len = usize::from(u16::from_le_bytes([lo, hi])).min(rest.len());
+    // The top bit of the ops length: commands without ids when alone.
+    let untagged = hi & 0x80 != 0;
+    let ops_len = usize::from(u16::from_le_bytes([lo, hi & 0x7F])).min(rest.len());
     let (op_bytes, stream) = rest.split_at(ops_len);
     let u = Unstructured::new(op_bytes);
     let Ok(ops) = Vec::<Op>::arbitrary_take_rest(u) else {
@@ -541,10 +583,11 @@ fuzz_target!(|input: &[u8]| {
     let cap = [64, 128, 256, 512, 1024, 4096, 16384, 65536][usize::from(cfg & 7)];
     let config = Config::default()
         .max_in_band([1, 2, 8, 255][usize::from((cfg >> 3) & 3)])
-        .enforce_negotiation(cfg & 0x80 == 0);
+        .enforce_negotiation(cfg & 0x80 == 0)
+        .untagged_when_alone(untagged);
     match (cfg >> 5) & 3 {
-        0 => drive::<1>(config, cap, ops, stream),
-        1 => drive::<4>(config, cap, ops, stream),
-        _ => drive::<8>(config, cap, ops, stream),
+        0 => drive::<1>(config, untagged, cap, ops, stream),
+        1 => drive::<4>(config, untagged, cap, ops, stream),
+        _ => drive::<8>(config, untagged, cap, ops, stream),
     }
 });
