@@ -75,10 +75,14 @@ pub struct Options {
     /// their own per-subscriber bounds).
     pub max_queued_events: Option<usize>,
     /// Send a command without an `id` when no other in-band command is in flight (default
-    /// `false`); its reply is matched by order, as QEMU answers in-band commands in order.
+    /// `true`); its reply is matched by order, as QEMU answers in-band commands in order.
     /// QEMU reads commands one byte at a time, so the shorter command makes sequential
-    /// round trips about a quarter faster. See `qmp_proto::Config::untagged_when_alone` for
-    /// the rules that keep it safe.
+    /// round trips about a quarter faster (BENCHMARKS.md). Pipelined commands, `exec-oob`
+    /// and `qmp_capabilities` keep their ids, and once a command sent without one times out
+    /// (or, in the tokio client, its future is dropped) every later command carries its id,
+    /// so a late reply is never taken for another command's. Turn it off to see an id on
+    /// every command on the wire, or against a server that does not answer in order. See
+    /// `qmp_proto::Config::untagged_when_alone`, which the core leaves off by default.
     pub untagged_when_alone: bool,
 }
 
@@ -94,7 +98,7 @@ impl Default for Options {
             negotiate: true,
             max_in_flight: qmp_proto::QEMU_QUEUE_LEN,
             max_queued_events: Some(DEFAULT_MAX_QUEUED_EVENTS),
-            untagged_when_alone: false,
+            untagged_when_alone: true,
         }
     }
 }
@@ -659,6 +663,12 @@ impl<S: Stream> Client<S> {
     /// With [`Options::max_in_flight`] commands already in flight, this first waits for one
     /// of them to finish. A handle dropped without [`wait`](Self::wait) or
     /// [`discard`](Self::discard) leaves its outcome stored in the client.
+    ///
+    /// Pipelining pays only with [`Options::oob`] negotiated: QEMU's monitor then reads and
+    /// queues the next commands in its I/O thread while the main thread runs one (about 1.4×
+    /// the sequential rate with 8 in flight against QEMU 7.2; BENCHMARKS.md). Without `oob`
+    /// QEMU stops reading while a command runs, so it never holds more than one and
+    /// pipelined commands go no faster than sequential ones.
     pub fn send<C: Command>(&mut self, command: &C) -> Result<Handle<C::Output>> {
         self.send_as(false, C::NAME, command)
     }

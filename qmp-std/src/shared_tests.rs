@@ -15,7 +15,9 @@ fn connect(
 ) -> (SharedClient, thread::JoinHandle<Server>) {
     let (client_side, server_side) = UnixStream::pair().unwrap();
     let server = fake::spawn(server_side, handler);
+    // The fake answers by id, so every command carries one.
     let client = ClientBuilder::new()
+        .untagged_when_alone(false)
         .connect_timeout(Some(Duration::from_secs(5)))
         .command_timeout(Some(Duration::from_secs(10)))
         .handshake(client_side)

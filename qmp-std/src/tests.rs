@@ -109,7 +109,11 @@ fn connect(
         };
         script(&mut fake);
     });
-    let builder = builder.connect_timeout(Some(Duration::from_secs(5)));
+    // The scripted fakes answer by id, so every command carries one (the untagged default
+    // has tests of its own against a real QEMU, in tests/tests/std_client.rs).
+    let builder = builder
+        .connect_timeout(Some(Duration::from_secs(5)))
+        .untagged_when_alone(false);
     (builder.handshake(client_side), server)
 }
 

@@ -18,7 +18,9 @@ async fn connect_with(
 ) -> (Client, JoinHandle<Server>) {
     let (client_side, server_side) = UnixStream::pair().unwrap();
     let server = fake::spawn(server_side.into_std().unwrap(), handler);
+    // The fake answers by id, so every command carries one.
     let client = builder
+        .untagged_when_alone(false)
         .connect_timeout(Some(Duration::from_secs(5)))
         .command_timeout(Some(Duration::from_secs(10)))
         .handshake_unix(client_side)

@@ -691,7 +691,10 @@ impl Subject for qmp_std::Client<UnixStream> {
     fn prepare() {}
 
     fn handshake((): (), stream: UnixStream, timeout: Duration) -> Result<Self, Got> {
+        // The hostile servers answer by id (as for the embedded client, whose core
+        // default is tagged), so every command carries one.
         qmp_std::ClientBuilder::new()
+            .untagged_when_alone(false)
             .connect_timeout(Some(timeout))
             .command_timeout(Some(timeout))
             .max_reply_size(MAX_REPLY)
@@ -777,6 +780,7 @@ impl Subject for Tokio {
         let connected = runtime.block_on(async {
             let stream = tokio::net::UnixStream::from_std(stream).unwrap();
             qmp_std::tokio::ClientBuilder::new()
+                .untagged_when_alone(false)
                 .connect_timeout(Some(timeout))
                 .command_timeout(Some(timeout))
                 .max_reply_size(MAX_REPLY)

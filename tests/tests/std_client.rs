@@ -1064,9 +1064,10 @@ mod erased {
     }
 }
 
-/// `untagged_when_alone`: a lone command goes without its id and its reply (return, error,
-/// or one too large for the buffer) is matched by order; pipelined and out-of-band commands
-/// keep ids; events still arrive in order; a timeout switches ids back on for good.
+/// `untagged_when_alone`, the default: a lone command goes without its id and its reply
+/// (return, error, or one too large for the buffer) is matched by order; pipelined and
+/// out-of-band commands keep ids; events still arrive in order; a timeout switches ids back
+/// on for good. With the option off, every command carries its id.
 #[test]
 fn lone_commands_without_ids_against_qemu() {
     /// A Unix socket that keeps a copy of everything written to it.
@@ -1098,7 +1099,6 @@ fn lone_commands_without_ids_against_qemu() {
     let qemu = start(Monitor::Unix);
     let socket = UnixStream::connect(unix_path(&qemu)).unwrap();
     let mut client = builder()
-        .untagged_when_alone(true)
         .oob(true)
         .initial_buffer(4096)
         .max_reply_size(64 << 10)
@@ -1159,5 +1159,18 @@ fn lone_commands_without_ids_against_qemu() {
     assert!(
         sent.ends_with(r#"{"execute":"query-name","id":30}"#),
         "{sent}"
+    );
+
+    drop(client);
+    let socket = UnixStream::connect(unix_path(&qemu)).unwrap();
+    let mut tagged = builder()
+        .untagged_when_alone(false)
+        .handshake(Recorder(socket, Vec::new()))
+        .unwrap();
+    assert!(tagged.execute(&QueryStatus).unwrap().running);
+    assert_eq!(tagged.execute(&QueryName).unwrap().name, None);
+    assert_eq!(
+        wire(&mut tagged),
+        r#"{"execute":"qmp_capabilities","id":1}{"execute":"query-status","id":2}{"execute":"query-name","id":3}"#
     );
 }

@@ -193,11 +193,11 @@ fn qmp_std_sequential(t: &Target<'_>) -> Result<Sample> {
     })
 }
 
-/// Sequential, with ids left out while one command is alone in flight
-/// (`untagged_when_alone`): the shorter command QEMU has to read.
-fn qmp_std_untagged(t: &Target<'_>) -> Result<Sample> {
+/// Sequential, with an id on every command (`untagged_when_alone(false)`; by default a
+/// command alone in flight goes without one): the longer command QEMU has to read.
+fn qmp_std_tagged(t: &Target<'_>) -> Result<Sample> {
     let mut qmp = qmp_std::ClientBuilder::new()
-        .untagged_when_alone(true)
+        .untagged_when_alone(false)
         .connect_unix(t.socket)?;
     timed(t.qemu_pid, t.seconds, || {
         check_status(&qmp.execute(&QueryStatus)?)
@@ -479,17 +479,17 @@ struct Client {
 const CLIENTS: &[Client] = &[
     Client {
         key: "std",
-        name: "qmp-std, sequential",
-        wire: r#"{"execute":"query-status","id":N}"#,
+        name: "qmp-std, sequential (defaults)",
+        wire: r#"{"execute":"query-status"}"#,
         role: Role::Ours,
         run: qmp_std_sequential,
     },
     Client {
-        key: "std-untagged",
-        name: "qmp-std, sequential, `untagged_when_alone`",
-        wire: r#"{"execute":"query-status"}"#,
+        key: "std-tagged",
+        name: "qmp-std, sequential, `untagged_when_alone(false)`",
+        wire: r#"{"execute":"query-status","id":N}"#,
         role: Role::Ours,
-        run: qmp_std_untagged,
+        run: qmp_std_tagged,
     },
     Client {
         key: "std-pipelined",
@@ -832,10 +832,10 @@ fn main() -> Result<()> {
         .filter(|r| r.client.role == Role::Peer)
         .max_by(|a, b| a.rate.total_cmp(&b.rate));
     let verdict = |ok: bool| if ok { "holds" } else { "MISSED" };
-    // qmp-std sequential, with its default ids and with `untagged_when_alone`.
+    // qmp-std sequential, with its defaults and with an id on every command.
     for (key, label) in [
         ("std", "qmp-std sequential"),
-        ("std-untagged", "qmp-std sequential, untagged_when_alone"),
+        ("std-tagged", "qmp-std sequential, ids on every command"),
     ] {
         let Some(std) = find(key) else { continue };
         if let Some(peer) = best_peer {
@@ -855,7 +855,7 @@ fn main() -> Result<()> {
                 verdict(x >= 0.95)
             )?;
         }
-        if let Some(raw_id) = find("raw-id").filter(|_| key == "std") {
+        if let Some(raw_id) = find("raw-id").filter(|_| key == "std-tagged") {
             let x = paired(std, raw_id);
             writeln!(
                 out,
