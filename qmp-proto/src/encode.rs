@@ -33,7 +33,32 @@ pub enum EncodeError {
     /// The value's `Serialize` implementation failed (its message is not kept: no
     /// allocation), or wrote something else the second time (see the module docs).
     Custom,
+    /// The command nests objects and arrays `depth` deep (its own braces included), deeper
+    /// than QEMU's JSON parser accepts ([`QEMU_MAX_NESTING`]). QEMU would answer it with
+    /// id-less parse errors, one for each stray bracket after the limit, not a reply.
+    TooDeep {
+        /// The command's nesting depth.
+        depth: usize,
+    },
+    /// The command is `len` bytes, more than QEMU's JSON parser accepts in one message
+    /// ([`QEMU_MAX_MESSAGE`]).
+    TooLarge {
+        /// Bytes the encoded command occupies.
+        len: usize,
+    },
 }
+
+/// How deep QEMU's JSON parser lets a message nest objects and arrays, counting the
+/// message's own braces (`MAX_NESTING` in QEMU's `qobject/json-streamer.c`).
+pub const QEMU_MAX_NESTING: usize = 1024;
+
+/// The most bytes of JSON tokens QEMU's parser takes in one message (`MAX_TOKEN_SIZE`); our
+/// compact encoding writes no whitespace, so this bounds the encoded command.
+pub const QEMU_MAX_MESSAGE: usize = 64 << 20;
+
+/// The most tokens QEMU's parser takes in one message (`MAX_TOKEN_COUNT`). Every token is at
+/// least one byte, so a command this long or shorter never reaches the limit.
+pub const QEMU_MAX_TOKENS: usize = 2 << 20;
 
 impl fmt::Display for EncodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -44,6 +69,14 @@ impl fmt::Display for EncodeError {
             Self::ArgumentsNotObject => f.write_str("command arguments must be a JSON object"),
             Self::Unsupported(what) => write!(f, "cannot encode {what} as JSON"),
             Self::Custom => f.write_str("the value's Serialize implementation failed"),
+            Self::TooDeep { depth } => write!(
+                f,
+                "command nests {depth} deep; QEMU accepts at most {QEMU_MAX_NESTING}"
+            ),
+            Self::TooLarge { len } => write!(
+                f,
+                "command is {len} bytes; QEMU accepts at most {QEMU_MAX_MESSAGE}"
+            ),
         }
     }
 }
@@ -56,13 +89,38 @@ impl ser::Error for EncodeError {
     }
 }
 
-/// Writes into a slice while it fits, and counts every byte either way.
+/// Writes into a slice while it fits, and counts every byte either way, and how deep the
+/// objects and arrays it writes nest.
 struct Out<'b> {
     buf: &'b mut [u8],
     len: usize,
+    depth: usize,
+    max_depth: usize,
 }
 
-impl Out<'_> {
+impl<'b> Out<'b> {
+    fn new(buf: &'b mut [u8]) -> Self {
+        Self {
+            buf,
+            len: 0,
+            depth: 0,
+            max_depth: 0,
+        }
+    }
+
+    /// Writes opening brackets, `levels` of them in `bytes`.
+    fn open(&mut self, bytes: &[u8], levels: usize) {
+        self.put(bytes);
+        self.depth += levels;
+        self.max_depth = self.max_depth.max(self.depth);
+    }
+
+    /// Writes closing brackets (every byte of `bytes` is one).
+    fn close(&mut self, bytes: &[u8]) {
+        self.put(bytes);
+        self.depth = self.depth.saturating_sub(bytes.len());
+    }
+
     #[inline]
     fn put(&mut self, bytes: &[u8]) {
         if let Some(dst) = self.buf.get_mut(self.len..self.len + bytes.len()) {
@@ -153,27 +211,34 @@ impl fmt::Write for Escaping<'_, '_> {
 /// assert_eq!(&buf[..n], br#"["a\"b",1,[true]]"#);
 /// ```
 pub fn encode_json<T: Serialize + ?Sized>(value: &T, out: &mut [u8]) -> Result<usize, EncodeError> {
-    encode_with(out, |o| {
+    encode_with(out, false, |o| {
         value.serialize(&mut Serializer { out: o }).map(|_| ())
     })
 }
 
-/// Measures, then writes: on error `buf` is untouched.
+/// Measures, then writes: on error `buf` is untouched. With `qemu_limits`, a message QEMU's
+/// parser would refuse (too deep, too large) is refused here.
 fn encode_with(
     buf: &mut [u8],
+    qemu_limits: bool,
     mut write: impl FnMut(&mut Out<'_>) -> Result<(), EncodeError>,
 ) -> Result<usize, EncodeError> {
-    let mut measure = Out {
-        buf: &mut [],
-        len: 0,
-    };
+    let mut measure = Out::new(&mut []);
     write(&mut measure)?;
+    if qemu_limits && measure.max_depth > QEMU_MAX_NESTING {
+        return Err(EncodeError::TooDeep {
+            depth: measure.max_depth,
+        });
+    }
+    if qemu_limits && measure.len > QEMU_MAX_MESSAGE {
+        return Err(EncodeError::TooLarge { len: measure.len });
+    }
     if measure.len > buf.len() {
         return Err(EncodeError::BufferTooSmall {
             needed: measure.len,
         });
     }
-    let mut out = Out { buf, len: 0 };
+    let mut out = Out::new(buf);
     write(&mut out)?;
     // A value that serialized differently the second time (a `Serialize` or `Display` with
     // side effects) must not be reported as written: the bytes may not all be there.
@@ -217,11 +282,14 @@ pub fn encode_command<A: Serialize + ?Sized>(
     id: Option<u64>,
 ) -> Result<usize, EncodeError> {
     let has_arguments = probe_arguments(arguments)?;
-    encode_with(buf, |out| {
-        out.put(match envelope {
-            Envelope::Execute => b"{\"execute\":\"",
-            Envelope::ExecOob => b"{\"exec-oob\":\"",
-        });
+    encode_with(buf, true, |out| {
+        out.open(
+            match envelope {
+                Envelope::Execute => b"{\"execute\":\"",
+                Envelope::ExecOob => b"{\"exec-oob\":\"",
+            },
+            1,
+        );
         out.put_escaped(name);
         out.put(b"\"");
         if has_arguments {
@@ -232,7 +300,7 @@ pub fn encode_command<A: Serialize + ?Sized>(
             out.put(b",\"id\":");
             out.put_u64(id);
         }
-        out.put(b"}");
+        out.close(b"}");
         Ok(())
     })
 }
@@ -241,10 +309,7 @@ pub fn encode_command<A: Serialize + ?Sized>(
 /// is an error.
 fn probe_arguments<A: Serialize + ?Sized>(arguments: &A) -> Result<bool, EncodeError> {
     let mut head = [0u8; 4];
-    let mut out = Out {
-        buf: &mut head,
-        len: 0,
-    };
+    let mut out = Out::new(&mut head);
     arguments.serialize(&mut Serializer { out: &mut out })?;
     let len = out.len;
     match head {
@@ -299,11 +364,11 @@ impl<'o, 'b> Serializer<'o, 'b> {
         close: &'static [u8],
     ) -> Compound<'s, 'o, 'b> {
         if let Some(variant) = variant {
-            self.out.put(b"{\"");
+            self.out.open(b"{\"", 1);
             self.out.put_escaped(variant);
             self.out.put(b"\":");
         }
-        self.out.put(bracket);
+        self.out.open(bracket, 1);
         Compound {
             ser: self,
             first: true,
@@ -452,11 +517,11 @@ impl<'s, 'o, 'b> ser::Serializer for &'s mut Serializer<'o, 'b> {
         variant: &'static str,
         value: &T,
     ) -> Result<(), EncodeError> {
-        self.out.put(b"{\"");
+        self.out.open(b"{\"", 1);
         self.out.put_escaped(variant);
         self.out.put(b"\":");
         value.serialize(&mut *self)?;
-        self.out.put(b"}");
+        self.out.close(b"}");
         Ok(())
     }
     fn serialize_seq(self, _len: Option<usize>) -> Result<Self::SerializeSeq, EncodeError> {
@@ -518,7 +583,7 @@ macro_rules! seq_impl {
                 value.serialize(&mut *self.ser)
             }
             fn end(self) -> Result<(), EncodeError> {
-                self.ser.out.put(self.close);
+                self.ser.out.close(self.close);
                 Ok(())
             }
         }
@@ -545,7 +610,7 @@ macro_rules! struct_impl {
                 value.serialize(&mut *self.ser)
             }
             fn end(self) -> Result<(), EncodeError> {
-                self.ser.out.put(self.close);
+                self.ser.out.close(self.close);
                 Ok(())
             }
         }
@@ -568,7 +633,7 @@ impl ser::SerializeMap for Compound<'_, '_, '_> {
         value.serialize(&mut *self.ser)
     }
     fn end(self) -> Result<(), EncodeError> {
-        self.ser.out.put(self.close);
+        self.ser.out.close(self.close);
         Ok(())
     }
 }
@@ -847,5 +912,131 @@ mod tests {
         assert_eq!(buf, [b'#'; 20]);
         let mut exact = [0u8; 68];
         assert_eq!(encode_capabilities(&mut exact, true, Some(1)), Ok(68));
+    }
+
+    /// `[[…[0]…]]`, `levels` arrays deep.
+    struct Nest(usize);
+    impl Serialize for Nest {
+        fn serialize<S: ser::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use ser::SerializeSeq;
+            if self.0 == 0 {
+                return s.serialize_u8(0);
+            }
+            let mut seq = s.serialize_seq(Some(1))?;
+            seq.serialize_element(&Nest(self.0 - 1))?;
+            seq.end()
+        }
+    }
+
+    #[derive(serde::Serialize)]
+    struct Args<T> {
+        a: T,
+    }
+
+    #[derive(serde::Serialize)]
+    enum Wrap {
+        V(Nest),
+    }
+
+    #[test]
+    fn commands_nested_deeper_than_qemu_takes_are_refused() {
+        let mut buf = [b'#'; 4096];
+        // The command's own brace and the arguments' make two levels.
+        let n = encode_command(
+            &mut buf,
+            Envelope::Execute,
+            "x",
+            &Args { a: Nest(1022) },
+            None,
+        )
+        .unwrap();
+        assert!(buf[..n].ends_with(&[[b']'; 1022].as_slice(), b"}}"].concat()));
+        buf.fill(b'#');
+        let e = encode_command(
+            &mut buf,
+            Envelope::Execute,
+            "x",
+            &Args { a: Nest(1023) },
+            None,
+        );
+        assert_eq!(e, Err(EncodeError::TooDeep { depth: 1025 }));
+        assert_eq!(buf, [b'#'; 4096]);
+        // An enum variant's object is a level too.
+        let wrapped = |n| Args {
+            a: Wrap::V(Nest(n)),
+        };
+        assert!(encode_command(&mut buf, Envelope::ExecOob, "x", &wrapped(1021), Some(1)).is_ok());
+        assert_eq!(
+            encode_command(&mut buf, Envelope::ExecOob, "x", &wrapped(1022), Some(1)),
+            Err(EncodeError::TooDeep { depth: 1025 })
+        );
+        // Depth is the deepest point, not the number of brackets.
+        let wide = Args {
+            a: [Nest(600), Nest(600), Nest(600)],
+        };
+        assert!(encode_command(&mut buf, Envelope::Execute, "x", &wide, None).is_ok());
+        // Plain JSON values have no QEMU to answer to.
+        assert!(encode_json(&Nest(2000), &mut buf).is_ok());
+    }
+
+    /// A string of `len` bytes, written a piece at a time through `collect_str`.
+    struct Long(usize);
+    impl Serialize for Long {
+        fn serialize<S: ser::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            struct Text(usize);
+            impl fmt::Display for Text {
+                fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    const PIECE: &str = match core::str::from_utf8(&[b'a'; 4096]) {
+                        Ok(s) => s,
+                        Err(_) => panic!(),
+                    };
+                    let mut left = self.0;
+                    while left > 0 {
+                        let n = left.min(PIECE.len());
+                        f.write_str(&PIECE[..n])?;
+                        left -= n;
+                    }
+                    Ok(())
+                }
+            }
+            s.collect_str(&Text(self.0))
+        }
+    }
+
+    #[test]
+    fn commands_longer_than_qemu_takes_are_refused() {
+        let mut buf = [b'#'; 64];
+        // `{"execute":"x","arguments":{"a":"…"}}` is 36 bytes around the string.
+        let e = encode_command(
+            &mut buf,
+            Envelope::Execute,
+            "x",
+            &Args {
+                a: Long(QEMU_MAX_MESSAGE - 36),
+            },
+            None,
+        );
+        assert_eq!(
+            e,
+            Err(EncodeError::BufferTooSmall {
+                needed: QEMU_MAX_MESSAGE
+            })
+        );
+        let e = encode_command(
+            &mut buf,
+            Envelope::Execute,
+            "x",
+            &Args {
+                a: Long(QEMU_MAX_MESSAGE - 35),
+            },
+            None,
+        );
+        assert_eq!(
+            e,
+            Err(EncodeError::TooLarge {
+                len: QEMU_MAX_MESSAGE + 1
+            })
+        );
+        assert_eq!(buf, [b'#'; 64]);
     }
 }

@@ -98,7 +98,10 @@ mod message;
 mod session;
 mod time;
 
-pub use encode::{EncodeError, Envelope, encode_capabilities, encode_command, encode_json};
+pub use encode::{
+    EncodeError, Envelope, QEMU_MAX_MESSAGE, QEMU_MAX_NESTING, QEMU_MAX_TOKENS,
+    encode_capabilities, encode_command, encode_json,
+};
 pub use framing::{DEFAULT_MAX_DEPTH, Frame, FrameError, Framer, SkimmedId, Status, find_frame};
 pub use json::{
     Chars, DeserializeError, Elements, JsonKind, JsonStr, MAX_SUPPORTED_DEPTH, Members, RawJson,

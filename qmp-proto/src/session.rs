@@ -4,7 +4,7 @@ use core::fmt;
 
 use serde::Serialize;
 
-use crate::encode::{EncodeError, Envelope, encode_command};
+use crate::encode::{EncodeError, Envelope, QEMU_MAX_TOKENS, encode_command};
 use crate::framing::{FrameError, Framer};
 use crate::message::{Greeting, Message, MessageError, QmpError, find_reply};
 use crate::time::Instant;
@@ -152,6 +152,12 @@ impl Config {
     /// `exec-oob` and `qmp_capabilities` keep their ids. Once a command sent without an id
     /// times out or is [abandoned](Session::abandon), its reply may still come and could be
     /// taken for a later one's, so from then on every command carries its id.
+    ///
+    /// Only a command QEMU's parser accepts whole gets exactly one reply: the encoder refuses
+    /// commands nested deeper than [`QEMU_MAX_NESTING`](crate::QEMU_MAX_NESTING) or longer
+    /// than [`QEMU_MAX_MESSAGE`](crate::QEMU_MAX_MESSAGE), and a command longer than
+    /// [`QEMU_MAX_TOKENS`](crate::QEMU_MAX_TOKENS) bytes, which might hold too many tokens,
+    /// keeps its id.
     pub fn untagged_when_alone(mut self, on: bool) -> Self {
         self.untagged_when_alone = on;
         self
@@ -526,11 +532,17 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
             return Err(SendError::QueueFull);
         }
         let id = self.proto.next_id;
-        let tagged = !(self.proto.may_untag
+        let mut tagged = !(self.proto.may_untag
             && envelope == Envelope::Execute
             && !negotiating
             && in_band == 0);
-        let len = encode_command(out, envelope, name, arguments, tagged.then_some(id))?;
+        let mut len = encode_command(out, envelope, name, arguments, tagged.then_some(id))?;
+        if !tagged && len > QEMU_MAX_TOKENS {
+            // Past QEMU's token limit it answers with id-less parse errors, perhaps several,
+            // which must not be taken for this command's or the next one's reply.
+            tagged = true;
+            len = encode_command(out, envelope, name, arguments, Some(id))?;
+        }
         let kind = match envelope {
             Envelope::ExecOob => Kind::OutOfBand,
             Envelope::Execute if negotiating => Kind::Negotiate {

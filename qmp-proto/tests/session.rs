@@ -833,3 +833,52 @@ fn a_malformed_reply_is_tied_to_its_id_even_after_invalid_utf8() {
         "{got:?}"
     );
 }
+
+/// A command long enough that it might hold more tokens than QEMU's parser takes keeps its
+/// id even when alone: QEMU would answer it with id-less parse errors, perhaps several.
+#[test]
+fn a_command_past_qemus_token_limit_keeps_its_id() {
+    #[derive(serde::Serialize)]
+    struct Args {
+        a: String,
+    }
+    let mut s = ready_untagged(false);
+    let mut out = vec![0u8; qmp_proto::QEMU_MAX_TOKENS + 64];
+    // `{"execute":"x","arguments":{"a":"…"}}` is 36 bytes around the string.
+    let at_limit = Args {
+        a: "a".repeat(qmp_proto::QEMU_MAX_TOKENS - 36),
+    };
+    let sent = s.execute("x", &at_limit, None, &mut out).unwrap();
+    assert_eq!(sent.len, qmp_proto::QEMU_MAX_TOKENS);
+    assert!(out[..sent.len].ends_with(b"\"}}"));
+    feed_all(&mut s, b"{\"return\": {}}\r\n");
+    assert_eq!(s.in_flight(), 0);
+
+    let past = Args {
+        a: "a".repeat(qmp_proto::QEMU_MAX_TOKENS - 35),
+    };
+    let sent = s.execute("x", &past, None, &mut out).unwrap();
+    let id = sent.id.0;
+    assert!(out[..sent.len].ends_with(format!("\"}},\"id\":{id}}}").as_bytes()));
+    // Its id-less errors are notices, not its reply; its reply is matched by id.
+    let got = feed_all(
+        &mut s,
+        format!(
+            "{{\"error\": {{\"class\": \"GenericError\", \"desc\": \"JSON parse error\"}}}}\r\n\
+             {{\"return\": {{}}, \"id\": {id}}}\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(s.in_flight(), 0);
+    assert!(
+        got.last()
+            == Some(&Got::Return {
+                id,
+                value: "{}".into()
+            }),
+        "{got:?}"
+    );
+    // And the next short command goes without an id again.
+    let (_, wire) = send_bytes(&mut s, "query-status", false);
+    assert_eq!(wire, r#"{"execute":"query-status"}"#);
+}

@@ -1174,3 +1174,63 @@ fn lone_commands_without_ids_against_qemu() {
         r#"{"execute":"qmp_capabilities","id":1}{"execute":"query-status","id":2}{"execute":"query-name","id":3}"#
     );
 }
+
+/// QEMU's parser takes commands nested up to 1024 deep (`qmp_proto::QEMU_MAX_NESTING`,
+/// counting the command's own braces): one that deep gets its reply; one level deeper
+/// gets only id-less parse errors from QEMU, so the encoder refuses it before it is sent.
+#[test]
+fn nesting_limit_matches_qemus_parser() {
+    fn nested(levels: usize) -> Value {
+        (0..levels).fold(json!(0), |v, _| Value::Array(vec![v]))
+    }
+    let qemu = start(Monitor::Unix);
+    let mut client = builder().connect_unix(unix_path(&qemu)).unwrap();
+    // Two levels are the command's own object and its arguments.
+    let e = client
+        .execute_raw("query-status", &json!({ "a": nested(1022) }))
+        .unwrap_err();
+    assert_eq!(e.qmp_class(), Some("GenericError"), "{e}");
+    assert!(e.to_string().contains("'a'"), "{e}");
+    let e = client
+        .execute_raw("query-status", &json!({ "a": nested(1023) }))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Encode(qmp_proto::EncodeError::TooDeep { depth: 1025 })
+        ),
+        "{e:?}"
+    );
+    assert!(client.execute(&QueryStatus).unwrap().running);
+    drop(client);
+
+    // What QEMU does with the deeper one, on a raw connection: parse errors without an id,
+    // never a reply carrying the command's id.
+    use std::io::{BufRead, BufReader, Write};
+    let mut raw = UnixStream::connect(unix_path(&qemu)).unwrap();
+    raw.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut lines = BufReader::new(raw.try_clone().unwrap()).lines();
+    let mut next = || lines.next().unwrap().unwrap();
+    assert!(next().starts_with(r#"{"QMP""#));
+    raw.write_all(br#"{"execute":"qmp_capabilities","id":1}"#)
+        .unwrap();
+    assert_eq!(next(), r#"{"return": {}, "id": 1}"#);
+    let deep = format!(
+        r#"{{"execute":"query-status","arguments":{{"a":{}}},"id":2}}"#,
+        qmp_std::serde_json::to_string(&nested(1023)).unwrap()
+    );
+    raw.write_all(deep.as_bytes()).unwrap();
+    raw.write_all(br#"{"execute":"query-name","id":3}"#)
+        .unwrap();
+    let mut errors = 0;
+    loop {
+        let line = next();
+        assert!(!line.contains(r#""id": 2"#), "{line}");
+        if line.contains(r#""id": 3"#) {
+            break;
+        }
+        assert!(line.starts_with(r#"{"error""#), "{line}");
+        errors += 1;
+    }
+    assert!(errors >= 1);
+}
