@@ -84,7 +84,7 @@
 //! // QEMU's reply without one is that command's.
 //! assert_eq!(
 //!     qmp.stream().sent,
-//!     br#"{"execute":"qmp_capabilities","id":1}{"execute":"stop"}{"execute":"query-status"}"#
+//!     br#"{"execute":"qmp_capabilities","arguments":{"enable":["oob"]},"id":1}{"execute":"stop"}{"execute":"query-status"}"#
 //! );
 //!
 //! // The replay is over, as if QEMU had closed the connection.

@@ -123,7 +123,7 @@ fn quick() -> ClientBuilder {
 
 #[test]
 fn negotiates_oob_and_exposes_the_greeting() {
-    let (client, server) = connect(quick().oob(true), |q| {
+    let (client, server) = connect(quick(), |q| {
         let caps = q.handshake();
         assert_eq!(
             caps,
@@ -149,7 +149,7 @@ fn negotiates_oob_and_exposes_the_greeting() {
 
 #[test]
 fn without_oob_requested_none_is_negotiated() {
-    let (client, server) = connect(quick(), |q| {
+    let (client, server) = connect(quick().oob(false), |q| {
         let caps = q.handshake();
         assert_eq!(caps, json!({"execute": "qmp_capabilities", "id": 1}));
     });

@@ -81,6 +81,11 @@ fn unix_socket_greeting_and_negotiation() {
     let qemu = start(Monitor::Unix);
     let mut client = connect(&qemu, builder());
     assert!(client.server().capabilities.iter().any(|c| c == "oob"));
+    // Offered, so negotiated by default (as QEMU's own Python client does).
+    assert!(client.oob_enabled());
+    basic_session(&mut client);
+    drop(client);
+    let mut client = connect(&qemu, builder().oob(false));
     assert!(!client.oob_enabled());
     basic_session(&mut client);
 }
@@ -1171,7 +1176,7 @@ fn lone_commands_without_ids_against_qemu() {
     assert_eq!(tagged.execute(&QueryName).unwrap().name, None);
     assert_eq!(
         wire(&mut tagged),
-        r#"{"execute":"qmp_capabilities","id":1}{"execute":"query-status","id":2}{"execute":"query-name","id":3}"#
+        r#"{"execute":"qmp_capabilities","arguments":{"enable":["oob"]},"id":1}{"execute":"query-status","id":2}{"execute":"query-name","id":3}"#
     );
 }
 

@@ -174,7 +174,7 @@ async fn exec_oob_runs_on_real_qemu() {
     assert!(yank.unwrap().is_array());
     assert_eq!(status.unwrap().status, RunState::Running);
     // Without oob negotiated, exec-oob is refused locally.
-    let plain = connect(&start(Monitor::Unix), builder()).await;
+    let plain = connect(&start(Monitor::Unix), builder().oob(false)).await;
     let refused = plain.execute_oob_raw("query-yank", &Value::Null).await;
     assert!(matches!(refused, Err(Error::Refused(_))), "{refused:?}");
 }
