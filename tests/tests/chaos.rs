@@ -10,7 +10,8 @@
 //! once, a last `query-status`, and the proxy shuts the connection down. Half of the seeds
 //! of the qmp-std blocking and tokio clients (drawn from the seed) turn on
 //! `untagged_when_alone`: a command sent while no other in-band command is in flight goes
-//! without an `id`, and its reply is matched by order. What it proves, for every seed:
+//! without an `id`, and its reply is matched by order; independently, half negotiate `oob`
+//! (QEMU then reads ahead while a command runs). What it proves, for every seed:
 //! - every call returns the right value, or a typed error (`Timeout`, or a disconnect:
 //!   `Disconnected` / `Stalled` / `Io` / `Eof`) within its deadline plus [`MARGIN`];
 //! - once a call has reported a disconnect, every later call does too, within [`FAST`];
@@ -91,8 +92,8 @@ const TOKIO_BASE: u64 = 2_000_000;
 /// The tokio client's in-flight bound: more than the commands of a whole session, so no
 /// call ever waits for a permit. Then every call that starts before the connection is gone
 /// takes its id (and writes its command) on its first poll, and the calls' ids follow from
-/// their order (see [`assign_ids`]). QEMU without `oob` reads one command at a time, so
-/// more than its queue of 8 in flight is harmless.
+/// their order (see [`assign_ids`]). QEMU without `oob` reads one command at a time, and
+/// with `oob` stops reading while its queue of 8 is full, so more in flight is harmless.
 const TOKIO_IN_FLIGHT: usize = 24;
 
 /// Roughly what a qmp-std or qmp-embedded session sends: 17 server messages, 700 client
@@ -118,6 +119,13 @@ fn tokio_knobs() -> Knobs {
 /// Whether a seed's client sends commands without ids when alone: half of the seeds.
 fn untagged_for(seed: u64) -> bool {
     Rng::fork(seed, 98).chance(50)
+}
+
+/// Whether a seed's client negotiates `oob` (qmp-std's default, since QEMU offers it): half
+/// of the seeds. With it QEMU reads ahead and queues up to 8 in-band commands while one
+/// runs; without it, it reads one at a time. Either way it answers them in order.
+fn oob_for(seed: u64) -> bool {
+    Rng::fork(seed, 97).chance(50)
 }
 
 /// The seeds to run: `QMP_CHAOS_SEED` alone (if it is in this client's range of
@@ -717,8 +725,10 @@ fn std_session(seed: u64, qemu: &Path) -> Stats {
     let plan = Plan::generate(seed, &knobs());
     let read_timeout = Rng::fork(seed, 99).chance(35).then_some(READ_TIMEOUT);
     let untagged = untagged_for(seed);
-    let ctx =
-        format!("qmp-std {plan}, read timeout {read_timeout:?}, untagged when alone: {untagged}");
+    let oob = oob_for(seed);
+    let ctx = format!(
+        "qmp-std {plan}, read timeout {read_timeout:?}, untagged when alone: {untagged}, oob: {oob}"
+    );
     let proxy = ChaosProxy::start(Address::Unix(qemu.to_path_buf()), plan.clone())
         .unwrap_or_else(|e| panic!("{ctx}\n  start the proxy: {e}"));
     let stream = proxy
@@ -730,6 +740,7 @@ fn std_session(seed: u64, qemu: &Path) -> Stats {
         .command_timeout(Some(DEADLINE))
         .read_timeout(read_timeout)
         .untagged_when_alone(untagged)
+        .oob(oob)
         .handshake(stream);
     let mut obs = Observer::new(ctx.clone());
     let outcome = classify(&ctx, "handshake", &connected, None);
@@ -1403,7 +1414,8 @@ fn tokio_session(seed: u64, qemu: &Path) -> Stats {
 async fn tokio_script(seed: u64, qemu: &Path) -> Stats {
     let plan = Plan::generate(seed, &tokio_knobs());
     let untagged = untagged_for(seed);
-    let ctx = format!("qmp-std tokio {plan}, untagged when alone: {untagged}");
+    let oob = oob_for(seed);
+    let ctx = format!("qmp-std tokio {plan}, untagged when alone: {untagged}, oob: {oob}");
     let proxy = ChaosProxy::start(Address::Unix(qemu.to_path_buf()), plan.clone())
         .unwrap_or_else(|e| panic!("{ctx}\n  start the proxy: {e}"));
     let started = Instant::now();
@@ -1412,6 +1424,7 @@ async fn tokio_script(seed: u64, qemu: &Path) -> Stats {
         .command_timeout(Some(DEADLINE))
         .max_in_flight(TOKIO_IN_FLIGHT)
         .untagged_when_alone(untagged)
+        .oob(oob)
         .connect_unix(proxy.path())
         .await;
     let mut obs = Observer::new(ctx.clone());
