@@ -7,8 +7,10 @@
 //! unknown command (an error reply), then a pipelined batch (qmp-std's blocking client:
 //! sent with `send` and collected with `wait` out of order; the tokio client: five `execute`
 //! futures joined on one task), then (tokio only) three commands from three spawned tasks at
-//! once, a last `query-status`, and the proxy shuts the connection down. Half of the seeds
-//! of the qmp-std blocking and tokio clients (drawn from the seed) turn on
+//! once, a last `query-status`, and the proxy shuts the connection down. qmp-std's
+//! thread-safe [`SharedClient`] runs the tokio script's calls with three threads in place of
+//! the three tasks, and no pipelined batch. Half of the seeds
+//! of the qmp-std clients (drawn from the seed) turn on
 //! `untagged_when_alone`: a command sent while no other in-band command is in flight goes
 //! without an `id`, and its reply is matched by order; independently, half negotiate `oob`
 //! (QEMU then reads ahead while a command runs). What it proves, for every seed:
@@ -21,7 +23,7 @@
 //!   by a command was there when that command's reply came; (tokio) a second subscriber,
 //!   read only at the end, saw the same events, and both streams end with the disconnect
 //!   error, once;
-//! - (qmp-std, blocking and tokio) every call is tied to its command as QEMU saw it: the
+//! - (qmp-std: blocking, tokio, shared) every call is tied to its command as QEMU saw it: the
 //!   proxy records the client's bytes, QEMU answers in-band commands one at a time in order
 //!   (so its n-th reply answers the n-th command), and each reply QEMU tagged carries the
 //!   id of that command (checked). Then: a successful call returned exactly the value of
@@ -36,7 +38,10 @@
 //!   id timed out, every later one carries its id (its late reply could otherwise be taken
 //!   for another's); a command sent alone with no timeout before it goes without (for the
 //!   blocking client, which frees a timed-out command's slot at once: exactly those sent
-//!   alone before the first untagged timeout);
+//!   alone before the first untagged timeout). The shared client's threads take their ids
+//!   under its lock but write after it, so commands started together may reach the wire in
+//!   another order and need not overlap: there ids are checked to be unique rather than in
+//!   wire order, and only its sequential calls are held to the alone rules;
 //! - a seed whose plan neither cut nor stalled for long runs every command successfully;
 //! - nothing panics or hangs: each seed runs on a thread under a watchdog ([`WATCHDOG`]);
 //! - afterwards a fresh direct connection to the same QEMU negotiates and runs
@@ -65,7 +70,7 @@ use qmp_std::commands::{
 };
 use qmp_std::serde_json::{self, Value};
 use qmp_std::tokio::EventStream;
-use qmp_std::{Client, ClientBuilder, Error, Handle};
+use qmp_std::{Client, ClientBuilder, Error, Handle, SharedClient, Subscription};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -85,10 +90,12 @@ const WORKERS: usize = 3;
 const STD_SEEDS: u64 = 96;
 const EMBEDDED_SEEDS: u64 = 32;
 const TOKIO_SEEDS: u64 = 32;
+const SHARED_SEEDS: u64 = 32;
 /// Where each client's seeds start, so the clients do not replay each other's plans.
 const STD_BASE: u64 = 0;
 const EMBEDDED_BASE: u64 = 1_000_000;
 const TOKIO_BASE: u64 = 2_000_000;
+const SHARED_BASE: u64 = 3_000_000;
 /// The tokio client's in-flight bound: more than the commands of a whole session, so no
 /// call ever waits for a permit. Then every call that starts before the connection is gone
 /// takes its id (and writes its command) on its first poll, and the calls' ids follow from
@@ -705,19 +712,7 @@ impl StdSession {
         let h = self.sent(name, name, group, h);
         let done = self.wait(name, h, None).is_some();
         let events = self.drain();
-        if done {
-            if before == Some(!to_running) {
-                let want = if to_running { "RESUME" } else { "STOP" };
-                assert!(
-                    events.iter().any(|e| e.0 == want),
-                    "{}\n  {name} succeeded but {want} was not received before its reply: {events:?}",
-                    self.obs.ctx
-                );
-            }
-            self.obs.running = Some(to_running);
-        } else {
-            self.obs.running = None;
-        }
+        check_change(&mut self.obs, name, to_running, before, done, &events);
     }
 }
 
@@ -754,7 +749,14 @@ fn std_session(seed: u64, qemu: &Path) -> Stats {
     );
     let client = match connected {
         Ok(client) => client,
-        Err(_) => return handshake_failed(obs, proxy, &plan, untagged),
+        Err(_) => {
+            let wire = Wire {
+                untagged,
+                blocking: true,
+                ordered: true,
+            };
+            return handshake_failed(obs, proxy, &plan, wire);
+        }
     };
     let mut s = StdSession { client, obs, proxy };
 
@@ -834,6 +836,7 @@ fn std_session(seed: u64, qemu: &Path) -> Stats {
     let wire = Wire {
         untagged,
         blocking: true,
+        ordered: true,
     };
     check_record(&mut obs, record, &ctx, &plan, Some(wire));
     obs.stats
@@ -841,7 +844,7 @@ fn std_session(seed: u64, qemu: &Path) -> Stats {
 
 /// The handshake failed: no client, no events (QEMU sends none before negotiation
 /// completes); `qmp_capabilities`, if it got through, carried id 1.
-fn handshake_failed(mut obs: Observer, proxy: ChaosProxy, plan: &Plan, untagged: bool) -> Stats {
+fn handshake_failed(mut obs: Observer, proxy: ChaosProxy, plan: &Plan, wire: Wire) -> Stats {
     let ctx = obs.ctx.clone();
     let records = proxy
         .finish(Duration::from_secs(5))
@@ -853,13 +856,35 @@ fn handshake_failed(mut obs: Observer, proxy: ChaosProxy, plan: &Plan, untagged:
         "{ctx}\n  {}",
         record.summary()
     );
-    let wire = Wire {
-        untagged,
-        blocking: true,
-    };
     check_record(&mut obs, record, &ctx, plan, Some(wire));
-    obs.stats.cut = matches!(record.end, Some(End::PlannedCut(_)));
     obs.stats
+}
+
+/// After `stop` or `cont` (`done`: it succeeded; `events`: those drained right after it):
+/// when it succeeded from a known opposite state, its event must have come before its
+/// reply; the run state is then known, or unknown if it failed.
+#[track_caller]
+fn check_change(
+    obs: &mut Observer,
+    name: &str,
+    to_running: bool,
+    before: Option<bool>,
+    done: bool,
+    events: &[Ev],
+) {
+    if done {
+        if before == Some(!to_running) {
+            let want = if to_running { "RESUME" } else { "STOP" };
+            assert!(
+                events.iter().any(|e| e.0 == want),
+                "{}\n  {name} succeeded but {want} was not received before its reply: {events:?}",
+                obs.ctx
+            );
+        }
+        obs.running = Some(to_running);
+    } else {
+        obs.running = None;
+    }
 }
 
 /// The pipelined batch's values (`query-status`, `stop`, `query-status`, `cont`, `info
@@ -897,6 +922,11 @@ struct Wire {
     /// The blocking client: ids come from its handles, and a timed-out command's slot is
     /// freed at once (so which commands go without an id is exactly predictable).
     blocking: bool,
+    /// Commands reach the wire in the order they took their ids. Not so for the
+    /// [`SharedClient`], whose threads take ids under its lock and write after it: commands
+    /// started at once may go out in another order (harmless: replies are matched by id, and
+    /// at most one of them goes without an id).
+    ordered: bool,
 }
 
 /// A command as it reached QEMU, and QEMU's reply to it if one came.
@@ -948,12 +978,12 @@ fn exchanges(record: &Record, ctx: &str) -> Vec<Exchange> {
     commands
 }
 
-/// Gives each tokio call the id of its command: the calls of a group took consecutive ids
-/// when first polled (a group's calls all start before any of them can finish; groups run
-/// one after another), none once the connection was gone, so a group's commands are the
-/// next ones on the wire. A group with distinct commands (tasks, polled in any order) is
-/// matched by name; one with repeated commands (futures joined with `biased;`, polled in
-/// order) by position, and the names must agree.
+/// Gives each tokio or [`SharedClient`] call its command's place on the wire (as its `id`,
+/// counting from 1): the calls of a group took consecutive ids (a group's calls all start
+/// before any of them can finish; groups run one after another), none once the connection
+/// was gone, so a group's commands are the next ones on the wire. A group with distinct
+/// commands (tasks or threads, in any order) is matched by name; one with repeated commands
+/// (futures joined with `biased;`, polled in order) by position, and the names must agree.
 fn assign_ids(calls: &mut [Call], wire: &[Exchange], ctx: &str) {
     let mut next = 1; // the command after qmp_capabilities
     let mut at = 0;
@@ -1033,16 +1063,26 @@ fn check_wire(obs: &mut Observer, record: &Record, ctx: &str, wire: Wire) {
     if !wire.blocking {
         assign_ids(&mut obs.calls, &exchanges, ctx);
     }
-    // Ids on the wire are the commands' own, and tagged replies echo them.
+    // Ids on the wire are the commands' own (in wire order, or at least each once), and
+    // tagged replies echo them.
+    let mut seen = Vec::new();
     for (k, e) in exchanges.iter().enumerate() {
         let ordinal = k as u64 + 1;
         if let Some(id) = e.id {
-            assert_eq!(
-                id,
-                ordinal,
-                "{ctx}\n  command #{ordinal} on the wire carries id {id}: {}",
+            if wire.ordered {
+                assert_eq!(
+                    id,
+                    ordinal,
+                    "{ctx}\n  command #{ordinal} on the wire carries id {id}: {}",
+                    shown()
+                );
+            }
+            assert!(
+                !seen.contains(&id),
+                "{ctx}\n  id {id} went out twice: {}",
                 shown()
             );
+            seen.push(id);
         }
         if let Some((reply, _)) = &e.reply {
             assert_eq!(
@@ -1163,13 +1203,23 @@ fn check_wire(obs: &mut Observer, record: &Record, ctx: &str, wire: Wire) {
             continue;
         };
         let name = call.label;
-        let alone = first_of_group
-            .iter()
-            .any(|&(g, first)| g == call.group && first == id);
+        // Without wire order (see `Wire::ordered`), the command that went out first in its
+        // group need not be the one that took the first id, and threads started together
+        // need not overlap: only a sequential call is known to have been alone. (Each
+        // call's value is still checked against QEMU's reply to its own command.)
+        let group_size = obs.calls.iter().filter(|c| c.group == call.group).count();
+        let alone = if wire.ordered {
+            first_of_group
+                .iter()
+                .any(|&(g, first)| g == call.group && first == id)
+        } else {
+            group_size == 1
+        };
         let after_untagged_timeout = first_untagged_timeout.is_some_and(|t| id > t);
         if e.id.is_none() {
+            // Threads started together need not overlap: each may have been alone.
             assert!(
-                alone,
+                alone || !wire.ordered,
                 "{ctx}\n  {name} (id {id}) went without an id while another command was in \
                  flight: {}",
                 shown()
@@ -1268,6 +1318,16 @@ struct Subscriber {
 }
 
 impl Subscriber {
+    /// [`take`](Self::take)s `items` as the session's own events (the ones compared with
+    /// the proxy's record); returns the new ones.
+    #[track_caller]
+    fn absorb(&mut self, obs: &mut Observer, items: Vec<Option<Result<Ev, Error>>>) -> Vec<Ev> {
+        let new = self.take(&obs.ctx, items);
+        obs.events.extend(new.iter().cloned());
+        obs.stats.events += new.len();
+        new
+    }
+
     /// Takes `items`; returns the new events. A lagging subscriber, an error that is no
     /// disconnect, a second error or anything after the end fails the seed.
     #[track_caller]
@@ -1315,6 +1375,56 @@ impl Subscriber {
     }
 }
 
+/// The three calls made at once (from tasks or threads): `query-status`, `info status`
+/// and an unknown command, as one group; the values against the known run state.
+#[track_caller]
+fn check_three(
+    obs: &mut Observer,
+    (fs, rs): (Finished, Option<StatusInfo>),
+    (fh, rh): (Finished, Option<String>),
+    (fu, _): (Finished, Option<Value>),
+) {
+    let (status, info) = (fs.label, fh.label);
+    let group = obs.next_group();
+    obs.note_group(vec![fs, fh, fu], group);
+    if let Some(rs) = &rs {
+        check_status(obs, status, rs);
+    }
+    if let (Some(rh), Some(true)) = (&rh, obs.running) {
+        assert_eq!(rh, "VM status: running\r\n", "{}\n  {info}", obs.ctx);
+    }
+}
+
+/// The end of a session with two subscribers, after both read to the end: the first one's
+/// events from `before` on join the session's; the second (read only now) saw the same
+/// events; a command started at `after.0` after the end failed at once as disconnected; the
+/// client says it is closed.
+#[track_caller]
+fn check_the_end(
+    obs: &mut Observer,
+    first: &Subscriber,
+    before: usize,
+    second: &Subscriber,
+    after: (Instant, Result<StatusInfo, Error>),
+    closed: bool,
+) {
+    let ctx = &obs.ctx;
+    assert_eq!(
+        second.events, first.events,
+        "{ctx}\n  the second subscriber (left) saw other events than the first (right)"
+    );
+    let (t, after) = after;
+    assert!(
+        matches!(after, Err(ref e) if e.is_disconnect()) && t.elapsed() <= FAST,
+        "{ctx}\n  a command after the end: {after:?} after {:?}",
+        t.elapsed()
+    );
+    assert!(closed, "{ctx}\n  the client is not closed");
+    let rest = &first.events[before..];
+    obs.events.extend(rest.iter().cloned());
+    obs.stats.events += rest.len();
+}
+
 struct TokioSession {
     client: qmp_std::tokio::Client,
     events: EventStream,
@@ -1329,10 +1439,7 @@ impl TokioSession {
             return Vec::new();
         }
         let items = ready_items(&mut self.events);
-        let new = self.subscriber.take(&self.obs.ctx, items);
-        self.obs.events.extend(new.iter().cloned());
-        self.obs.stats.events += new.len();
-        new
+        self.subscriber.absorb(&mut self.obs, items)
     }
 
     /// Runs one call alone (a group of its own) and checks it.
@@ -1372,19 +1479,7 @@ impl TokioSession {
         }
         .is_some();
         let events = self.drain();
-        if done {
-            if before == Some(!to_running) {
-                let want = if to_running { "RESUME" } else { "STOP" };
-                assert!(
-                    events.iter().any(|e| e.0 == want),
-                    "{}\n  {name} succeeded but {want} was not received before its reply: {events:?}",
-                    self.obs.ctx
-                );
-            }
-            self.obs.running = Some(to_running);
-        } else {
-            self.obs.running = None;
-        }
+        check_change(&mut self.obs, name, to_running, before, done, &events);
     }
 }
 
@@ -1443,19 +1538,9 @@ async fn tokio_script(seed: u64, qemu: &Path) -> Stats {
             let wire = Wire {
                 untagged,
                 blocking: false,
+                ordered: true,
             };
-            let records = proxy
-                .finish(Duration::from_secs(5))
-                .unwrap_or_else(|e| panic!("{ctx}\n  stop the proxy: {e}"));
-            let record = &records[0];
-            assert_eq!(
-                delivered_events(record),
-                [],
-                "{ctx}\n  {}",
-                record.summary()
-            );
-            check_record(&mut obs, record, &ctx, &plan, Some(wire));
-            return obs.stats;
+            return handshake_failed(obs, proxy, &plan, wire);
         }
     };
     // Two subscribers: the first drained as the session goes, the second only at the end.
@@ -1563,19 +1648,12 @@ async fn tokio_script(seed: u64, qemu: &Path) -> Stats {
         })
     };
     let (status, hmp, unknown) = tokio::join!(status, hmp, unknown);
-    let ((fs, rs), (fh, rh), (fu, _)) = (
+    check_three(
+        &mut s.obs,
         status.expect("the query-status task"),
         hmp.expect("the info status task"),
         unknown.expect("the unknown command task"),
     );
-    let group = s.obs.next_group();
-    s.obs.note_group(vec![fs, fh, fu], group);
-    if let Some(rs) = &rs {
-        check_status(&mut s.obs, "task query-status", rs);
-    }
-    if let (Some(rh), Some(true)) = (&rh, s.obs.running) {
-        assert_eq!(rh, "VM status: running\r\n", "{ctx}\n  task info status");
-    }
     s.drain();
     s.status("query-status #3").await;
 
@@ -1593,27 +1671,22 @@ async fn tokio_script(seed: u64, qemu: &Path) -> Stats {
     let record = &records[0];
     let before = subscriber.events.len();
     subscriber.read_to_end(&ctx, &mut events).await;
-    let rest = &subscriber.events[before..];
-    obs.events.extend(rest.iter().cloned());
-    obs.stats.events += rest.len();
     let mut second = Subscriber::default();
     second.read_to_end(&ctx, &mut late).await;
-    assert_eq!(
-        second.events, subscriber.events,
-        "{ctx}\n  the second subscriber (left) saw other events than the first (right)"
-    );
-    // Every later call fails at once.
     let t = Instant::now();
     let after = qmp.execute(&QueryStatus).await;
-    assert!(
-        matches!(after, Err(ref e) if e.is_disconnect()) && t.elapsed() <= FAST,
-        "{ctx}\n  a command after the end: {after:?} after {:?}",
-        t.elapsed()
+    check_the_end(
+        &mut obs,
+        &subscriber,
+        before,
+        &second,
+        (t, after),
+        client.is_closed(),
     );
-    assert!(client.is_closed(), "{ctx}\n  the client is not closed");
     let wire = Wire {
         untagged,
         blocking: false,
+        ordered: true,
     };
     check_record(&mut obs, record, &ctx, &plan, Some(wire));
     obs.stats
@@ -1626,6 +1699,278 @@ fn tokio_client_survives_chaos() {
         seeds(TOKIO_SEEDS, TOKIO_BASE),
         tokio_knobs(),
         tokio_session,
+    );
+}
+
+// ---- qmp-std's thread-safe blocking handle ------------------------------------------------
+
+/// Roughly what a [`SharedClient`] session sends: 14 server messages, 450 client bytes.
+fn shared_knobs() -> Knobs {
+    Knobs {
+        messages: 14,
+        client_bytes: 450,
+        deadline: DEADLINE,
+    }
+}
+
+/// Runs a call that never waits for anything but its own thread (a [`SharedClient`] call)
+/// through [`timed`].
+fn timed_now<T: Serialize + DeserializeOwned>(
+    label: &'static str,
+    command: &'static str,
+    expected: Option<&'static str>,
+    call: impl FnOnce() -> Result<T, Error>,
+) -> (Finished, Option<T>) {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut future = pin!(timed(label, command, expected, async move { call() }));
+    match future.as_mut().poll(&mut cx) {
+        Poll::Ready(done) => done,
+        Poll::Pending => unreachable!("a blocking call is ready when it returns"),
+    }
+}
+
+/// The items a subscription has ready now: events, then (once) the error that ended it and
+/// the end.
+fn ready_subscription(subscription: &Subscription) -> Vec<Option<Result<Ev, Error>>> {
+    let mut items = Vec::new();
+    while let Some(item) = subscription.try_recv() {
+        let end = item.as_ref().is_err_and(Error::is_disconnect);
+        items.push(Some(
+            item.map(|e| (e.name, e.timestamp.seconds, e.timestamp.microseconds)),
+        ));
+        if end {
+            items.push(None);
+            break;
+        }
+    }
+    items
+}
+
+impl Subscriber {
+    /// [`Subscriber::read_to_end`] for a [`Subscription`].
+    fn read_subscription_to_end(&mut self, ctx: &str, subscription: &Subscription) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.ended {
+            let item = match subscription.recv_timeout(Duration::from_secs(3)) {
+                Err(Error::Timeout) => panic!("{ctx}\n  the subscription did not end"),
+                item => item,
+            };
+            let end = item.as_ref().is_err_and(Error::is_disconnect);
+            let item = item.map(|e| (e.name, e.timestamp.seconds, e.timestamp.microseconds));
+            self.take(ctx, vec![Some(item)]);
+            if end {
+                self.take(ctx, vec![None]);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{ctx}\n  the subscription never ended"
+            );
+        }
+        assert!(
+            self.error.is_some(),
+            "{ctx}\n  the subscription ended without the disconnect error"
+        );
+    }
+}
+
+struct SharedSession {
+    client: SharedClient,
+    events: Subscription,
+    subscriber: Subscriber,
+    obs: Observer,
+}
+
+impl SharedSession {
+    /// Takes the events the first subscription has ready (the second reads at the end).
+    fn drain(&mut self) -> Vec<Ev> {
+        if self.subscriber.ended {
+            return Vec::new();
+        }
+        let items = ready_subscription(&self.events);
+        self.subscriber.absorb(&mut self.obs, items)
+    }
+
+    /// Runs one call alone (a group of its own) and checks it.
+    fn one<T: Serialize + DeserializeOwned>(
+        &mut self,
+        label: &'static str,
+        command: &'static str,
+        expected: Option<&'static str>,
+        call: impl FnOnce(&SharedClient) -> Result<T, Error>,
+    ) -> Option<T> {
+        let qmp = self.client.clone();
+        let (finished, typed) = timed_now(label, command, expected, || call(&qmp));
+        let group = self.obs.next_group();
+        self.obs.note_group(vec![finished], group);
+        typed
+    }
+
+    fn status(&mut self, name: &'static str) -> Option<StatusInfo> {
+        let status = self.one(name, "query-status", None, |q| q.execute(&QueryStatus));
+        if let Some(s) = &status {
+            check_status(&mut self.obs, name, s);
+        }
+        self.drain();
+        status
+    }
+
+    /// `stop` or `cont`, as [`StdSession::change`].
+    fn change(&mut self, name: &'static str, to_running: bool) {
+        let before = self.obs.running;
+        let done = if to_running {
+            self.one(name, name, None, |q| q.execute(&Cont))
+        } else {
+            self.one(name, name, None, |q| q.execute(&Stop))
+        }
+        .is_some();
+        let events = self.drain();
+        check_change(&mut self.obs, name, to_running, before, done, &events);
+    }
+}
+
+/// The tokio script's session on a [`SharedClient`]: the same sequential calls, then three
+/// threads with a command each at once (its reader thread routes the replies), two
+/// subscriptions, and the end.
+fn shared_session(seed: u64, qemu: &Path) -> Stats {
+    let plan = Plan::generate(seed, &shared_knobs());
+    let untagged = untagged_for(seed);
+    let oob = oob_for(seed);
+    let ctx = format!("qmp-std shared {plan}, untagged when alone: {untagged}, oob: {oob}");
+    let proxy = ChaosProxy::start(Address::Unix(qemu.to_path_buf()), plan.clone())
+        .unwrap_or_else(|e| panic!("{ctx}\n  start the proxy: {e}"));
+    let stream = proxy
+        .connect()
+        .unwrap_or_else(|e| panic!("{ctx}\n  connect to the proxy: {e}"));
+    let started = Instant::now();
+    let connected = ClientBuilder::new()
+        .connect_timeout(Some(DEADLINE))
+        .command_timeout(Some(DEADLINE))
+        .untagged_when_alone(untagged)
+        .oob(oob)
+        .handshake(stream)
+        .and_then(Client::into_shared);
+    let mut obs = Observer::new(ctx.clone());
+    let outcome = classify(&ctx, "handshake", &connected, None);
+    obs.note(
+        "handshake",
+        None,
+        started,
+        started,
+        outcome,
+        &connected.as_ref().map(|_| ()),
+    );
+    let wire = Wire {
+        untagged,
+        blocking: false,
+        ordered: false,
+    };
+    let client = match connected {
+        Ok(client) => client,
+        Err(_) => return handshake_failed(obs, proxy, &plan, wire),
+    };
+    // Two subscriptions: the first drained as the session goes, the second only at the end.
+    let events = client.subscribe();
+    let late = client.subscribe();
+    let mut s = SharedSession {
+        client,
+        events,
+        subscriber: Subscriber::default(),
+        obs,
+    };
+
+    s.status("query-status #1");
+    s.change("stop", false);
+    s.status("query-status #2");
+    s.change("cont", true);
+    let commands = s.one("query-commands", "query-commands", None, |q| {
+        q.execute(&QueryCommands)
+    });
+    if let Some(commands) = commands {
+        assert!(
+            commands.len() > 100 && commands.iter().any(|c| c.name == "query-status"),
+            "{ctx}\n  query-commands: {} commands",
+            commands.len()
+        );
+    }
+    s.drain();
+    s.one(
+        "chaos-no-such-command",
+        "chaos-no-such-command",
+        Some("CommandNotFound"),
+        |q| q.execute_raw_timeout("chaos-no-such-command", &Value::Null, Some(DEADLINE)),
+    );
+    s.drain();
+
+    // Three threads at once, each with a command of its own.
+    let (status, hmp, unknown) = thread::scope(|scope| {
+        let qmp = &s.client;
+        let status = scope.spawn(move || {
+            timed_now("thread query-status", "query-status", None, || {
+                qmp.execute(&QueryStatus)
+            })
+        });
+        let hmp = scope.spawn(move || {
+            let info = HumanMonitorCommand::new("info status");
+            timed_now("thread info status", "human-monitor-command", None, || {
+                qmp.execute(&info)
+            })
+        });
+        let unknown = scope.spawn(move || {
+            timed_now(
+                "thread unknown command",
+                "chaos-no-such-thread-command",
+                Some("CommandNotFound"),
+                || qmp.execute_raw("chaos-no-such-thread-command", &Value::Null),
+            )
+        });
+        (status.join(), hmp.join(), unknown.join())
+    });
+    check_three(
+        &mut s.obs,
+        status.expect("the query-status thread"),
+        hmp.expect("the info status thread"),
+        unknown.expect("the unknown command thread"),
+    );
+    s.drain();
+    s.status("query-status #3");
+
+    // The end: the proxy shuts the connection down; both subscriptions read to the end.
+    let SharedSession {
+        client,
+        events,
+        mut subscriber,
+        mut obs,
+    } = s;
+    let records = proxy
+        .finish(Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{ctx}\n  stop the proxy: {e}"));
+    assert_eq!(records.len(), 1, "{ctx}\n  one connection");
+    let record = &records[0];
+    let before = subscriber.events.len();
+    subscriber.read_subscription_to_end(&ctx, &events);
+    let mut second = Subscriber::default();
+    second.read_subscription_to_end(&ctx, &late);
+    let t = Instant::now();
+    let after = client.execute(&QueryStatus);
+    check_the_end(
+        &mut obs,
+        &subscriber,
+        before,
+        &second,
+        (t, after),
+        client.is_closed(),
+    );
+    check_record(&mut obs, record, &ctx, &plan, Some(wire));
+    obs.stats
+}
+
+#[test]
+fn shared_client_survives_chaos() {
+    run_seeds(
+        "qmp-std shared",
+        seeds(SHARED_SEEDS, SHARED_BASE),
+        shared_knobs(),
+        shared_session,
     );
 }
 
