@@ -178,6 +178,12 @@ impl<'b> Out<'b> {
         self.put(&digits[i..]);
     }
 
+    /// `,"id":N`.
+    fn put_id(&mut self, id: u64) {
+        self.put(b",\"id\":");
+        self.put_u64(id);
+    }
+
     fn put_i64(&mut self, v: i64) {
         if v < 0 {
             self.put(b"-");
@@ -225,6 +231,16 @@ fn encode_with(
 ) -> Result<usize, EncodeError> {
     let mut measure = Out::new(&mut []);
     write(&mut measure)?;
+    write_measured(buf, qemu_limits, &measure, write)
+}
+
+/// The second half of [`encode_with`]: checks what `measure` counted, then writes.
+fn write_measured(
+    buf: &mut [u8],
+    qemu_limits: bool,
+    measure: &Out<'_>,
+    mut write: impl FnMut(&mut Out<'_>) -> Result<(), EncodeError>,
+) -> Result<usize, EncodeError> {
     if qemu_limits && measure.max_depth > QEMU_MAX_NESTING {
         return Err(EncodeError::TooDeep {
             depth: measure.max_depth,
@@ -281,8 +297,22 @@ pub fn encode_command<A: Serialize + ?Sized>(
     arguments: &A,
     id: Option<u64>,
 ) -> Result<usize, EncodeError> {
+    encode_command_tagged_past(buf, envelope, name, arguments, id, 0).map(|(len, _)| len)
+}
+
+/// [`encode_command`], with the id written only if the command without it is longer than
+/// `untagged_up_to` bytes (the measuring pass decides, so nothing is encoded twice); returns
+/// the length and whether the id went on.
+pub(crate) fn encode_command_tagged_past<A: Serialize + ?Sized>(
+    buf: &mut [u8],
+    envelope: Envelope,
+    name: &str,
+    arguments: &A,
+    id: Option<u64>,
+    untagged_up_to: usize,
+) -> Result<(usize, bool), EncodeError> {
     let has_arguments = probe_arguments(arguments)?;
-    encode_with(buf, true, |out| {
+    let write = |out: &mut Out<'_>, id: Option<u64>| {
         out.open(
             match envelope {
                 Envelope::Execute => b"{\"execute\":\"",
@@ -297,12 +327,20 @@ pub fn encode_command<A: Serialize + ?Sized>(
             arguments.serialize(&mut Serializer { out: &mut *out })?;
         }
         if let Some(id) = id {
-            out.put(b",\"id\":");
-            out.put_u64(id);
+            out.put_id(id);
         }
         out.close(b"}");
         Ok(())
-    })
+    };
+    let mut measure = Out::new(&mut []);
+    write(&mut measure, None)?;
+    let id = id.filter(|_| measure.len > untagged_up_to);
+    if let Some(id) = id {
+        // Only the count matters here: the id goes before the closing brace when written.
+        measure.put_id(id);
+    }
+    let len = write_measured(buf, true, &measure, |out| write(out, id))?;
+    Ok((len, id.is_some()))
 }
 
 /// Whether `arguments` serialize to an object (`true`) or to `null` (`false`); anything else

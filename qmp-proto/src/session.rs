@@ -4,7 +4,7 @@ use core::fmt;
 
 use serde::Serialize;
 
-use crate::encode::{EncodeError, Envelope, QEMU_MAX_TOKENS, encode_command};
+use crate::encode::{EncodeError, Envelope, QEMU_MAX_TOKENS, encode_command_tagged_past};
 use crate::framing::{FrameError, Framer};
 use crate::message::{Greeting, Message, MessageError, QmpError, find_reply};
 use crate::time::Instant;
@@ -532,17 +532,14 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
             return Err(SendError::QueueFull);
         }
         let id = self.proto.next_id;
-        let mut tagged = !(self.proto.may_untag
-            && envelope == Envelope::Execute
-            && !negotiating
-            && in_band == 0);
-        let mut len = encode_command(out, envelope, name, arguments, tagged.then_some(id))?;
-        if !tagged && len > QEMU_MAX_TOKENS {
-            // Past QEMU's token limit it answers with id-less parse errors, perhaps several,
-            // which must not be taken for this command's or the next one's reply.
-            tagged = true;
-            len = encode_command(out, envelope, name, arguments, Some(id))?;
-        }
+        let untag =
+            self.proto.may_untag && envelope == Envelope::Execute && !negotiating && in_band == 0;
+        // Past QEMU's token limit it answers with id-less parse errors, perhaps several,
+        // which must not be taken for this command's or the next one's reply: such a long
+        // command keeps its id.
+        let untagged_up_to = if untag { QEMU_MAX_TOKENS } else { 0 };
+        let (len, tagged) =
+            encode_command_tagged_past(out, envelope, name, arguments, Some(id), untagged_up_to)?;
         let kind = match envelope {
             Envelope::ExecOob => Kind::OutOfBand,
             Envelope::Execute if negotiating => Kind::Negotiate {
