@@ -724,29 +724,13 @@ fn std_session(seed: u64, qemu: &Path) -> Stats {
     let ctx = format!(
         "qmp-std {plan}, read timeout {read_timeout:?}, untagged when alone: {untagged}, oob: {oob}"
     );
-    let proxy = ChaosProxy::start(Address::Unix(qemu.to_path_buf()), plan.clone())
-        .unwrap_or_else(|e| panic!("{ctx}\n  start the proxy: {e}"));
-    let stream = proxy
-        .connect()
-        .unwrap_or_else(|e| panic!("{ctx}\n  connect to the proxy: {e}"));
+    let proxy = start_proxy(&ctx, qemu, &plan);
+    let stream = connect_proxy(&ctx, &proxy);
     let started = Instant::now();
-    let connected = ClientBuilder::new()
-        .connect_timeout(Some(DEADLINE))
-        .command_timeout(Some(DEADLINE))
+    let connected = std_builder(untagged, oob)
         .read_timeout(read_timeout)
-        .untagged_when_alone(untagged)
-        .oob(oob)
         .handshake(stream);
-    let mut obs = Observer::new(ctx.clone());
-    let outcome = classify(&ctx, "handshake", &connected, None);
-    obs.note(
-        "handshake",
-        None,
-        started,
-        started,
-        outcome,
-        &connected.as_ref().map(|_| ()),
-    );
+    let obs = observe_handshake(&ctx, started, &connected);
     let client = match connected {
         Ok(client) => client,
         Err(_) => {
@@ -840,6 +824,49 @@ fn std_session(seed: u64, qemu: &Path) -> Stats {
     };
     check_record(&mut obs, record, &ctx, &plan, Some(wire));
     obs.stats
+}
+
+/// A chaos proxy for `plan` in front of the QEMU at `qemu`.
+fn start_proxy(ctx: &str, qemu: &Path, plan: &Plan) -> ChaosProxy {
+    ChaosProxy::start(Address::Unix(qemu.to_path_buf()), plan.clone())
+        .unwrap_or_else(|e| panic!("{ctx}\n  start the proxy: {e}"))
+}
+
+/// A connection to the proxy.
+fn connect_proxy(ctx: &str, proxy: &ChaosProxy) -> UnixStream {
+    proxy
+        .connect()
+        .unwrap_or_else(|e| panic!("{ctx}\n  connect to the proxy: {e}"))
+}
+
+/// The blocking std client's settings for a seed (also behind the shared client).
+fn std_builder(untagged: bool, oob: bool) -> ClientBuilder {
+    ClientBuilder::new()
+        .connect_timeout(Some(DEADLINE))
+        .command_timeout(Some(DEADLINE))
+        .untagged_when_alone(untagged)
+        .oob(oob)
+}
+
+/// A new observer of the session `ctx`, with the handshake (started at `started`) as its
+/// first call.
+#[track_caller]
+fn observe_handshake<T: std::fmt::Debug>(
+    ctx: &str,
+    started: Instant,
+    connected: &Result<T, Error>,
+) -> Observer {
+    let mut obs = Observer::new(ctx.to_owned());
+    let outcome = classify(ctx, "handshake", connected, None);
+    obs.note(
+        "handshake",
+        None,
+        started,
+        started,
+        outcome,
+        &connected.as_ref().map(|_| ()),
+    );
+    obs
 }
 
 /// The handshake failed: no client, no events (QEMU sends none before negotiation
@@ -1207,13 +1234,12 @@ fn check_wire(obs: &mut Observer, record: &Record, ctx: &str, wire: Wire) {
         // group need not be the one that took the first id, and threads started together
         // need not overlap: only a sequential call is known to have been alone. (Each
         // call's value is still checked against QEMU's reply to its own command.)
-        let group_size = obs.calls.iter().filter(|c| c.group == call.group).count();
         let alone = if wire.ordered {
             first_of_group
                 .iter()
                 .any(|&(g, first)| g == call.group && first == id)
         } else {
-            group_size == 1
+            obs.calls.iter().filter(|c| c.group == call.group).count() == 1
         };
         let after_untagged_timeout = first_untagged_timeout.is_some_and(|t| id > t);
         if e.id.is_none() {
@@ -1511,8 +1537,7 @@ async fn tokio_script(seed: u64, qemu: &Path) -> Stats {
     let untagged = untagged_for(seed);
     let oob = oob_for(seed);
     let ctx = format!("qmp-std tokio {plan}, untagged when alone: {untagged}, oob: {oob}");
-    let proxy = ChaosProxy::start(Address::Unix(qemu.to_path_buf()), plan.clone())
-        .unwrap_or_else(|e| panic!("{ctx}\n  start the proxy: {e}"));
+    let proxy = start_proxy(&ctx, qemu, &plan);
     let started = Instant::now();
     let connected = qmp_std::tokio::ClientBuilder::new()
         .connect_timeout(Some(DEADLINE))
@@ -1522,16 +1547,7 @@ async fn tokio_script(seed: u64, qemu: &Path) -> Stats {
         .oob(oob)
         .connect_unix(proxy.path())
         .await;
-    let mut obs = Observer::new(ctx.clone());
-    let outcome = classify(&ctx, "handshake", &connected, None);
-    obs.note(
-        "handshake",
-        None,
-        started,
-        started,
-        outcome,
-        &connected.as_ref().map(|_| ()),
-    );
+    let obs = observe_handshake(&ctx, started, &connected);
     let client = match connected {
         Ok(client) => client,
         Err(_) => {
@@ -1836,29 +1852,13 @@ fn shared_session(seed: u64, qemu: &Path) -> Stats {
     let untagged = untagged_for(seed);
     let oob = oob_for(seed);
     let ctx = format!("qmp-std shared {plan}, untagged when alone: {untagged}, oob: {oob}");
-    let proxy = ChaosProxy::start(Address::Unix(qemu.to_path_buf()), plan.clone())
-        .unwrap_or_else(|e| panic!("{ctx}\n  start the proxy: {e}"));
-    let stream = proxy
-        .connect()
-        .unwrap_or_else(|e| panic!("{ctx}\n  connect to the proxy: {e}"));
+    let proxy = start_proxy(&ctx, qemu, &plan);
+    let stream = connect_proxy(&ctx, &proxy);
     let started = Instant::now();
-    let connected = ClientBuilder::new()
-        .connect_timeout(Some(DEADLINE))
-        .command_timeout(Some(DEADLINE))
-        .untagged_when_alone(untagged)
-        .oob(oob)
+    let connected = std_builder(untagged, oob)
         .handshake(stream)
         .and_then(Client::into_shared);
-    let mut obs = Observer::new(ctx.clone());
-    let outcome = classify(&ctx, "handshake", &connected, None);
-    obs.note(
-        "handshake",
-        None,
-        started,
-        started,
-        outcome,
-        &connected.as_ref().map(|_| ()),
-    );
+    let obs = observe_handshake(&ctx, started, &connected);
     let wire = Wire {
         untagged,
         blocking: false,
@@ -2122,29 +2122,14 @@ fn embedded_change(qmp: &mut Embedded, obs: &mut Observer, name: &'static str, t
     let outcome = classify_embedded(&obs.ctx, name, &result, None);
     obs.note(name, None, t, t, outcome, &result);
     let events = embedded_drain(qmp, obs);
-    if result.is_ok() {
-        if before == Some(!to_running) {
-            let want = if to_running { "RESUME" } else { "STOP" };
-            assert!(
-                events.iter().any(|e| e.0 == want),
-                "{}\n  {name} succeeded but {want} was not received before its reply: {events:?}",
-                obs.ctx
-            );
-        }
-        obs.running = Some(to_running);
-    } else {
-        obs.running = None;
-    }
+    check_change(obs, name, to_running, before, result.is_ok(), &events);
 }
 
 fn embedded_session(seed: u64, qemu: &Path) -> Stats {
     let plan = Plan::generate(seed, &knobs());
     let ctx = format!("qmp-embedded {plan}");
-    let proxy = ChaosProxy::start(Address::Unix(qemu.to_path_buf()), plan.clone())
-        .unwrap_or_else(|e| panic!("{ctx}\n  start the proxy: {e}"));
-    let stream = proxy
-        .connect()
-        .unwrap_or_else(|e| panic!("{ctx}\n  connect to the proxy: {e}"));
+    let proxy = start_proxy(&ctx, qemu, &plan);
+    let stream = connect_proxy(&ctx, &proxy);
     stream
         .set_read_timeout(Some(POLL))
         .expect("set a read timeout");
