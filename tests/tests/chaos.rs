@@ -324,6 +324,11 @@ fn verify_qemu(seed: u64, path: &Path) {
 /// An event as compared: name, seconds, microseconds.
 type Ev = (String, i64, i64);
 
+/// An event as the checks compare it.
+fn ev(e: qmp_std::Event) -> Ev {
+    (e.name, e.timestamp.seconds, e.timestamp.microseconds)
+}
+
 /// The events among the messages the proxy delivered.
 fn delivered_events(record: &Record) -> Vec<Ev> {
     record
@@ -588,11 +593,7 @@ struct StdSession {
 
 impl StdSession {
     fn drain(&mut self) -> Vec<Ev> {
-        let new: Vec<Ev> = self
-            .client
-            .events()
-            .map(|e| (e.name, e.timestamp.seconds, e.timestamp.microseconds))
-            .collect();
+        let new: Vec<Ev> = self.client.events().map(ev).collect();
         self.obs.events.extend(new.iter().cloned());
         self.obs.stats.events += new.len();
         new
@@ -808,8 +809,7 @@ fn std_session(seed: u64, qemu: &Path) -> Stats {
     loop {
         match client.next_event(Duration::from_secs(3)) {
             Ok(e) => {
-                obs.events
-                    .push((e.name, e.timestamp.seconds, e.timestamp.microseconds));
+                obs.events.push(ev(e));
                 obs.stats.events += 1;
             }
             Err(e) if e.is_disconnect() => break,
@@ -1326,8 +1326,7 @@ fn ready_items(stream: &mut EventStream) -> Vec<Option<Result<Ev, Error>>> {
             return items;
         };
         let end = item.is_none();
-        items
-            .push(item.map(|r| r.map(|e| (e.name, e.timestamp.seconds, e.timestamp.microseconds))));
+        items.push(item.map(|r| r.map(ev)));
         if end {
             return items;
         }
@@ -1386,14 +1385,25 @@ impl Subscriber {
             let item = tokio::time::timeout(Duration::from_secs(3), stream.next())
                 .await
                 .unwrap_or_else(|_| panic!("{ctx}\n  the event stream did not end"));
-            let item =
-                item.map(|r| r.map(|e| (e.name, e.timestamp.seconds, e.timestamp.microseconds)));
+            let item = item.map(|r| r.map(ev));
             self.take(ctx, vec![item]);
-            assert!(
-                Instant::now() < deadline,
-                "{ctx}\n  the event stream never ended"
-            );
+            self.check_in_time(ctx, deadline);
         }
+        self.check_ended_by_error(ctx);
+    }
+
+    /// Inside [`read_to_end`](Self::read_to_end)'s loop: still before `deadline`.
+    #[track_caller]
+    fn check_in_time(&self, ctx: &str, deadline: Instant) {
+        assert!(
+            Instant::now() < deadline,
+            "{ctx}\n  the event stream never ended"
+        );
+    }
+
+    /// After [`read_to_end`](Self::read_to_end): the stream ended with the disconnect error.
+    #[track_caller]
+    fn check_ended_by_error(&self, ctx: &str) {
         assert!(
             self.error.is_some(),
             "{ctx}\n  the event stream ended without the disconnect error"
@@ -1751,9 +1761,7 @@ fn ready_subscription(subscription: &Subscription) -> Vec<Option<Result<Ev, Erro
     let mut items = Vec::new();
     while let Some(item) = subscription.try_recv() {
         let end = item.as_ref().is_err_and(Error::is_disconnect);
-        items.push(Some(
-            item.map(|e| (e.name, e.timestamp.seconds, e.timestamp.microseconds)),
-        ));
+        items.push(Some(item.map(ev)));
         if end {
             items.push(None);
             break;
@@ -1772,20 +1780,14 @@ impl Subscriber {
                 item => item,
             };
             let end = item.as_ref().is_err_and(Error::is_disconnect);
-            let item = item.map(|e| (e.name, e.timestamp.seconds, e.timestamp.microseconds));
+            let item = item.map(ev);
             self.take(ctx, vec![Some(item)]);
             if end {
                 self.take(ctx, vec![None]);
             }
-            assert!(
-                Instant::now() < deadline,
-                "{ctx}\n  the subscription never ended"
-            );
+            self.check_in_time(ctx, deadline);
         }
-        assert!(
-            self.error.is_some(),
-            "{ctx}\n  the subscription ended without the disconnect error"
-        );
+        self.check_ended_by_error(ctx);
     }
 }
 
