@@ -1193,6 +1193,16 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Framer<B> {
         self.forget_last();
     }
 
+    /// The whole buffer (bytes before and after the buffered ones included).
+    pub(crate) fn buffer(&self) -> &[u8] {
+        self.buf.as_ref()
+    }
+
+    /// Where the last frame returned lies in the buffer (until the next read).
+    pub(crate) fn last_range(&self) -> (usize, usize) {
+        self.last.0
+    }
+
     /// Frame ranges handed out so far no longer hold (see [`Framer::frame_at`]).
     fn forget_last(&mut self) {
         self.last = ((0, 0), Spans::default());

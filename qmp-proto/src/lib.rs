@@ -91,17 +91,24 @@
 extern crate std;
 
 pub mod commands;
+mod driver;
 mod encode;
+mod events;
 mod framing;
 mod json;
 mod message;
 mod session;
 mod time;
 
+pub use driver::{
+    Buffer, CloseReason, Deadline, Done, Driver, DriverConfig, Io, LinkError, RESYNC, SendOptions,
+    ServerInfo, Wait,
+};
 pub use encode::{
     EncodeError, Envelope, QEMU_MAX_MESSAGE, QEMU_MAX_NESTING, QEMU_MAX_TOKENS,
     encode_capabilities, encode_command, encode_json,
 };
+pub use events::{EVENT_RECORD_HEADER, EventBuffer, EventQueue, EventStore, Lagged};
 pub use framing::{DEFAULT_MAX_DEPTH, Frame, FrameError, Framer, SkimmedId, Status, find_frame};
 pub use json::{
     Chars, DeserializeError, Elements, JsonKind, JsonStr, MAX_SUPPORTED_DEPTH, Members, RawJson,

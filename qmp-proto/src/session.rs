@@ -70,6 +70,11 @@ pub enum SendError {
     QueueFull,
     /// The stream has ended.
     Closed,
+    /// The transmit buffer holds bytes that must be written first (a [`Driver`]'s buffer
+    /// cannot grow, or an attachment must go out on its own).
+    ///
+    /// [`Driver`]: crate::Driver
+    Busy,
     /// The command could not be encoded.
     Encode(EncodeError),
 }
@@ -85,6 +90,7 @@ impl fmt::Display for SendError {
             Self::TableFull => f.write_str("too many commands in flight (table full)"),
             Self::QueueFull => f.write_str("too many in-band commands in flight"),
             Self::Closed => f.write_str("the connection is closed"),
+            Self::Busy => f.write_str("bytes queued before it must be written first"),
             Self::Encode(e) => write!(f, "cannot encode the command: {e}"),
         }
     }
@@ -381,6 +387,13 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
     /// Commands sent and not yet answered (including abandoned ones still owed a reply).
     pub fn in_flight(&self) -> usize {
         self.proto.slots().iter().flatten().count()
+    }
+
+    /// Whether one more command could be sent now: a free slot in the table and, in band,
+    /// room under the in-band limit.
+    pub fn has_room(&self, oob: bool) -> bool {
+        self.proto.free_slot().is_ok()
+            && (oob || self.proto.in_band() < self.proto.config.max_in_band)
     }
 
     /// Whether `id` is still waiting for its outcome.

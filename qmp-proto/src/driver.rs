@@ -1,0 +1,1159 @@
+//! The driver: the one client loop every adapter runs, above [`Session`].
+//!
+//! # Design notes
+//! [`Session`] knows the protocol message by message. A *client* needs more: the handshake
+//! as one step, bytes queued for writing and what a failed write means, the deadlines of the
+//! greeting, of commands and of waiting for room, a peer that stalls, one event queue with
+//! one overflow rule, and the outcome of a command kept until its caller takes it. Written
+//! in each adapter, that logic drifted apart (four handshakes, two overflow rules, three
+//! timeout schemes). The [`Driver`] holds it once; an adapter only moves bytes and passes
+//! the time in, in the quinn-proto manner:
+//!
+//! ```text
+//! loop {
+//!     match driver.poll_io(now, wait, deadline) {
+//!         Io::Write(bytes)      => { n = link.write(bytes)?;  driver.handle_written(n, now) }
+//!         Io::Read { buf, until } => { n = link.read(buf)?;  driver.handle_read(n, now) }
+//!                                   // blocking at most until `until`
+//!         Io::Done(done)        => return done,
+//!     }
+//! }
+//! ```
+//!
+//! A blocking client runs that loop with blocking reads bounded by `until`; an async one
+//! awaits the same calls; a client whose reads and writes happen elsewhere (a reader thread,
+//! a reactor) calls the pieces directly: [`poll_transmit`](Driver::poll_transmit) +
+//! [`handle_written`](Driver::handle_written), [`read_buf`](Driver::read_buf) +
+//! [`handle_read`](Driver::handle_read) (or [`feed`](Driver::feed)),
+//! [`poll_timeout`](Driver::poll_timeout) + [`handle_timeout`](Driver::handle_timeout), and
+//! [`poll`](Driver::poll) for what completed.
+//!
+//! The rules it applies, the same for every client:
+//! - **Handshake**: the greeting is awaited (bytes before it that are not QMP, such as boot
+//!   noise on a serial line, are skipped), then `qmp_capabilities` goes out by itself, with
+//!   `oob` when the server offers it and the configuration asks for it. The greeting and the
+//!   negotiation share one deadline ([`DriverConfig::handshake_timeout`]); when it passes,
+//!   [`Done::TimedOut`] — the usual cause is another client holding the monitor, which QEMU
+//!   serves one at a time.
+//! - **Commands** have a deadline each ([`Deadline`]); one that passes fails the command
+//!   with [`Failure::TimedOut`]. When QEMU's queue or the in-flight table is full, waiting
+//!   for room ([`Wait::Room`]) is bounded by the deadline of the command to be sent.
+//! - **Writes**: bytes wait in the transmit buffer until written. A command cut off midway
+//!   (its deadline passed during the write, or the write failed) is dropped from the buffer
+//!   and the byte `0x01` is sent before the next command: QEMU then drops the fragment with
+//!   an id-less error and runs the next command whole. A peer that went away while we wrote
+//!   ([`LinkError::Closed`]) still has its last words read, up to the end of the stream.
+//! - **Stalls**: with [`DriverConfig::stall_timeout`], a peer that sends nothing for that
+//!   long while commands wait ends the connection ([`CloseReason::Stalled`]).
+//! - **Events** go into one [`EventQueue`] (drop the newest, report the gap where it is).
+//! - **The end**: every command still waiting fails with [`Failure::Disconnected`], in
+//!   order, after the replies and events already received; then [`Done::Closed`] with the
+//!   reason, for every later wait.
+
+use core::fmt;
+use core::time::Duration;
+
+use serde::Serialize;
+
+use crate::FrameError;
+use crate::commands::VersionTriple;
+use crate::encode::{EncodeError, encode_json};
+use crate::events::{EventQueue, EventStore};
+use crate::json::{JsonStr, RawJson};
+use crate::message::{Greeting, Message, QmpError};
+use crate::session::{
+    CommandId, Config, Failure, Notice, Outcome, Received, SendError, Session, State,
+};
+use crate::time::Instant;
+
+/// Storage for the driver's receive and transmit buffers: bytes, and maybe room to grow.
+///
+/// Fixed arrays and slices never grow; an adapter with a heap wraps its `Vec` in a type
+/// that grows up to its own limit.
+pub trait Buffer: AsRef<[u8]> + AsMut<[u8]> {
+    /// Grows to at least `len` bytes if it can (perhaps to less than asked, if a limit is
+    /// reached); returns whether it grew at all.
+    fn grow_to(&mut self, len: usize) -> bool {
+        let _ = len;
+        false
+    }
+}
+
+impl<const N: usize> Buffer for [u8; N] {}
+impl Buffer for &mut [u8] {}
+
+/// The byte that makes QEMU drop a half-written command (see the [driver](self) notes).
+pub const RESYNC: u8 = 0x01;
+
+/// What the server said about itself in its greeting, and what was negotiated.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct ServerInfo {
+    /// The QEMU version.
+    pub version: VersionTriple,
+    /// The distribution's package string, unescaped (cut at [`ServerInfo::PACKAGE_MAX`]
+    /// bytes; may be empty).
+    pub package: heapless::String<{ ServerInfo::PACKAGE_MAX }>,
+    /// Whether the server offers out-of-band execution.
+    pub oob_offered: bool,
+    /// Whether out-of-band execution was negotiated.
+    pub oob_enabled: bool,
+}
+
+impl ServerInfo {
+    /// The longest package string kept.
+    pub const PACKAGE_MAX: usize = 48;
+
+    fn from_greeting(g: &Greeting<'_>) -> Self {
+        let mut package = heapless::String::new();
+        for c in g.version.package.chars().map_while(Result::ok) {
+            if package.push(c).is_err() {
+                break;
+            }
+        }
+        Self {
+            version: VersionTriple {
+                major: g.version.major,
+                minor: g.version.minor,
+                micro: g.version.micro,
+            },
+            package,
+            oob_offered: g.capabilities.oob(),
+            oob_enabled: false,
+        }
+    }
+}
+
+/// Why the connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum CloseReason {
+    /// The peer closed it (end of stream, or it went away while we wrote).
+    Eof,
+    /// The peer sent nothing for the stall timeout while commands waited.
+    Stalled,
+    /// The link failed ([`LinkError::Fatal`]); the adapter holds the error itself.
+    Io,
+    /// This side closed it ([`Driver::close`]).
+    Local,
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Eof => "the server closed the connection",
+            Self::Stalled => "the server stopped sending (stall timeout)",
+            Self::Io => "the link failed",
+            Self::Local => "the connection was closed on this side",
+        })
+    }
+}
+
+/// What a failed read or write means, as the adapter classifies its link's error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum LinkError {
+    /// Nothing happened yet (a read or write timed out, was interrupted, would block): the
+    /// driver checks its deadlines and the adapter tries again.
+    Transient,
+    /// The peer is gone (broken pipe, reset, end of file).
+    Closed,
+    /// Anything else: the connection is given up.
+    Fatal,
+}
+
+/// A command's deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Deadline {
+    /// [`DriverConfig::command_timeout`] from now.
+    #[default]
+    Default,
+    /// No deadline.
+    Never,
+    /// This long from now.
+    After(Duration),
+    /// At this instant.
+    At(Instant),
+}
+
+impl Deadline {
+    /// `Some(timeout)` → [`After`](Self::After), `None` → [`Never`](Self::Never).
+    pub fn from_timeout(timeout: Option<Duration>) -> Self {
+        timeout.map_or(Self::Never, Self::After)
+    }
+}
+
+/// How a command is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct SendOptions {
+    /// `exec-oob` rather than `execute`.
+    pub oob: bool,
+    /// Its deadline.
+    pub deadline: Deadline,
+    /// The adapter attaches something to the command's first byte (file descriptors over
+    /// a Unix socket): its bytes are handed out as their own [`Io::Write`] with
+    /// `attach: true`. Needs an empty transmit buffer ([`SendError::Busy`] otherwise).
+    pub attach: bool,
+}
+
+impl SendOptions {
+    /// In band, with the default deadline.
+    pub const fn new() -> Self {
+        Self {
+            oob: false,
+            deadline: Deadline::Default,
+            attach: false,
+        }
+    }
+
+    /// Out of band (`exec-oob`).
+    pub const fn oob(mut self, oob: bool) -> Self {
+        self.oob = oob;
+        self
+    }
+
+    /// With this deadline.
+    pub const fn deadline(mut self, deadline: Deadline) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// With an attachment (see [`SendOptions::attach`]).
+    pub const fn attach(mut self, attach: bool) -> Self {
+        self.attach = attach;
+        self
+    }
+}
+
+/// Driver settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct DriverConfig {
+    /// The session's settings.
+    pub session: Config,
+    /// Negotiate capabilities as soon as the greeting arrives (default `true`). Off: the
+    /// handshake ends at the greeting, and [`Driver::negotiate`] does it later.
+    pub negotiate: bool,
+    /// Ask for `oob` when the server offers it (default `false`).
+    pub oob: bool,
+    /// Bound on the greeting and negotiation together (default 10 s).
+    pub handshake_timeout: Option<Duration>,
+    /// A command's deadline when sent with [`Deadline::Default`] (default 30 s).
+    pub command_timeout: Option<Duration>,
+    /// Give up on the connection when nothing arrives for this long while commands wait
+    /// (default `None`).
+    pub stall_timeout: Option<Duration>,
+    /// Whether a read of 0 bytes is the end of the stream (default `true`; off for serial
+    /// drivers that return 0 when their own read timeout expires).
+    pub zero_read_is_eof: bool,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        Self {
+            session: Config::default(),
+            negotiate: true,
+            oob: false,
+            handshake_timeout: Some(Duration::from_secs(10)),
+            command_timeout: Some(Duration::from_secs(30)),
+            stall_timeout: None,
+            zero_read_is_eof: true,
+        }
+    }
+}
+
+/// What a [`Driver::poll_io`] loop waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Wait<'a> {
+    /// The end of the handshake: [`Done::Ready`].
+    Handshake,
+    /// The outcome of this command: [`Done::Completed`] with its id.
+    Command(CommandId),
+    /// An event (called this, if given) or a gap: [`Done::Event`]; take it with
+    /// [`Driver::take_event`].
+    Event(Option<&'a str>),
+    /// Room for one more command (in band, or out of band): [`Done::Room`].
+    Room {
+        /// Out of band.
+        oob: bool,
+    },
+    /// The transmit buffer written out: [`Done::Flushed`].
+    Flush,
+    /// A reply that matches no command, or an id-less error (after
+    /// [`Driver::send_message`]): [`Done::Untracked`]; read it with [`Driver::untracked`].
+    Untracked,
+    /// Nothing: write what is queued, handle what is buffered, then [`Done::Idle`] instead
+    /// of reading (for a client that reads elsewhere).
+    Idle,
+}
+
+/// How a wait ended (or something the adapter must see on the way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Done {
+    /// The handshake is complete.
+    Ready,
+    /// A command finished (not necessarily the one waited for): take its outcome with
+    /// [`Driver::outcome`] before the next call that reads or polls.
+    Completed(CommandId),
+    /// An event (or a gap) is ready to take.
+    Event,
+    /// There is room for the command.
+    Room,
+    /// Everything queued was written.
+    Flushed,
+    /// A reply nobody waits for is held; see [`Driver::untracked`].
+    Untracked,
+    /// The command waited for is not pending (never sent, or already taken).
+    NotPending,
+    /// Nothing more to do without reading (only for [`Wait::Idle`]).
+    Idle,
+    /// The wait's deadline passed (for [`Wait::Handshake`], the handshake deadline).
+    TimedOut,
+    /// The connection has ended, and everything it brought was handed out.
+    Closed(CloseReason),
+}
+
+/// What the adapter does next; see [`Driver::poll_io`].
+#[derive(Debug)]
+pub enum Io<'a> {
+    /// Write these bytes (as many as the link takes), then
+    /// [`handle_written`](Driver::handle_written) or
+    /// [`handle_write_error`](Driver::handle_write_error).
+    Write {
+        /// The bytes.
+        bytes: &'a [u8],
+        /// They start a command sent with [`SendOptions::attach`]: send the attachment
+        /// with the first byte.
+        attach: bool,
+    },
+    /// Read into `buf`, blocking at most until `until` (`None`: as long as it takes), then
+    /// [`handle_read`](Driver::handle_read) or [`handle_read_error`](Driver::handle_read_error)
+    /// (a read that timed out is [`LinkError::Transient`]).
+    Read {
+        /// Where to read into (never empty).
+        buf: &'a mut [u8],
+        /// When to give up waiting and call again.
+        until: Option<Instant>,
+    },
+    /// The wait is over.
+    Done(Done),
+}
+
+/// An outcome held for its caller; spans are offsets into the receive buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    None,
+    Return(CommandId, (usize, usize)),
+    Error(CommandId, (usize, usize), (usize, usize)),
+    Failed(CommandId, Failure),
+    Message((usize, usize)),
+}
+
+/// A command whose bytes are (partly) in the transmit buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Queued {
+    id: CommandId,
+    /// Where its bytes start and end in the transmit buffer.
+    start: usize,
+    end: usize,
+    attach: bool,
+}
+
+/// A QMP client's protocol, whole, for any transport: see the [module](self) for the loop,
+/// the rules it applies, and why it exists.
+///
+/// `R` and `T` are the receive and transmit buffers ([`Buffer`]), `Q` the event storage
+/// ([`EventStore`]), `N` the in-flight table's size.
+///
+/// # Method families
+/// - **Getters**: [`state`](Self::state), [`server`](Self::server),
+///   [`in_flight`](Self::in_flight), [`is_pending`](Self::is_pending),
+///   [`close_reason`](Self::close_reason), [`dropped_messages`](Self::dropped_messages),
+///   [`discarded_replies`](Self::discarded_replies), [`events`](Self::events).
+/// - **Commands**: [`execute`](Self::execute) encodes a command into the transmit buffer and
+///   returns its id; [`negotiate`](Self::negotiate), [`send_message`](Self::send_message),
+///   [`abandon`](Self::abandon), [`close`](Self::close).
+/// - **I/O**, in the loop: [`poll_io`](Self::poll_io), or its pieces
+///   [`poll_transmit`](Self::poll_transmit), [`read_buf`](Self::read_buf),
+///   [`poll_timeout`](Self::poll_timeout); inputs [`handle_written`](Self::handle_written),
+///   [`handle_write_error`](Self::handle_write_error), [`handle_read`](Self::handle_read),
+///   [`feed`](Self::feed), [`handle_read_error`](Self::handle_read_error),
+///   [`handle_timeout`](Self::handle_timeout).
+/// - **Results**: [`poll`](Self::poll) / [`poll_io`](Self::poll_io) say what is done;
+///   [`outcome`](Self::outcome), [`take_event`](Self::take_event) and
+///   [`untracked`](Self::untracked) hand it out, borrowed from the receive buffer.
+///
+/// Call order: after [`Done::Completed`], take the outcome with `outcome` before the next
+/// call that reads or polls (it is held in the receive buffer until then).
+pub struct Driver<R, T, Q, const N: usize = { crate::QEMU_QUEUE_LEN }> {
+    session: Session<R, N>,
+    tx: T,
+    /// Written bytes at the start of `tx`.
+    tx_start: usize,
+    tx_end: usize,
+    /// Commands with bytes in `tx`, in order.
+    queued: heapless::Deque<Queued, N>,
+    /// Send [`RESYNC`] before the next command.
+    resync: bool,
+    /// Commands dropped from the transmit buffer unwritten (the peer went away, or the link
+    /// failed): they fail with [`Failure::Disconnected`] at the next [`Driver::poll`].
+    unsent: heapless::Deque<CommandId, N>,
+    /// Every message of the ended connection was handed out.
+    drained: bool,
+    events: EventQueue<Q>,
+    config: DriverConfig,
+    server: Option<ServerInfo>,
+    negotiation: Option<CommandId>,
+    handshake_deadline: Option<Instant>,
+    held: Held,
+    closed: Option<CloseReason>,
+    write_closed: bool,
+    last_activity: Instant,
+    dropped: u64,
+    discarded: u64,
+}
+
+impl<R, T, Q: fmt::Debug, const N: usize> fmt::Debug for Driver<R, T, Q, N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Driver")
+            .field("server", &self.server)
+            .field("closed", &self.closed)
+            .field("queued_bytes", &(self.tx_end - self.tx_start))
+            .field("events", &self.events)
+            .finish_non_exhaustive()
+    }
+}
+
+fn min_instant(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
+    /// A driver at the start of a connection made at `now`: it awaits the greeting.
+    pub fn new(rx: R, tx: T, events: Q, config: DriverConfig, now: Instant) -> Self {
+        Self {
+            session: Session::with_config(rx, config.session),
+            tx,
+            tx_start: 0,
+            tx_end: 0,
+            queued: heapless::Deque::new(),
+            resync: false,
+            unsent: heapless::Deque::new(),
+            drained: false,
+            events: EventQueue::new(events),
+            config,
+            server: None,
+            negotiation: None,
+            handshake_deadline: config.handshake_timeout.map(|t| now + t),
+            held: Held::None,
+            closed: None,
+            write_closed: false,
+            last_activity: now,
+            dropped: 0,
+            discarded: 0,
+        }
+    }
+
+    // ---- getters -----------------------------------------------------------------------
+
+    /// Where the session is.
+    pub fn state(&self) -> State {
+        if self.closed.is_some() {
+            return State::Closed;
+        }
+        self.session.state()
+    }
+
+    /// Whether the handshake is complete (command mode, or greeted when not negotiating).
+    pub fn is_ready(&self) -> bool {
+        match self.session.state() {
+            State::Ready => true,
+            State::Negotiating => !self.config.negotiate && self.negotiation.is_none(),
+            _ => false,
+        }
+    }
+
+    /// What the greeting said, once it came.
+    pub fn server(&self) -> Option<&ServerInfo> {
+        self.server.as_ref()
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &DriverConfig {
+        &self.config
+    }
+
+    /// Changes [`DriverConfig::command_timeout`] for commands sent from now on.
+    pub fn set_command_timeout(&mut self, timeout: Option<Duration>) {
+        self.config.command_timeout = timeout;
+    }
+
+    /// Commands sent and not finished (abandoned ones still owed a reply included).
+    pub fn in_flight(&self) -> usize {
+        self.session.in_flight()
+    }
+
+    /// Whether `id` still waits for its outcome.
+    pub fn is_pending(&self, id: CommandId) -> bool {
+        self.session.is_pending(id)
+    }
+
+    /// Why the connection ended, once it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.closed
+    }
+
+    /// Whether the connection ended and everything it brought was handed out.
+    pub fn is_drained(&self) -> bool {
+        self.drained
+    }
+
+    /// Whether commands can no longer be sent (the connection ended, or the peer went away
+    /// while we wrote).
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_some() || self.write_closed || self.session.state() == State::Closed
+    }
+
+    /// Messages dropped as the protocol asks, so far: replies matching no command (late
+    /// replies to commands that timed out), id-less errors, second greetings, malformed
+    /// frames and unframeable bytes with no command to blame.
+    pub fn dropped_messages(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Late replies to abandoned commands, discarded by id, so far.
+    pub fn discarded_replies(&self) -> u64 {
+        self.discarded
+    }
+
+    /// The event queue.
+    pub fn events(&self) -> &EventQueue<Q> {
+        &self.events
+    }
+
+    /// The event queue, mutably (e.g. to take events, or clear a gap).
+    pub fn events_mut(&mut self) -> &mut EventQueue<Q> {
+        &mut self.events
+    }
+
+    /// The receive buffer's size.
+    pub fn receive_capacity(&self) -> usize {
+        self.session.framer().capacity()
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.tx_end - self.tx_start
+    }
+
+    // ---- commands ----------------------------------------------------------------------
+
+    /// Encodes `{"execute": name, "arguments": arguments}` (or `exec-oob`) into the transmit
+    /// buffer, to be written by the I/O loop, and returns the command's id. `arguments`
+    /// must serialize to an object, or be `&()` for none.
+    ///
+    /// [`SendError::QueueFull`] / [`SendError::TableFull`]: wait for [`Wait::Room`] (bounded
+    /// by this command's deadline), then try again.
+    pub fn execute<A: Serialize + ?Sized>(
+        &mut self,
+        name: &str,
+        arguments: &A,
+        options: SendOptions,
+        now: Instant,
+    ) -> Result<CommandId, SendError> {
+        let deadline = self.deadline(options.deadline, now);
+        let oob = options.oob;
+        self.encode(options.attach, |session, out| {
+            if oob {
+                session.execute_oob(name, arguments, deadline, out)
+            } else {
+                session.execute(name, arguments, deadline, out)
+            }
+        })
+    }
+
+    /// Queues `qmp_capabilities` (with `oob` when configured and offered), for a driver
+    /// configured not to negotiate by itself. Wait for its id like any command's.
+    pub fn negotiate(
+        &mut self,
+        options: SendOptions,
+        now: Instant,
+    ) -> Result<CommandId, SendError> {
+        let oob = self.config.oob && self.session.oob_offered();
+        let deadline = self.deadline(options.deadline, now);
+        let id = self.encode(false, |session, out| session.negotiate(oob, deadline, out))?;
+        self.negotiation = Some(id);
+        Ok(id)
+    }
+
+    /// Queues a whole message of the caller's own, exactly as given (any envelope, any id
+    /// or none). The session does not track it: its reply comes as [`Done::Untracked`]
+    /// while waiting for [`Wait::Untracked`].
+    pub fn send_message<M: Serialize + ?Sized>(&mut self, message: &M) -> Result<(), SendError> {
+        if self.is_closed() {
+            return Err(SendError::Closed);
+        }
+        self.compact_tx();
+        let reserve = usize::from(self.resync);
+        let len = loop {
+            let room = self
+                .tx
+                .as_mut()
+                .get_mut(self.tx_end + reserve..)
+                .unwrap_or(&mut []);
+            match encode_json(message, room) {
+                Ok(len) => break len,
+                Err(EncodeError::BufferTooSmall { needed }) => {
+                    if !self.grow_tx(needed + reserve)? {
+                        return Err(SendError::Encode(EncodeError::BufferTooSmall {
+                            needed: needed + reserve,
+                        }));
+                    }
+                }
+                Err(e) => return Err(SendError::Encode(e)),
+            }
+        };
+        self.prepend_resync(len);
+        Ok(())
+    }
+
+    /// Gives up on a command: its outcome will not be yielded, and a late reply is
+    /// discarded by id. Unwritten bytes of it are dropped. Returns whether it was pending.
+    pub fn abandon(&mut self, id: CommandId) -> bool {
+        if matches!(self.held, Held::Return(h, _) | Held::Error(h, ..) | Held::Failed(h, _) if h == id)
+        {
+            self.held = Held::None;
+            return true;
+        }
+        if self.unqueue(id) {
+            // Never (wholly) reached the server: no reply will come.
+            return self.session.forget(id);
+        }
+        self.session.abandon(id)
+    }
+
+    /// Closes the connection on this side: every command still waiting fails with
+    /// [`Failure::Disconnected`], then [`Done::Closed`]`(`[`CloseReason::Local`]`)`.
+    pub fn close(&mut self) {
+        self.end(CloseReason::Local);
+    }
+
+    // ---- I/O ---------------------------------------------------------------------------
+
+    /// Runs the protocol as far as it goes without I/O, and says what to do next: write,
+    /// read (and until when), or that `wait` is over. `deadline` bounds the wait
+    /// ([`Done::TimedOut`]); commands and the handshake have their own.
+    pub fn poll_io(&mut self, now: Instant, wait: Wait<'_>, deadline: Option<Instant>) -> Io<'_> {
+        if let Some(done) = self.poll_wait(now, wait, deadline) {
+            return Io::Done(done);
+        }
+        if let Some((start, end, attach)) = self.transmit_range() {
+            return Io::Write {
+                bytes: &self.tx.as_ref()[start..end],
+                attach,
+            };
+        }
+        if wait == Wait::Idle {
+            return Io::Done(Done::Idle);
+        }
+        let mut until = min_instant(self.poll_timeout(), deadline);
+        if matches!(wait, Wait::Handshake) {
+            until = min_instant(until, self.handshake_deadline);
+        }
+        Io::Read {
+            buf: self.read_buf(),
+            until,
+        }
+    }
+
+    /// Handles what is buffered, and says whether `wait` is over; `None`: do I/O.
+    pub fn poll_wait(
+        &mut self,
+        now: Instant,
+        wait: Wait<'_>,
+        deadline: Option<Instant>,
+    ) -> Option<Done> {
+        self.handle_timeout(now);
+        loop {
+            if let Some(done) = self.satisfied(wait) {
+                return Some(done);
+            }
+            let Some(done) = self.poll() else {
+                // Notices (a discarded late reply) may have made room.
+                return self
+                    .satisfied(wait)
+                    .or_else(|| self.timed_out(now, wait, deadline));
+            };
+            match done {
+                Done::Completed(id) if Some(id) == self.negotiation => {
+                    if self.session.state() == State::Ready {
+                        self.held = Held::None;
+                        if wait == Wait::Handshake {
+                            return Some(Done::Ready);
+                        }
+                        if wait == Wait::Command(id) {
+                            return Some(Done::Completed(id));
+                        }
+                    } else if wait == Wait::Handshake
+                        && matches!(self.held, Held::Failed(_, Failure::TimedOut))
+                    {
+                        self.held = Held::None;
+                        return Some(Done::TimedOut);
+                    } else {
+                        return Some(Done::Completed(id));
+                    }
+                }
+                Done::Untracked if wait != Wait::Untracked => self.held = Held::None,
+                Done::Event => {}
+                Done::Closed(reason) => return Some(Done::Closed(reason)),
+                done => return Some(done),
+            }
+        }
+    }
+
+    fn timed_out(&self, now: Instant, wait: Wait<'_>, deadline: Option<Instant>) -> Option<Done> {
+        let handshake = matches!(wait, Wait::Handshake) && !self.is_ready();
+        let due = |d: Option<Instant>| d.is_some_and(|d| d <= now);
+        (due(deadline) || (handshake && due(self.handshake_deadline))).then_some(Done::TimedOut)
+    }
+
+    fn satisfied(&mut self, wait: Wait<'_>) -> Option<Done> {
+        match wait {
+            Wait::Handshake => self.is_ready().then_some(Done::Ready),
+            Wait::Command(id) => {
+                (!self.session.is_pending(id) && !self.holds(id)).then_some(Done::NotPending)
+            }
+            Wait::Event(name) => self.events.is_ready(name).then_some(Done::Event),
+            Wait::Room { oob } => self.has_room(oob).then_some(Done::Room),
+            Wait::Flush => (self.tx_start == self.tx_end).then_some(Done::Flushed),
+            Wait::Untracked | Wait::Idle => None,
+        }
+    }
+
+    fn holds(&self, id: CommandId) -> bool {
+        matches!(self.held, Held::Return(h, _) | Held::Error(h, ..) | Held::Failed(h, _) if h == id)
+    }
+
+    /// Whether a command (out of band, or in band) could be queued now.
+    pub fn has_room(&self, oob: bool) -> bool {
+        self.session.has_room(oob) && !self.queued.is_full()
+    }
+
+    /// Handles the next buffered message, if any: `Some` when it completed something the
+    /// adapter must see ([`Done::Completed`], [`Done::Event`], [`Done::Untracked`],
+    /// [`Done::Closed`]); `None` when more bytes (or time) are needed. A held outcome not
+    /// taken by now is dropped.
+    #[must_use]
+    pub fn poll(&mut self) -> Option<Done> {
+        self.held = Held::None;
+        if let Some(id) = self.unsent.pop_front() {
+            self.held = Held::Failed(id, Failure::Disconnected);
+            return Some(Done::Completed(id));
+        }
+        loop {
+            let base = self.session.framer().buffer().as_ptr() as usize;
+            let Some(item) = self.session.poll() else {
+                if self.session.state() != State::Closed {
+                    return None;
+                }
+                self.drained = true;
+                return Some(Done::Closed(*self.closed.get_or_insert(CloseReason::Eof)));
+            };
+            let span = |s: &str| {
+                let start = (s.as_ptr() as usize).wrapping_sub(base);
+                (start, start + s.len())
+            };
+            match item {
+                Received::Greeting(g) => {
+                    self.server = Some(ServerInfo::from_greeting(&g));
+                    if self.config.negotiate && self.negotiation.is_none() {
+                        let oob = self.config.oob && g.capabilities.oob();
+                        let deadline = self.handshake_deadline;
+                        // The transmit buffer holds at least `qmp_capabilities`; if it did
+                        // not, the handshake would time out, which the caller hears of.
+                        if let Ok(id) = self.encode(false, |s, out| s.negotiate(oob, deadline, out))
+                        {
+                            self.negotiation = Some(id);
+                        }
+                    }
+                }
+                Received::Reply(reply) => {
+                    let id = reply.id;
+                    self.held = match reply.outcome {
+                        Outcome::Return(v) => Held::Return(id, span(v.as_json())),
+                        Outcome::Error(e) => {
+                            Held::Error(id, span(e.class.as_escaped()), span(e.desc.as_escaped()))
+                        }
+                        Outcome::Failed(f) => {
+                            self.unqueue(id);
+                            Held::Failed(id, f)
+                        }
+                    };
+                    let oob = self.session.oob_enabled();
+                    if let Some(server) = &mut self.server {
+                        server.oob_enabled = oob;
+                    }
+                    return Some(Done::Completed(id));
+                }
+                Received::Event(event) => {
+                    self.events.push(&event);
+                    return Some(Done::Event);
+                }
+                Received::Notice(notice) => match notice {
+                    Notice::Discarded(_) => self.discarded += 1,
+                    Notice::Framing(FrameError::TooLarge {
+                        id: None,
+                        reply: false,
+                        ..
+                    }) => {
+                        // Replies are tied to their command; what is left is an event that
+                        // did not fit the receive buffer.
+                        self.events.lose(1);
+                        return Some(Done::Event);
+                    }
+                    Notice::UnmatchedReply(_) | Notice::UntaggedError(_) => {
+                        self.dropped += 1;
+                        self.held = Held::Message(self.session.framer().last_range());
+                        return Some(Done::Untracked);
+                    }
+                    _ => self.dropped += 1,
+                },
+            }
+        }
+    }
+
+    /// Takes the outcome of command `id`, just reported by [`Done::Completed`]; `None` if it
+    /// is not the one held (or was already taken). Borrowed from the receive buffer.
+    pub fn outcome(&mut self, id: CommandId) -> Option<Outcome<'_>> {
+        let held = self.held;
+        if self.holds(id) {
+            // Taken: the bytes stay in place until the next read.
+            self.held = Held::None;
+        }
+        let buf = self.session.framer().buffer();
+        let text = |(start, end): (usize, usize)| {
+            buf.get(start..end)
+                .and_then(|b| core::str::from_utf8(b).ok())
+        };
+        let outcome = match held {
+            Held::Return(h, span) if h == id => {
+                Outcome::Return(RawJson::new_unchecked(text(span)?))
+            }
+            Held::Error(h, class, desc) if h == id => Outcome::Error(QmpError {
+                class: JsonStr::from_escaped(text(class)?),
+                desc: JsonStr::from_escaped(text(desc)?),
+            }),
+            Held::Failed(h, failure) if h == id => Outcome::Failed(failure),
+            _ => return None,
+        };
+        Some(outcome)
+    }
+
+    /// The message just reported by [`Done::Untracked`]: a reply whose id matches no
+    /// command, or an error without an id.
+    pub fn untracked(&self) -> Option<Message<'_>> {
+        let Held::Message((start, end)) = self.held else {
+            return None;
+        };
+        Message::parse(self.session.framer().buffer().get(start..end)?).ok()
+    }
+
+    /// The oldest queued event (called `name`, if given), or the gap after the queued ones.
+    pub fn take_event(
+        &mut self,
+        name: Option<&str>,
+    ) -> Option<Result<Q::Item<'_>, crate::events::Lagged>> {
+        self.events.take(name)
+    }
+
+    /// Bytes to write next, if any; follow with [`handle_written`](Self::handle_written).
+    #[must_use]
+    pub fn poll_transmit(&self) -> Option<&[u8]> {
+        let (start, end, _) = self.transmit_range()?;
+        Some(&self.tx.as_ref()[start..end])
+    }
+
+    fn transmit_range(&self) -> Option<(usize, usize, bool)> {
+        if self.tx_start == self.tx_end || self.write_closed || self.closed.is_some() {
+            return None;
+        }
+        // A command with an attachment goes out on its own, starting with its first byte.
+        match self.queued.iter().find(|q| q.attach) {
+            Some(q) if self.tx_start < q.start => Some((self.tx_start, q.start, false)),
+            Some(q) => Some((self.tx_start, q.end, q.start == self.tx_start)),
+            None => Some((self.tx_start, self.tx_end, false)),
+        }
+    }
+
+    /// `n` bytes of [`poll_transmit`](Self::poll_transmit) were written at `now`.
+    pub fn handle_written(&mut self, n: usize, now: Instant) {
+        self.tx_start = (self.tx_start + n).min(self.tx_end);
+        while self.queued.front().is_some_and(|q| q.end <= self.tx_start) {
+            self.queued.pop_front();
+        }
+        if let Some(q) = self.queued.front_mut()
+            && q.start < self.tx_start
+        {
+            // Its first byte, and the attachment with it, went out.
+            q.attach = false;
+        }
+        if self.tx_start == self.tx_end {
+            self.tx_start = 0;
+            self.tx_end = 0;
+        }
+        if n > 0 {
+            self.last_activity = now;
+        }
+    }
+
+    /// Writing failed. [`LinkError::Transient`]: deadlines are checked, and the write is
+    /// tried again. [`LinkError::Closed`]: the peer went away; commands not (wholly)
+    /// written fail, no more are sent, and reading goes on to the end of the stream.
+    /// [`LinkError::Fatal`]: the connection is given up.
+    pub fn handle_write_error(&mut self, error: LinkError, now: Instant) {
+        match error {
+            LinkError::Transient => self.handle_timeout(now),
+            LinkError::Closed => {
+                self.write_closed = true;
+                self.drop_queued();
+            }
+            LinkError::Fatal => {
+                self.drop_queued();
+                self.end(CloseReason::Io);
+            }
+        }
+    }
+
+    /// Room to read into (it grows first, if the buffer can and one message fills it);
+    /// follow with [`handle_read`](Self::handle_read).
+    pub fn read_buf(&mut self) -> &mut [u8] {
+        self.held = Held::None;
+        if self.session.framer().is_full() {
+            let len = self.session.framer().capacity();
+            let _ = self
+                .session
+                .framer_mut()
+                .buffer_mut()
+                .grow_to(len.saturating_mul(2));
+        }
+        self.session.read_buf()
+    }
+
+    /// `n` bytes of [`read_buf`](Self::read_buf) were read at `now` (`0`: the end of the
+    /// stream, unless [`DriverConfig::zero_read_is_eof`] is off).
+    pub fn handle_read(&mut self, n: usize, now: Instant) {
+        if n > 0 {
+            self.session.commit(n);
+            self.last_activity = now;
+        } else if self.config.zero_read_is_eof {
+            self.session.handle_eof();
+        }
+        self.handle_timeout(now);
+    }
+
+    /// Copies in as many of `bytes` as fit and returns how many (for a client that reads
+    /// into buffers of its own); handle what they complete with [`poll`](Self::poll)
+    /// before feeding the rest.
+    #[must_use]
+    pub fn feed(&mut self, bytes: &[u8], now: Instant) -> usize {
+        let room = self.read_buf();
+        let n = room.len().min(bytes.len());
+        room[..n].copy_from_slice(&bytes[..n]);
+        self.handle_read(n.max(usize::from(bytes.is_empty())), now);
+        if bytes.is_empty() { 0 } else { n }
+    }
+
+    /// The end of the stream (for a client that reads elsewhere): as a read of 0 bytes.
+    pub fn handle_eof(&mut self) {
+        self.session.handle_eof();
+    }
+
+    /// Reading failed; see [`handle_write_error`](Self::handle_write_error) for the kinds.
+    pub fn handle_read_error(&mut self, error: LinkError, now: Instant) {
+        match error {
+            LinkError::Transient => self.handle_timeout(now),
+            LinkError::Closed => self.session.handle_eof(),
+            LinkError::Fatal => self.end(CloseReason::Io),
+        }
+    }
+
+    /// The time is `now`: deadlines that passed take effect (commands fail with
+    /// [`Failure::TimedOut`], a stalled peer ends the connection).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.session.handle_timeout(now);
+        if self.stall_deadline().is_some_and(|d| d <= now) {
+            self.end(CloseReason::Stalled);
+        }
+    }
+
+    /// The next instant at which [`handle_timeout`](Self::handle_timeout) has something to
+    /// do.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let handshake = (!self.is_ready())
+            .then_some(self.handshake_deadline)
+            .flatten();
+        min_instant(
+            min_instant(self.session.poll_timeout(), self.stall_deadline()),
+            handshake,
+        )
+    }
+
+    // ---- internals ---------------------------------------------------------------------
+
+    fn stall_deadline(&self) -> Option<Instant> {
+        let stall = self.config.stall_timeout?;
+        (self.session.in_flight() > 0 && self.closed.is_none()).then(|| self.last_activity + stall)
+    }
+
+    fn deadline(&self, deadline: Deadline, now: Instant) -> Option<Instant> {
+        match deadline {
+            Deadline::Default => self.config.command_timeout.map(|t| now + t),
+            Deadline::Never => None,
+            Deadline::After(t) => Some(now + t),
+            Deadline::At(at) => Some(at),
+        }
+    }
+
+    fn end(&mut self, reason: CloseReason) {
+        if self.closed.is_none() {
+            self.closed = Some(reason);
+        }
+        self.session.handle_eof();
+    }
+
+    /// Drops the unwritten bytes of every queued command: they fail with
+    /// [`Failure::Disconnected`] at the next poll.
+    fn drop_queued(&mut self) {
+        while let Some(q) = self.queued.pop_front() {
+            if self.session.forget(q.id) {
+                let _ = self.unsent.push_back(q.id);
+            }
+        }
+        self.tx_start = 0;
+        self.tx_end = 0;
+    }
+
+    /// Removes command `id`'s unwritten bytes from the transmit buffer; returns whether it
+    /// had any (so the server never got it whole).
+    fn unqueue(&mut self, id: CommandId) -> bool {
+        let Some(index) = self.queued.iter().position(|q| q.id == id) else {
+            return false;
+        };
+        let q = self.queued.iter().nth(index).copied().expect("in range");
+        // Part of it went out: QEMU must be told to drop the fragment.
+        let from = q.start.max(self.tx_start);
+        if q.start < self.tx_start {
+            self.resync = true;
+        }
+        let cut = q.end - from;
+        self.tx.as_mut().copy_within(q.end..self.tx_end, from);
+        self.tx_end -= cut;
+        let mut rest = heapless::Deque::<Queued, N>::new();
+        for (i, other) in self.queued.iter().enumerate() {
+            let moved = if i > index {
+                Queued {
+                    start: other.start - cut,
+                    end: other.end - cut,
+                    ..*other
+                }
+            } else {
+                *other
+            };
+            if i != index {
+                let _ = rest.push_back(moved);
+            }
+        }
+        self.queued = rest;
+        if self.tx_start == self.tx_end {
+            self.tx_start = 0;
+            self.tx_end = 0;
+        }
+        true
+    }
+
+    fn compact_tx(&mut self) {
+        if self.tx_start > 0 && self.tx_start == self.tx_end {
+            self.tx_start = 0;
+            self.tx_end = 0;
+        }
+    }
+
+    /// Grows the transmit buffer to hold `needed` more bytes; `Busy` if it cannot but would
+    /// after the queued bytes are written.
+    fn grow_tx(&mut self, needed: usize) -> Result<bool, SendError> {
+        let want = self.tx_end + needed + 1;
+        if self.tx.grow_to(want) && self.tx.as_ref().len() >= want {
+            return Ok(true);
+        }
+        if self.tx_end > 0 && needed < self.tx.as_ref().len() {
+            return Err(SendError::Busy);
+        }
+        Ok(false)
+    }
+
+    fn encode(
+        &mut self,
+        attach: bool,
+        mut encode: impl FnMut(&mut Session<R, N>, &mut [u8]) -> Result<crate::Sent, SendError>,
+    ) -> Result<CommandId, SendError> {
+        if self.write_closed || self.closed.is_some() {
+            return Err(SendError::Closed);
+        }
+        if attach && self.tx_end > self.tx_start {
+            return Err(SendError::Busy);
+        }
+        if self.queued.is_full() {
+            return Err(SendError::Busy);
+        }
+        self.compact_tx();
+        // One byte of room for a resync byte in front.
+        let reserve = usize::from(self.resync);
+        loop {
+            let room = self
+                .tx
+                .as_mut()
+                .get_mut(self.tx_end + reserve..)
+                .unwrap_or(&mut []);
+            match encode(&mut self.session, room) {
+                Ok(sent) => {
+                    self.prepend_resync(sent.len);
+                    let _ = self.queued.push_back(Queued {
+                        id: sent.id,
+                        start: self.tx_end - sent.len,
+                        end: self.tx_end,
+                        attach,
+                    });
+                    return Ok(sent.id);
+                }
+                Err(SendError::Encode(EncodeError::BufferTooSmall { needed })) => {
+                    if !self.grow_tx(needed + reserve)? {
+                        return Err(SendError::Encode(EncodeError::BufferTooSmall {
+                            needed: needed + reserve,
+                        }));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// `len` bytes were encoded after `tx_end`, leaving one byte in front for [`RESYNC`]
+    /// if one is owed: put it there, and take them into the queue.
+    fn prepend_resync(&mut self, len: usize) {
+        if self.resync {
+            self.tx.as_mut()[self.tx_end] = RESYNC;
+            self.tx_end += 1;
+            self.resync = false;
+        }
+        self.tx_end += len;
+    }
+}

@@ -1,0 +1,601 @@
+//! The driver against a scripted QEMU on a virtual clock: the rules every client shares.
+
+use std::time::Duration;
+
+use qmp_proto::{
+    CloseReason, Config, Deadline, Done, Driver, DriverConfig, EventBuffer, Failure, Instant, Io,
+    Lagged, LinkError, Outcome, SendError, SendOptions, Wait,
+};
+
+/// QEMU 7.2.22's greeting (recorded).
+const GREETING: &[u8] = b"{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 22, \"minor\": 2, \"major\": 7}, \"package\": \"Debian 1:7.2+dfsg-7+deb12u18+b3\"}, \"capabilities\": [\"oob\"]}}\r\n";
+
+type Small = Driver<[u8; 1024], [u8; 256], EventBuffer<128>, 4>;
+
+/// The far end: what it has sent and not yet been read, and what it received.
+#[derive(Default)]
+struct Peer {
+    unread: Vec<u8>,
+    received: Vec<u8>,
+    /// Each write takes at most this many bytes (0: all).
+    write_chunk: usize,
+    /// Writes fail with this from now on.
+    write_error: Option<LinkError>,
+    /// Reads see the end of the stream once `unread` is empty.
+    eof: bool,
+    /// Reads fail fatally.
+    read_fatal: bool,
+    /// What the peer sends after each whole command it receives, in order.
+    answers: std::collections::VecDeque<Vec<u8>>,
+    /// Nesting depth of what it received (commands hold no braces in strings here).
+    depth: i32,
+}
+
+impl Peer {
+    /// Sends `bytes` once the next command has arrived.
+    fn answer(&mut self, bytes: &[u8]) {
+        self.answers.push_back(bytes.to_vec());
+    }
+}
+
+fn ms(n: u64) -> Instant {
+    Instant::from_millis(n)
+}
+
+/// Runs the I/O loop to the end of `wait`; time jumps to each wake-up when nothing is
+/// there to read. Panics where a real client would block forever.
+#[track_caller]
+fn run(
+    d: &mut Small,
+    peer: &mut Peer,
+    now: &mut Instant,
+    wait: Wait<'_>,
+    deadline: Option<Instant>,
+) -> Done {
+    for _ in 0..10_000 {
+        match d.poll_io(*now, wait, deadline) {
+            Io::Write { bytes, .. } => {
+                if let Some(e) = peer.write_error {
+                    d.handle_write_error(e, *now);
+                    continue;
+                }
+                let n = if peer.write_chunk == 0 {
+                    bytes.len()
+                } else {
+                    bytes.len().min(peer.write_chunk)
+                };
+                peer.received.extend_from_slice(&bytes[..n]);
+                for &b in &bytes[..n] {
+                    match b {
+                        b'{' => peer.depth += 1,
+                        b'}' => {
+                            peer.depth -= 1;
+                            if peer.depth == 0
+                                && let Some(answer) = peer.answers.pop_front()
+                            {
+                                peer.unread.extend_from_slice(&answer);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                d.handle_written(n, *now);
+            }
+            Io::Read { buf, until } => {
+                if peer.read_fatal {
+                    d.handle_read_error(LinkError::Fatal, *now);
+                    continue;
+                }
+                if peer.unread.is_empty() {
+                    if peer.eof {
+                        d.handle_read(0, *now);
+                        continue;
+                    }
+                    let until = until.expect("would block forever");
+                    assert!(until >= *now, "woken in the past");
+                    *now = until;
+                    d.handle_read_error(LinkError::Transient, *now);
+                    continue;
+                }
+                let n = buf.len().min(peer.unread.len());
+                buf[..n].copy_from_slice(&peer.unread[..n]);
+                peer.unread.drain(..n);
+                d.handle_read(n, *now);
+            }
+            Io::Done(done) => return done,
+        }
+    }
+    panic!("the loop did not end");
+}
+
+fn config() -> DriverConfig {
+    DriverConfig {
+        oob: true,
+        handshake_timeout: Some(Duration::from_secs(1)),
+        command_timeout: Some(Duration::from_millis(100)),
+        ..DriverConfig::default()
+    }
+}
+
+fn new_driver(config: DriverConfig) -> Small {
+    Driver::new([0; 1024], [0; 256], EventBuffer::new(), config, ms(0))
+}
+
+/// A driver past its handshake with oob negotiated; the peer's received bytes cleared.
+fn ready(config: DriverConfig) -> (Small, Peer, Instant) {
+    let mut d = new_driver(config);
+    let mut peer = Peer {
+        unread: GREETING.to_vec(),
+        ..Peer::default()
+    };
+    peer.answer(b"{\"return\": {}, \"id\": 1}\r\n");
+    let mut now = ms(0);
+    // The greeting comes, qmp_capabilities goes out by itself, then its reply.
+    assert_eq!(
+        run(&mut d, &mut peer, &mut now, Wait::Handshake, None),
+        Done::Ready
+    );
+    assert_eq!(
+        peer.received,
+        br#"{"execute":"qmp_capabilities","arguments":{"enable":["oob"]},"id":1}"#
+    );
+    peer.received.clear();
+    (d, peer, now)
+}
+
+#[test]
+fn handshake_negotiates_oob_by_itself_and_reports_the_server() {
+    let mut d = new_driver(config());
+    let mut peer = Peer {
+        unread: GREETING.to_vec(),
+        ..Peer::default()
+    };
+    let mut now = ms(0);
+    // No negotiation reply yet: the handshake deadline ends the wait.
+    assert_eq!(
+        run(&mut d, &mut peer, &mut now, Wait::Handshake, None),
+        Done::TimedOut
+    );
+    assert_eq!(now, ms(1000));
+    assert_eq!(
+        peer.received,
+        br#"{"execute":"qmp_capabilities","arguments":{"enable":["oob"]},"id":1}"#
+    );
+    let server = d.server().unwrap();
+    assert_eq!(server.version.to_string(), "7.2.22");
+    assert_eq!(server.package.as_str(), "Debian 1:7.2+dfsg-7+deb12u18+b3");
+    assert!(server.oob_offered);
+    assert!(!server.oob_enabled);
+}
+
+#[test]
+fn handshake_completes_with_oob_enabled() {
+    let (d, _, _) = ready(config());
+    assert!(d.is_ready());
+    assert!(d.server().unwrap().oob_enabled);
+}
+
+#[test]
+fn a_silent_server_times_the_greeting_out() {
+    let mut d = new_driver(config());
+    let mut peer = Peer::default();
+    let mut now = ms(0);
+    assert_eq!(
+        run(&mut d, &mut peer, &mut now, Wait::Handshake, None),
+        Done::TimedOut
+    );
+    assert_eq!(now, ms(1000));
+    assert!(d.server().is_none());
+}
+
+#[test]
+fn a_refused_negotiation_is_the_negotiation_commands_outcome() {
+    let mut d = new_driver(config());
+    let mut peer = Peer {
+        unread: GREETING.to_vec(),
+        ..Peer::default()
+    };
+    peer.answer(b"{\"id\": 1, \"error\": {\"class\": \"GenericError\", \"desc\": \"no\"}}\r\n");
+    let mut now = ms(0);
+    let Done::Completed(id) = run(&mut d, &mut peer, &mut now, Wait::Handshake, None) else {
+        panic!()
+    };
+    let Some(Outcome::Error(e)) = d.outcome(id) else {
+        panic!()
+    };
+    assert!(e.class == "GenericError" && e.desc == "no");
+    assert!(!d.is_ready());
+}
+
+#[test]
+fn boot_noise_before_the_greeting_is_skipped() {
+    let mut d = new_driver(DriverConfig {
+        negotiate: false,
+        ..config()
+    });
+    let mut peer = Peer::default();
+    peer.unread
+        .extend_from_slice(b"SeaBIOS (version 1.16)\r\nbooting...\r\n");
+    peer.unread.extend_from_slice(GREETING);
+    let mut now = ms(0);
+    assert_eq!(
+        run(&mut d, &mut peer, &mut now, Wait::Handshake, None),
+        Done::Ready
+    );
+    assert!(peer.received.is_empty());
+}
+
+#[test]
+fn a_command_gets_its_reply_and_events_before_it_are_queued() {
+    let (mut d, mut peer, mut now) = ready(config());
+    let id = d.execute("stop", &(), SendOptions::new(), now).unwrap();
+    peer.answer(
+        b"{\"timestamp\": {\"seconds\": 1, \"microseconds\": 2}, \"event\": \"STOP\"}\r\n{\"return\": {}, \"id\": 2}\r\n",
+    );
+    assert_eq!(
+        run(&mut d, &mut peer, &mut now, Wait::Command(id), None),
+        Done::Completed(id)
+    );
+    assert_eq!(peer.received, br#"{"execute":"stop","id":2}"#);
+    let Some(Outcome::Return(value)) = d.outcome(id) else {
+        panic!()
+    };
+    assert_eq!(value.as_json(), "{}");
+    let event = d.take_event(Some("STOP")).unwrap().unwrap();
+    assert_eq!(event.timestamp.seconds, 1);
+    assert!(d.take_event(None).is_none());
+    // Taken once; then it is not pending.
+    assert_eq!(
+        run(&mut d, &mut peer, &mut now, Wait::Command(id), None),
+        Done::NotPending
+    );
+}
+
+#[test]
+fn the_reply_value_is_decoded_from_the_receive_buffer() {
+    let (mut d, mut peer, mut now) = ready(config());
+    let id = d
+        .execute("query-status", &(), SendOptions::new(), now)
+        .unwrap();
+    peer.answer(
+        b"{\"return\": {\"status\": \"paused\", \"singlestep\": false, \"running\": false}, \"id\": 2}\r\n",
+    );
+    assert_eq!(
+        run(&mut d, &mut peer, &mut now, Wait::Command(id), None),
+        Done::Completed(id)
+    );
+    #[derive(serde::Deserialize)]
+    struct Status<'a> {
+        status: &'a str,
+        running: bool,
+    }
+    let Some(Outcome::Return(value)) = d.outcome(id) else {
+        panic!()
+    };
+    let status: Status<'_> = value.deserialize().unwrap();
+    assert_eq!((status.status, status.running), ("paused", false));
+}
+
+#[test]
+fn other_completions_come_out_on_the_way_to_the_awaited_one() {
+    let (mut d, mut peer, mut now) = ready(config());
+    let a = d.execute("stop", &(), SendOptions::new(), now).unwrap();
+    let b = d.execute("cont", &(), SendOptions::new(), now).unwrap();
+    peer.answer(b"");
+    peer.answer(b"{\"return\": {}, \"id\": 2}\r\n{\"return\": {}, \"id\": 3}\r\n");
+    assert_eq!(
+        run(&mut d, &mut peer, &mut now, Wait::Command(b), None),
+        Done::Completed(a)
+    );
+    assert!(matches!(d.outcome(a), Some(Outcome::Return(_))));
+    assert_eq!(
+        run(&mut d, &mut peer, &mut now, Wait::Command(b), None),
+        Done::Completed(b)
+    );
+}
+
+#[test]
+fn a_command_fails_at_its_deadline_and_its_late_reply_is_dropped() {
+    let (mut d, mut peer, mut now) = ready(config());
+    let start = now;
+    let id = d.execute("stop", &(), SendOptions::new(), now).unwrap();
+    assert_eq!(
+        run(&mut d, &mut peer, &mut now, Wait::Command(id), None),
+        Done::Completed(id)
+    );
+    assert_eq!(d.outcome(id), Some(Outcome::Failed(Failure::TimedOut)));
+    assert_eq!(now, start + Duration::from_millis(100));
+    let next = d.execute("cont", &(), SendOptions::new(), now).unwrap();
+    peer.answer(b"{\"return\": {}, \"id\": 2}\r\n{\"return\": {}, \"id\": 3}\r\n");
+    assert_eq!(
+        run(&mut d, &mut peer, &mut now, Wait::Command(next), None),
+        Done::Completed(next)
+    );
+    assert_eq!(d.dropped_messages(), 1);
+}
+
+#[test]
+fn waiting_for_room_behind_abandoned_commands_ends_at_the_deadline() {
+    // The defect: every slot held by an abandoned command whose reply never comes.
+    let (mut d, mut peer, mut now) = ready(config());
+    let mut abandoned = 0;
+    while d.has_room(false) {
+        let id = d.execute("stop", &(), SendOptions::new(), now).unwrap();
+        assert_eq!(
+            run(&mut d, &mut peer, &mut now, Wait::Flush, None),
+            Done::Flushed
+        );
+        assert!(d.abandon(id));
+        abandoned += 1;
+    }
+    assert_eq!(abandoned, 4);
+    assert_eq!(
+        d.execute("stop", &(), SendOptions::new(), now),
+        Err(SendError::TableFull)
+    );
+    let deadline = now + Duration::from_millis(250);
+    assert_eq!(
+        run(
+            &mut d,
+            &mut peer,
+            &mut now,
+            Wait::Room { oob: false },
+            Some(deadline)
+        ),
+        Done::TimedOut
+    );
+    assert_eq!(now, deadline);
+    // A late reply frees a slot.
+    peer.unread
+        .extend_from_slice(b"{\"return\": {}, \"id\": 2}\r\n");
+    assert_eq!(
+        run(&mut d, &mut peer, &mut now, Wait::Room { oob: false }, None),
+        Done::Room
+    );
+    assert_eq!(d.discarded_replies(), 1);
+}
+
+#[test]
+fn a_command_cut_off_midway_is_dropped_and_qemu_told_to_resync() {
+    let (mut d, mut peer, mut now) = ready(config());
+    peer.write_chunk = 5;
+    let id = d.execute("stop", &(), SendOptions::new(), now).unwrap();
+    // Five bytes go out, then the link takes nothing more until the deadline.
+    match d.poll_io(now, Wait::Command(id), None) {
+        Io::Write { bytes, .. } => {
+            peer.received.extend_from_slice(&bytes[..5]);
+            d.handle_written(5, now);
+        }
+        other => panic!("{other:?}"),
+    }
+    now = now + Duration::from_millis(100);
+    d.handle_write_error(LinkError::Transient, now);
+    assert_eq!(
+        run(&mut d, &mut peer, &mut now, Wait::Command(id), None),
+        Done::Completed(id)
+    );
+    assert_eq!(d.outcome(id), Some(Outcome::Failed(Failure::TimedOut)));
+    assert_eq!(d.queued_bytes(), 0);
+    peer.write_chunk = 0;
+    let next = d.execute("cont", &(), SendOptions::new(), now).unwrap();
+    assert_eq!(
+        run(&mut d, &mut peer, &mut now, Wait::Flush, None),
+        Done::Flushed
+    );
+    assert_eq!(peer.received, b"{\"exe\x01{\"execute\":\"cont\",\"id\":3}");
+    assert!(d.is_pending(next));
+}
+
+#[test]
+fn a_peer_gone_while_writing_still_has_its_last_words_read() {
+    let (mut d, mut peer, mut now) = ready(config());
+    let a = d.execute("stop", &(), SendOptions::new(), now).unwrap();
+    assert_eq!(
+        run(&mut d, &mut peer, &mut now, Wait::Flush, None),
+        Done::Flushed
+    );
+    let b = d.execute("cont", &(), SendOptions::new(), now).unwrap();
+    peer.write_error = Some(LinkError::Closed);
+    peer.unread
+        .extend_from_slice(b"{\"return\": {}, \"id\": 2}\r\n");
+    peer.eof = true;
+    // b never went out: it fails first; a's reply was on its way and still arrives.
+    assert_eq!(
+        run(&mut d, &mut peer, &mut now, Wait::Command(a), None),
+        Done::Completed(b)
+    );
+    assert_eq!(d.outcome(b), Some(Outcome::Failed(Failure::Disconnected)));
+    assert_eq!(
+        d.execute("cont", &(), SendOptions::new(), now),
+        Err(SendError::Closed)
+    );
+    assert_eq!(
+        run(&mut d, &mut peer, &mut now, Wait::Command(a), None),
+        Done::Completed(a)
+    );
+    assert!(matches!(d.outcome(a), Some(Outcome::Return(_))));
+    assert_eq!(
+        run(&mut d, &mut peer, &mut now, Wait::Event(None), None),
+        Done::Closed(CloseReason::Eof)
+    );
+}
+
+#[test]
+fn a_fatal_read_error_fails_everything_waiting() {
+    let (mut d, mut peer, mut now) = ready(config());
+    let a = d.execute("stop", &(), SendOptions::new(), now).unwrap();
+    peer.read_fatal = true;
+    assert_eq!(
+        run(&mut d, &mut peer, &mut now, Wait::Command(a), None),
+        Done::Completed(a)
+    );
+    assert_eq!(d.outcome(a), Some(Outcome::Failed(Failure::Disconnected)));
+    assert_eq!(d.close_reason(), Some(CloseReason::Io));
+    assert_eq!(
+        run(&mut d, &mut peer, &mut now, Wait::Idle, None),
+        Done::Closed(CloseReason::Io)
+    );
+}
+
+#[test]
+fn a_stalled_peer_ends_the_connection() {
+    let (mut d, mut peer, mut now) = ready(DriverConfig {
+        stall_timeout: Some(Duration::from_millis(40)),
+        ..config()
+    });
+    let start = now;
+    let a = d.execute("stop", &(), SendOptions::new(), now).unwrap();
+    assert_eq!(
+        run(&mut d, &mut peer, &mut now, Wait::Command(a), None),
+        Done::Completed(a)
+    );
+    assert_eq!(d.outcome(a), Some(Outcome::Failed(Failure::Disconnected)));
+    assert_eq!(d.close_reason(), Some(CloseReason::Stalled));
+    assert_eq!(now, start + Duration::from_millis(40));
+}
+
+#[test]
+fn events_past_the_queue_are_counted_and_reported_where_they_were_lost() {
+    let (mut d, _peer, now) = ready(config());
+    let resume =
+        b"{\"timestamp\": {\"seconds\": 1, \"microseconds\": 2}, \"event\": \"RESUME\"}\r\n";
+    for _ in 0..8 {
+        assert_eq!(d.feed(resume, now), resume.len());
+        while d.poll().is_some() {}
+    }
+    // 128 bytes hold five 25-byte RESUME records.
+    for _ in 0..5 {
+        assert!(d.take_event(None).unwrap().is_ok());
+    }
+    assert_eq!(
+        d.take_event(None).unwrap().unwrap_err(),
+        Lagged { missed: 3 }
+    );
+    assert!(d.take_event(None).is_none());
+    assert_eq!(d.events().lost_total(), 3);
+}
+
+#[test]
+fn waiting_for_an_event_ends_at_its_deadline() {
+    let (mut d, mut peer, mut now) = ready(config());
+    let deadline = now + Duration::from_millis(70);
+    assert_eq!(
+        run(
+            &mut d,
+            &mut peer,
+            &mut now,
+            Wait::Event(Some("STOP")),
+            Some(deadline)
+        ),
+        Done::TimedOut
+    );
+    assert_eq!(now, deadline);
+}
+
+#[test]
+fn an_event_too_large_to_receive_is_counted_lost() {
+    let (mut d, mut peer, mut now) = ready(config());
+    let mut big = b"{\"event\": \"X\", \"data\": {\"s\": \"".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 3000));
+    big.extend_from_slice(b"\"}, \"timestamp\": {\"seconds\": 1, \"microseconds\": 2}}\r\n");
+    peer.unread.extend_from_slice(&big);
+    assert_eq!(
+        run(&mut d, &mut peer, &mut now, Wait::Event(None), None),
+        Done::Event
+    );
+    assert_eq!(d.take_event(None), Some(Err(Lagged { missed: 1 })));
+}
+
+#[test]
+fn an_attached_command_goes_out_on_its_own() {
+    let (mut d, _peer, now) = ready(config());
+    let a = d.execute("stop", &(), SendOptions::new(), now).unwrap();
+    assert_eq!(
+        d.execute("getfd", &(), SendOptions::new().attach(true), now),
+        Err(SendError::Busy)
+    );
+    let Io::Write { bytes, attach } = d.poll_io(now, Wait::Flush, None) else {
+        panic!()
+    };
+    assert!(!attach);
+    let n = bytes.len();
+    d.handle_written(n, now);
+    let b = d
+        .execute(
+            "getfd",
+            &serde_json::json!({"fdname": "x"}),
+            SendOptions::new().attach(true),
+            now,
+        )
+        .unwrap();
+    let c = d.execute("cont", &(), SendOptions::new(), now).unwrap();
+    let Io::Write { bytes, attach } = d.poll_io(now, Wait::Flush, None) else {
+        panic!()
+    };
+    assert!(attach);
+    assert_eq!(
+        bytes,
+        br#"{"execute":"getfd","arguments":{"fdname":"x"},"id":3}"#
+    );
+    d.handle_written(1, now);
+    let Io::Write { bytes, attach } = d.poll_io(now, Wait::Flush, None) else {
+        panic!()
+    };
+    assert!(!attach, "only the first byte carries it");
+    assert!(bytes.ends_with(br#"{"execute":"cont","id":4}"#));
+    assert!(d.is_pending(a) && d.is_pending(b) && d.is_pending(c));
+}
+
+#[test]
+fn a_message_of_ones_own_gets_its_reply_as_untracked() {
+    let (mut d, mut peer, mut now) = ready(config());
+    d.send_message(&serde_json::json!({"execute": "query-status", "id": "mine"}))
+        .unwrap();
+    peer.answer(b"{\"return\": {}, \"id\": \"mine\"}\r\n");
+    assert_eq!(
+        run(&mut d, &mut peer, &mut now, Wait::Untracked, None),
+        Done::Untracked
+    );
+    assert_eq!(peer.received, br#"{"execute":"query-status","id":"mine"}"#);
+    let message = d.untracked().unwrap();
+    assert_eq!(message.id().unwrap().as_json(), "\"mine\"");
+}
+
+#[test]
+fn untagged_commands_are_matched_by_order() {
+    let (mut d, mut peer, mut now) = ready(DriverConfig {
+        session: Config::default().untagged_when_alone(true),
+        ..config()
+    });
+    let id = d
+        .execute(
+            "query-status",
+            &(),
+            SendOptions::new().deadline(Deadline::Never),
+            now,
+        )
+        .unwrap();
+    peer.answer(b"{\"return\": {\"running\": true}}\r\n");
+    assert_eq!(
+        run(&mut d, &mut peer, &mut now, Wait::Command(id), None),
+        Done::Completed(id)
+    );
+    assert_eq!(peer.received, br#"{"execute":"query-status"}"#);
+}
+
+#[test]
+fn closing_fails_what_waits_then_reports_the_close() {
+    let (mut d, mut peer, mut now) = ready(config());
+    let a = d.execute("stop", &(), SendOptions::new(), now).unwrap();
+    d.close();
+    assert_eq!(
+        run(&mut d, &mut peer, &mut now, Wait::Command(a), None),
+        Done::Completed(a)
+    );
+    assert_eq!(d.outcome(a), Some(Outcome::Failed(Failure::Disconnected)));
+    assert_eq!(
+        run(&mut d, &mut peer, &mut now, Wait::Event(None), None),
+        Done::Closed(CloseReason::Local)
+    );
+    assert!(peer.received.is_empty());
+}
