@@ -21,6 +21,13 @@ cargo clippy -p qmp-embedded --all-targets --all-features -- -D warnings
 step "docs build (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps -q
 
+step "cargo package (dry run of the three library crates)"
+# Packs each library crate as it would be published (licence files, test data) and
+# verifies that it builds from its tarball alone; path dependencies between the three
+# resolve through a temporary local registry. Nothing is uploaded. --allow-dirty: the
+# script also runs on uncommitted work trees.
+cargo package -q --allow-dirty -p qmp-proto -p qmp-embedded -p qmp-std
+
 step "release build of the whole workspace (includes the freestanding qmp-firmware)"
 cargo build --release --workspace -q
 step "freestanding no_std check: qmp-firmware links qmp-proto and qmp-embedded with no std, no libc"

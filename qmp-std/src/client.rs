@@ -164,7 +164,8 @@ impl ClientBuilder {
     /// `-chardev socket,path=PATH,server=on` + `-mon` pair) and does the handshake.
     pub fn connect_unix(self, path: impl AsRef<Path>) -> Result<Client<UnixStream>> {
         let start = std::time::Instant::now();
-        let stream = UnixStream::connect(path)?;
+        let stream = crate::connect::connect_unix(path.as_ref(), self.options.connect_timeout)
+            .map_err(crate::connect::error)?;
         self.handshake_from(stream, start)
     }
 
@@ -172,23 +173,10 @@ impl ClientBuilder {
     /// connect timeout, and does the handshake. Nagle's algorithm is turned off.
     pub fn connect_tcp(self, addr: impl ToSocketAddrs) -> Result<Client<TcpStream>> {
         let start = std::time::Instant::now();
-        let mut last = None;
-        for addr in addr.to_socket_addrs()? {
-            let connected = match self.options.connect_timeout {
-                Some(t) => TcpStream::connect_timeout(&addr, t.saturating_sub(start.elapsed())),
-                None => TcpStream::connect(addr),
-            };
-            match connected {
-                Ok(stream) => {
-                    stream.set_nodelay(true)?;
-                    return self.handshake_from(stream, start);
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(Error::Io(last.unwrap_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "no address to connect to")
-        })))
+        let stream = crate::connect::connect_tcp(addr, self.options.connect_timeout)
+            .map_err(crate::connect::error)?;
+        stream.set_nodelay(true)?;
+        self.handshake_from(stream, start)
     }
 
     /// Does the handshake over an already connected stream: reads the greeting and, unless

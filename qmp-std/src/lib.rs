@@ -139,6 +139,7 @@ macro_rules! shared_option_setters {
 
 mod client;
 pub mod commands;
+mod connect;
 mod error;
 mod event;
 #[cfg(test)]

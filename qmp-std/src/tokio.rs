@@ -164,7 +164,7 @@ impl ClientBuilder {
     pub async fn connect_unix(self, path: impl AsRef<Path>) -> Result<Client> {
         let path = path.as_ref().to_owned();
         self.bounded(async move {
-            let stream = UnixStream::connect(path).await?;
+            let stream = crate::connect::connect_unix_tokio(&path).await?;
             Ok(Socket::Unix(stream))
         })
         .await

@@ -120,6 +120,59 @@ fn chardev_socket_pretty_printed() {
     assert!(schema.as_array().unwrap().len() > 1000);
 }
 
+/// QEMU listens on its monitor socket with a backlog of 1 and accepts no second client while
+/// one is connected: later connections wait in the kernel's accept queue (and time out
+/// waiting for the greeting), and once the queue is full a plain blocking `connect` waits
+/// forever. Every connect must still give up at the connect timeout, and the monitor must
+/// serve the next client once the first one goes.
+#[test]
+fn connect_times_out_while_another_client_holds_the_monitor() {
+    let qemu = start(Monitor::Unix);
+    let mut first = connect(&qemu, builder());
+    let timeout = Duration::from_secs(1);
+    // With a backlog of 1 the queue holds two connections, so the third attempt finds it
+    // full (the abandoned ones stay queued until QEMU accepts them); one more for good
+    // measure.
+    for attempt in 1..=4 {
+        let path = unix_path(&qemu).to_owned();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            let result = builder()
+                .connect_timeout(Some(timeout))
+                .connect_unix(&path)
+                .map(drop);
+            let _ = tx.send((result, start.elapsed()));
+        });
+        let (result, elapsed) = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| {
+                panic!("connect attempt {attempt} ignored its 1 s timeout (blocked for 20 s)")
+            });
+        assert!(
+            matches!(result, Err(Error::Timeout)),
+            "attempt {attempt}: expected Error::Timeout, got {result:?}"
+        );
+        assert!(
+            elapsed >= timeout && elapsed < Duration::from_secs(5),
+            "attempt {attempt} took {elapsed:?}"
+        );
+    }
+    // The first client never noticed.
+    assert_eq!(
+        first.execute(&QueryStatus).unwrap().status,
+        RunState::Running
+    );
+    drop(first);
+    // QEMU now accepts the abandoned connections one after the other, finds each closed,
+    // and then serves the next client.
+    let mut client = connect(&qemu, builder());
+    assert_eq!(
+        client.execute(&QueryStatus).unwrap().status,
+        RunState::Running
+    );
+}
+
 #[test]
 fn commands_before_negotiation_get_command_not_found() {
     let qemu = start(Monitor::Unix);
