@@ -265,7 +265,7 @@ enum Kind {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Status {
+enum PendingStatus {
     Waiting,
     Expired,
     Disconnected,
@@ -277,7 +277,7 @@ struct Pending {
     id: u64,
     kind: Kind,
     deadline: Option<Instant>,
-    status: Status,
+    status: PendingStatus,
     /// Whether the id went on the wire (see [`Config::untagged_when_alone`]).
     tagged: bool,
 }
@@ -389,7 +389,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
             .slots()
             .iter()
             .flatten()
-            .any(|p| p.id == id.0 && p.status != Status::Abandoned)
+            .any(|p| p.id == id.0 && p.status != PendingStatus::Abandoned)
     }
 
     /// The framer, e.g. to check [`Framer::is_full`].
@@ -430,8 +430,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
     /// reply already received still wins).
     pub fn handle_timeout(&mut self, now: Instant) {
         for p in self.proto.slots_mut().iter_mut().flatten() {
-            if p.status == Status::Waiting && p.deadline.is_some_and(|d| d <= now) {
-                p.status = Status::Expired;
+            if p.status == PendingStatus::Waiting && p.deadline.is_some_and(|d| d <= now) {
+                p.status = PendingStatus::Expired;
             }
         }
     }
@@ -443,7 +443,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
             .slots()
             .iter()
             .flatten()
-            .filter(|p| p.status == Status::Waiting)
+            .filter(|p| p.status == PendingStatus::Waiting)
             .filter_map(|p| p.deadline)
             .min()
     }
@@ -562,13 +562,13 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
         let Some(p) = &mut self.proto.table[index] else {
             return false;
         };
-        if p.status == Status::Abandoned {
+        if p.status == PendingStatus::Abandoned {
             return false;
         }
         if closed {
             self.proto.free(index);
         } else {
-            p.status = Status::Abandoned;
+            p.status = PendingStatus::Abandoned;
             self.proto.may_untag &= p.tagged;
         }
         true
@@ -666,7 +666,7 @@ impl<const N: usize> Protocol<N> {
             id,
             kind,
             deadline,
-            status: Status::Waiting,
+            status: PendingStatus::Waiting,
             tagged,
         });
         self.used = self.used.max(slot + 1);
@@ -704,7 +704,7 @@ impl<const N: usize> Protocol<N> {
             }
             self.oob_enabled |= oob;
         }
-        if pending.status == Status::Abandoned {
+        if pending.status == PendingStatus::Abandoned {
             return Received::Notice(Notice::Discarded(id));
         }
         Received::Reply(Reply { id, outcome })
@@ -717,7 +717,7 @@ impl<const N: usize> Protocol<N> {
             Err(error) => {
                 let pending = match find_reply(bytes) {
                     (Some(id), _) => self.take(Some(id)),
-                    (None, reply) => match crate::framing::skim_id(bytes) {
+                    (None, reply) => match crate::skim::skim_id(bytes) {
                         // An id that the grammar walk did not reach (say, after invalid
                         // UTF-8), read byte by byte.
                         (Some(id), _) => self.take_u64(id.as_u64()),
@@ -788,10 +788,10 @@ impl<const N: usize> Protocol<N> {
         self.state = State::Closed;
         for index in 0..self.used {
             match &mut self.table[index] {
-                Some(p) if p.status == Status::Abandoned => {
+                Some(p) if p.status == PendingStatus::Abandoned => {
                     self.free(index);
                 }
-                Some(p) => p.status = Status::Disconnected,
+                Some(p) => p.status = PendingStatus::Disconnected,
                 None => {}
             }
         }
@@ -804,10 +804,15 @@ impl<const N: usize> Protocol<N> {
             return Some(Received::Notice(Notice::Framing(error)));
         }
         let index = self.slots().iter().position(|p| {
-            p.is_some_and(|p| matches!(p.status, Status::Expired | Status::Disconnected))
+            p.is_some_and(|p| {
+                matches!(
+                    p.status,
+                    PendingStatus::Expired | PendingStatus::Disconnected
+                )
+            })
         })?;
         let p = self.free(index)?;
-        let failure = if p.status == Status::Expired {
+        let failure = if p.status == PendingStatus::Expired {
             // Its reply may still come, without an id if it went without one.
             self.may_untag &= p.tagged;
             Failure::TimedOut

@@ -59,7 +59,7 @@ mod common;
 
 use common::{GREETING, Got};
 use qmp_proto::{
-    Failure, FrameError, Framer, Instant, Message, Notice, Received, Session, State, Status,
+    Failure, FrameError, FrameStatus, Framer, Instant, Message, Notice, Received, Session, State,
     find_frame,
 };
 
@@ -137,7 +137,7 @@ struct Material {
 fn frames(stream: &[u8]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let mut at = 0;
-    while let Ok(Status::Complete { start, end }) = find_frame(&stream[at..]) {
+    while let Ok(FrameStatus::Complete { start, end }) = find_frame(&stream[at..]) {
         out.push(stream[at + start..at + end].to_vec());
         at += end;
     }
