@@ -433,6 +433,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Framer<B> {
 
     /// Copies in as many of `bytes` as fit and returns how many; the rest must be fed again
     /// after [`Framer::next_frame`] has returned `None`.
+    #[must_use = "the bytes not taken must be fed again"]
     pub fn feed(&mut self, bytes: &[u8]) -> usize {
         let room = self.read_buf();
         let n = room.len().min(bytes.len());
@@ -443,6 +444,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Framer<B> {
 
     /// Ends the stream: an unfinished object is reported as [`FrameError::Truncated`], and
     /// the framer is left empty, ready for a new stream.
+    #[must_use = "an unfinished object is reported only here"]
     pub fn finish(&mut self) -> Option<FrameError> {
         let error = match self.mode {
             Mode::InFrame(_) => Some(FrameError::Truncated {
@@ -481,6 +483,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Framer<B> {
 
     /// The next complete object, or an error for bytes that could not be framed, or `None`
     /// when more bytes are needed.
+    #[must_use]
     pub fn next_frame(&mut self) -> Option<Result<Frame<'_>, FrameError>> {
         match self.next_frame_range()? {
             Ok(range) => Some(Ok(self.frame_at(range))),
@@ -490,6 +493,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Framer<B> {
 
     /// Like [`Framer::next_frame`], but returns where the frame lies in the buffer (see
     /// [`Framer::frame_at`]), so the caller keeps no borrow of the framer.
+    #[must_use]
     pub fn next_frame_range(&mut self) -> Option<Result<(usize, usize), FrameError>> {
         loop {
             let bytes = &self.buf.as_ref()[..self.end];
@@ -623,6 +627,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Framer<B> {
 
     /// The bytes of a frame returned by [`Framer::next_frame_range`], until the next call that
     /// takes `&mut self`.
+    #[must_use]
     pub fn frame_at(&self, range: (usize, usize)) -> Frame<'_> {
         let (start, end) = range;
         let bytes = self.buf.as_ref().get(start..end).unwrap_or(&[]);

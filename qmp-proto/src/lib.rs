@@ -56,7 +56,7 @@
 //!                 events += 1;
 //!             }
 //!             Received::Reply(reply) => match reply.outcome {
-//!                 Outcome::Return(value) if reply.id.0 == 3 => {
+//!                 Outcome::Return(value) if reply.id.get() == 3 => {
 //!                     #[derive(serde::Deserialize)]
 //!                     struct Status<'a> { status: &'a str, running: bool }
 //!                     let status: Status = value.deserialize().unwrap();

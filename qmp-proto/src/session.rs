@@ -10,6 +10,8 @@ use crate::message::{Greeting, Message, MessageError, QmpError, find_reply};
 use crate::time::Instant;
 use crate::{Event, RawJson};
 
+mod oob;
+
 /// QEMU's in-band request queue length (`QMP_REQ_QUEUE_LEN_MAX`): with more in flight, it
 /// stops reading.
 pub const QEMU_QUEUE_LEN: usize = 8;
@@ -28,10 +30,18 @@ pub enum State {
     Closed,
 }
 
-/// The id the session gave a command; replies are matched to commands by it.
+/// The id the session gave a command; replies are matched to commands by it. Only the
+/// session makes them; [`CommandId::get`] reads the number that went on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct CommandId(pub u64);
+pub struct CommandId(u64);
+
+impl CommandId {
+    /// The id as sent on the wire (`"id": 17`).
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
 
 impl fmt::Display for CommandId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -413,6 +423,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
     }
 
     /// Copies in as many bytes as fit and returns how many (see [`Framer::feed`]).
+    #[must_use = "the bytes not taken must be fed again"]
     pub fn feed(&mut self, bytes: &[u8]) -> usize {
         self.framer.feed(bytes)
     }
@@ -543,7 +554,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
         let kind = match envelope {
             Envelope::ExecOob => Kind::OutOfBand,
             Envelope::Execute if negotiating => Kind::Negotiate {
-                oob: out[..len].windows(5).any(|w| w == b"\"oob\""),
+                oob: oob::enables_oob(arguments),
             },
             Envelope::Execute => Kind::InBand,
         };

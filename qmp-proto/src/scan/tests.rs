@@ -120,7 +120,7 @@ fn spans_locate_the_top_level_nested_values() {
         {\"timestamp\": {\"seconds\": 1, \"microseconds\": 2}, \"event\": \"X\", \"data\": [\"]\"]}\r\n\
         {\"a\": {}, \"b\": [], \"c\": {}, \"d\": [], \"return\": {\"x\": 1}}\r\n";
     let mut framer = Framer::new([0u8; 256]);
-    framer.feed(stream);
+    let _ = framer.feed(stream);
     let spans = |framer: &mut Framer<[u8; 256]>| {
         let frame = framer.next_frame().unwrap().unwrap();
         std::vec::Vec::from(frame.spans().as_slice())
