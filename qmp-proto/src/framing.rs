@@ -30,7 +30,7 @@
 use core::fmt;
 
 use crate::scan::{MAX_SUPPORTED_DEPTH, Scanned, Scanner, Spans, is_ws};
-use crate::skim::{SkimmedId, Skimmer};
+use crate::skim::{Broken, SkimmedId, Skimmer};
 
 /// Nesting depth allowed by default: far beyond anything QEMU sends, far below QEMU's own 1024.
 pub const DEFAULT_MAX_DEPTH: u32 = 64;
@@ -321,6 +321,9 @@ pub struct Framer<B> {
     max_depth: u32,
     /// The range and spans of the last frame returned, for [`Framer::frame_at`].
     last: ((usize, usize), Spans),
+    /// What the object behind the error just returned by [`Framer::next_frame_range`] had
+    /// shown of itself, when the error broke off an object.
+    broken: Option<Broken>,
 }
 
 impl<B: AsRef<[u8]> + AsMut<[u8]>> Framer<B> {
@@ -335,6 +338,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Framer<B> {
             mode: Mode::Between,
             max_depth: DEFAULT_MAX_DEPTH,
             last: ((0, 0), Spans::default()),
+            broken: None,
         }
     }
 
@@ -495,6 +499,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Framer<B> {
     /// [`Framer::frame_at`]), so the caller keeps no borrow of the framer.
     #[must_use]
     pub fn next_frame_range(&mut self) -> Option<Result<(usize, usize), FrameError>> {
+        self.broken = None;
         loop {
             let bytes = &self.buf.as_ref()[..self.end];
             match &mut self.mode {
@@ -560,6 +565,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Framer<B> {
                             self.mode = Mode::SkipLine;
                         }
                     }
+                    self.broken = Some(Broken::skim(&bytes[frame_start..self.scan]));
                     self.start = self.scan;
                     return Some(Err(stop_error(
                         stop,
@@ -583,6 +589,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Framer<B> {
                             continue;
                         }
                         let skim = *skim;
+                        self.broken = Some(Broken::of(&skim));
                         let at = self.base + self.scan as u64;
                         let error = match stop {
                             Scanned::Complete => {
@@ -623,6 +630,13 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Framer<B> {
                 }
             }
         }
+    }
+
+    /// What the object behind the error just returned by [`Framer::next_frame_range`] showed
+    /// of itself before it broke off (its id, whether it read as a reply); `None` after a
+    /// frame, or an error between objects.
+    pub(crate) fn broken(&self) -> Option<Broken> {
+        self.broken
     }
 
     /// The bytes of a frame returned by [`Framer::next_frame_range`], until the next call that

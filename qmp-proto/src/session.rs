@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::encode::{EncodeError, Envelope, QEMU_MAX_TOKENS, encode_command_tagged_past};
 use crate::framing::{FrameError, Framer};
 use crate::message::{Greeting, Message, MessageError, QmpError, find_reply};
+use crate::skim::Broken;
 use crate::time::Instant;
 use crate::{Event, RawJson};
 
@@ -212,6 +213,23 @@ pub enum Outcome<'a> {
 }
 
 /// Why a command has no usable answer.
+///
+/// # Which command a broken reply fails
+/// A reply that cannot be used fails its command at once rather than leaving it to wait out
+/// its deadline, as long as the session can tell which command it answers:
+/// - one that can be framed but is not valid QMP ([`Failure::Malformed`]), or is larger than
+///   the buffer ([`Failure::TooLarge`]): by its top-level `id`, read even past what the
+///   grammar walk reaches;
+/// - one that cannot be framed ([`Failure::Unframed`]: nesting past the limit, a raw control
+///   character in a string, a mismatched bracket, or cut short by a new object at the start
+///   of a line): by its top-level `id` if the whole `id` member was read before the bytes
+///   went wrong.
+///
+/// Without an id, such a message fails the one command sent without an id
+/// ([`Config::untagged_when_alone`]), if there is one in flight, but only when it reads as
+/// a reply: a top-level `return` or `error` key was seen (before the break, for one that
+/// cannot be framed) and no `event` key. Anything else (an event, or a message broken
+/// before any telling key) is a [`Notice`], and the commands in flight keep waiting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
@@ -223,6 +241,8 @@ pub enum Failure {
     },
     /// Its reply was not a valid QMP message.
     Malformed(MessageError),
+    /// Its reply could not be framed (see [`FrameError`]); the framer resynchronised after it.
+    Unframed(FrameError),
     /// Its deadline passed first (a reply arriving later is a [`Notice::UnmatchedReply`]).
     TimedOut,
     /// The stream ended first.
@@ -234,6 +254,7 @@ impl fmt::Display for Failure {
         match self {
             Self::TooLarge { size } => write!(f, "reply of {size} bytes is larger than the buffer"),
             Self::Malformed(e) => write!(f, "malformed reply: {e}"),
+            Self::Unframed(e) => write!(f, "reply could not be framed: {e}"),
             Self::TimedOut => f.write_str("timed out"),
             Self::Disconnected => f.write_str("disconnected before the reply"),
         }
@@ -609,7 +630,10 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
                 let frame = self.framer.frame_at(range);
                 return Some(self.proto.on_frame(frame));
             }
-            Some(Err(error)) => return Some(self.proto.on_frame_error(error)),
+            Some(Err(error)) => {
+                let broken = self.framer.broken();
+                return Some(self.proto.on_frame_error(error, broken));
+            }
             None => {}
         }
         if self.proto.eof && self.proto.state != State::Closed {
@@ -778,21 +802,27 @@ impl<const N: usize> Protocol<N> {
         }
     }
 
-    fn on_frame_error<'a>(&mut self, error: FrameError) -> Received<'a> {
-        if let FrameError::TooLarge {
-            size, id, reply, ..
-        } = error
-        {
-            let pending = match id {
-                Some(id) => self.take_u64(id.as_u64()),
-                None if reply => self.take_untagged(),
-                None => None,
-            };
-            if let Some(p) = pending {
-                return self.reply(p, Outcome::Failed(Failure::TooLarge { size }));
-            }
+    /// A framing error: the command it answers fails, if there is one (see [`Failure`]).
+    fn on_frame_error<'a>(&mut self, error: FrameError, broken: Option<Broken>) -> Received<'a> {
+        let (failure, Broken { id, reply }) = match (error, broken) {
+            (
+                FrameError::TooLarge {
+                    size, id, reply, ..
+                },
+                _,
+            ) => (Failure::TooLarge { size }, Broken { id, reply }),
+            (_, Some(broken)) => (Failure::Unframed(error), broken),
+            (_, None) => return Received::Notice(Notice::Framing(error)),
+        };
+        let pending = match id {
+            Some(id) => self.take_u64(id.as_u64()),
+            None if reply => self.take_untagged(),
+            None => None,
+        };
+        match pending {
+            Some(p) => self.reply(p, Outcome::Failed(failure)),
+            None => Received::Notice(Notice::Framing(error)),
         }
-        Received::Notice(Notice::Framing(error))
     }
 
     fn close(&mut self) {

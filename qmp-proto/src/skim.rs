@@ -46,8 +46,9 @@ impl fmt::Display for SkimmedId {
 }
 
 /// The top-level `id` of a complete frame and whether it reads as a reply (see
-/// [`FrameError::TooLarge`](crate::FrameError::TooLarge)), read byte by byte as the skimmer of oversized messages does:
-/// for a frame [`crate::find_id`] cannot read, such as one with invalid UTF-8 before its id.
+/// [`FrameError::TooLarge`](crate::FrameError::TooLarge)), read byte by byte as the skimmer
+/// of oversized messages does: for a frame [`crate::find_id`] cannot read, such as one with
+/// invalid UTF-8 before its id.
 pub(crate) fn skim_id(frame: &[u8]) -> (Option<SkimmedId>, bool) {
     let mut skim = Skimmer::new(0);
     for &b in frame {
@@ -58,6 +59,38 @@ pub(crate) fn skim_id(frame: &[u8]) -> (Option<SkimmedId>, bool) {
         }
     }
     (None, false)
+}
+
+/// What the start of an object that could not be framed says about it: its top-level `id`
+/// if one was read in full before the bytes went wrong, and whether its top-level keys so far
+/// read as a reply's (`return` or `error`, no `event`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Broken {
+    /// The id, if read in full.
+    pub(crate) id: Option<SkimmedId>,
+    /// Whether the keys so far are a reply's.
+    pub(crate) reply: bool,
+}
+
+impl Broken {
+    /// What `skim` has read so far.
+    pub(crate) fn of(skim: &Skimmer) -> Self {
+        Self {
+            id: skim.id(),
+            reply: skim.is_reply(),
+        }
+    }
+
+    /// Skims `bytes`, the start of an object up to where the framer stopped (its `{` first).
+    pub(crate) fn skim(bytes: &[u8]) -> Self {
+        let mut skim = Skimmer::new(0);
+        for &b in bytes {
+            if skim.step(b, MAX_SUPPORTED_DEPTH) != Scanned::NeedMore {
+                break;
+            }
+        }
+        Self::of(&skim)
+    }
 }
 
 /// Where skimming of an oversized object stands in its top-level members.
@@ -153,7 +186,8 @@ impl Skimmer {
         }
     }
 
-    /// The id, once the object has ended.
+    /// The id, once the object has ended (or once the member holding it has, for an object
+    /// that breaks off later).
     pub(crate) fn id(&self) -> Option<SkimmedId> {
         (self.id_state == IdState::Captured && self.id.len > 0).then_some(self.id)
     }
@@ -184,7 +218,8 @@ impl Skimmer {
         run
     }
 
-    /// Whether the object was a reply, once it has ended.
+    /// Whether the object was a reply, once it has ended (whether its keys so far are a
+    /// reply's, before then).
     pub(crate) fn is_reply(&self) -> bool {
         self.reply_key && !self.event_key
     }

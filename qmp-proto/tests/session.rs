@@ -896,3 +896,110 @@ fn a_command_past_qemus_token_limit_keeps_its_id() {
     let (_, wire) = send_bytes(&mut s, "query-status", false);
     assert_eq!(wire, r#"{"execute":"query-status"}"#);
 }
+
+/// Whether `got` is exactly one failure of command `id` with an [`Failure::Unframed`] error
+/// that `expected` accepts.
+fn unframed(got: &[Got], id: u64, expected: impl Fn(&FrameError) -> bool) -> bool {
+    matches!(got, [Got::Failed { id: i, failure: Failure::Unframed(e) }] if *i == id && expected(e))
+}
+
+#[test]
+fn a_lone_command_whose_reply_nests_too_deep_fails_at_once() {
+    let mut s = ready_untagged(false);
+    let (a, wire) = send_bytes(&mut s, "query-status", false);
+    assert_eq!(wire, r#"{"execute":"query-status"}"#);
+    let mut reply = b"{\"return\": ".to_vec();
+    reply.extend(std::iter::repeat_n(b'[', 2000));
+    reply.extend_from_slice(b"\r\n");
+    let got = feed_all(&mut s, &reply);
+    assert!(
+        unframed(&got, a, |e| matches!(e, FrameError::TooDeep { .. })),
+        "{got:?}"
+    );
+    assert_eq!(s.in_flight(), 0);
+    assert_eq!(s.poll_timeout(), None);
+}
+
+#[test]
+fn a_lone_command_whose_reply_has_a_raw_control_character_fails_at_once() {
+    let mut s = ready_untagged(false);
+    let (a, _) = send_bytes(&mut s, "query-status", false);
+    let got = feed_all(&mut s, b"{\"return\": \"run\x01ning\"}\r\n");
+    assert!(
+        unframed(&got, a, |e| matches!(
+            e,
+            FrameError::ControlCharInString { byte: 1, .. }
+        )),
+        "{got:?}"
+    );
+    assert_eq!(s.in_flight(), 0);
+    // The next command and its reply go on as usual.
+    let (b, _) = send_bytes(&mut s, "query-name", false);
+    assert_eq!(
+        feed_all(&mut s, b"{\"return\": {}}\r\n"),
+        [Got::Return {
+            id: b,
+            value: "{}".into()
+        }]
+    );
+}
+
+#[test]
+fn a_lone_command_whose_reply_has_a_mismatched_bracket_fails_at_once() {
+    let mut s = ready_untagged(false);
+    let (a, _) = send_bytes(&mut s, "query-status", false);
+    let got = feed_all(&mut s, b"{\"error\": {\"class\": \"X\", \"desc\": [}}\r\n");
+    assert!(
+        unframed(&got, a, |e| matches!(
+            e,
+            FrameError::MismatchedBracket { byte: b'}', .. }
+        )),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn a_broken_event_does_not_fail_the_lone_command() {
+    let mut s = ready_untagged(false);
+    let (a, _) = send_bytes(&mut s, "query-status", false);
+    for event in [
+        &b"{\"event\": \"STOP\x01\", \"timestamp\": {\"seconds\": 1, \"microseconds\": 2}}\r\n"[..],
+        b"{\"timestamp\": {\"seconds\": 1, \"microseconds\": 2}, \"event\": \"X\", \"data\": {\"a\": \"\x02\"}}\r\n",
+        // Nothing telling before the break: not tied to the command either.
+        b"{\"\x03\": 1}\r\n",
+    ] {
+        let got = feed_all(&mut s, event);
+        assert!(
+            matches!(got[..], [Got::Notice(_)]),
+            "{got:?} for {event:?}"
+        );
+        assert_eq!(s.in_flight(), 1);
+    }
+    assert_eq!(
+        feed_all(&mut s, b"{\"return\": {}}\r\n"),
+        [Got::Return {
+            id: a,
+            value: "{}".into()
+        }]
+    );
+}
+
+#[test]
+fn a_tagged_command_whose_broken_reply_shows_its_id_fails_at_once() {
+    let mut s = ready(false);
+    let a = send_id(&mut s, "query-status");
+    let b = send(&mut s, "query-name");
+    let mut reply = format!("{{\"id\": {b}, \"return\": ").into_bytes();
+    reply.extend(std::iter::repeat_n(b'[', 100));
+    reply.extend_from_slice(b"\r\n");
+    let got = feed_all(&mut s, &reply);
+    assert!(
+        unframed(&got, b, |e| matches!(e, FrameError::TooDeep { .. })),
+        "{got:?}"
+    );
+    // Without an id, a broken reply cannot be tied to a tagged command.
+    let got = feed_all(&mut s, b"{\"return\": \"\x01\"}\r\n");
+    assert!(matches!(got[..], [Got::Notice(_)]), "{got:?}");
+    assert!(s.is_pending(a));
+    assert_eq!(s.in_flight(), 1);
+}
