@@ -1,5 +1,7 @@
 //! Skimming an object too large for the buffer: its bytes are dropped as they go by, and
 //! only its top-level `"id"` (as [`SkimmedId`]) and whether it reads as a reply are kept.
+//! The same byte-by-byte skim reads the start of an object that could not be framed, so that
+//! the session can tell which command's reply it was.
 
 use core::fmt;
 
