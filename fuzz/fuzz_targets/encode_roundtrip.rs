@@ -13,7 +13,7 @@ use std::fmt;
 use arbitrary::Unstructured;
 use libfuzzer_sys::fuzz_target;
 use qmp_proto::{
-    EncodeError, Envelope, JsonKind, RawJson, Status, encode_command, encode_json, find_frame,
+    EncodeError, Envelope, JsonKind, RawJson, FrameStatus, encode_command, encode_json, find_frame,
 };
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 
@@ -434,7 +434,7 @@ fuzz_target!(|data: &[u8]| {
     if arguments.depth() < 60 {
         assert_eq!(
             find_frame(&out),
-            Ok(Status::Complete {
+            Ok(FrameStatus::Complete {
                 start: 0,
                 end: out.len()
             })

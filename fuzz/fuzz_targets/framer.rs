@@ -10,7 +10,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use qmp_proto::{DEFAULT_MAX_DEPTH, FrameError, Framer, Status, find_frame};
+use qmp_proto::{DEFAULT_MAX_DEPTH, FrameError, FrameStatus, Framer, find_frame};
 
 #[derive(Debug, PartialEq, Eq)]
 enum Item {
@@ -86,7 +86,7 @@ fn run(
                     if default_depth {
                         assert_eq!(
                             find_frame(bytes),
-                            Ok(Status::Complete {
+                            Ok(FrameStatus::Complete {
                                 start: 0,
                                 end: bytes.len()
                             })

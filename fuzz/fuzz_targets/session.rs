@@ -156,7 +156,7 @@ impl Model {
     fn on(&mut self, item: Received<'_>) {
         match item {
             Received::Reply(reply) => {
-                let id = reply.id.0;
+                let id = reply.id.get();
                 let owed = self
                     .owed
                     .remove(&id)
@@ -190,7 +190,7 @@ impl Model {
                 }
             }
             Received::Notice(Notice::Discarded(id)) => {
-                let owed = self.owed.remove(&id.0).expect("discarded but not owed");
+                let owed = self.owed.remove(&id.get()).expect("discarded but not owed");
                 assert!(owed.abandoned);
             }
             Received::Notice(n) => {
@@ -210,7 +210,7 @@ struct Driver<const N: usize> {
     session: Session<Vec<u8>, N>,
     storage: (usize, usize),
     model: Model,
-    sent: Vec<u64>,
+    sent: Vec<qmp_proto::CommandId>,
     last_id: u64,
     now: u64,
     pending: VecDeque<u8>,
@@ -268,8 +268,9 @@ impl<const N: usize> Driver<N> {
         );
         assert_eq!(self.session.in_flight(), self.model.owed.len());
         for (&id, o) in &self.model.owed {
+            let cmd = *self.sent.iter().find(|c| c.get() == id).expect("owed ids were sent");
             assert_eq!(
-                self.session.is_pending(qmp_proto::CommandId(id)),
+                self.session.is_pending(cmd),
                 !o.abandoned
             );
         }
@@ -317,7 +318,7 @@ impl<const N: usize> Driver<N> {
             // An id never used.
             return 1 << 60;
         }
-        self.sent[usize::from(which) % self.sent.len()]
+        self.sent[usize::from(which) % self.sent.len()].get()
     }
 
     fn inject(&mut self, synth: Synth) {
@@ -367,7 +368,7 @@ impl<const N: usize> Driver<N> {
     ) {
         match result {
             Ok(sent) => {
-                let id = sent.id.0;
+                let id = sent.id.get();
                 assert!(id > self.last_id);
                 assert!(sent.len <= out.len());
                 let text = std::str::from_utf8(&out[..sent.len]).expect("UTF-8");
@@ -394,7 +395,7 @@ impl<const N: usize> Driver<N> {
                     }
                 };
                 self.last_id = id;
-                self.sent.push(id);
+                self.sent.push(sent.id);
                 self.model.owed.insert(
                     id,
                     Owed {
@@ -477,8 +478,9 @@ impl<const N: usize> Driver<N> {
                 if self.sent.is_empty() {
                     return;
                 }
-                let id = self.sent[usize::from(which) % self.sent.len()];
-                let was = self.session.abandon(qmp_proto::CommandId(id));
+                let cmd = self.sent[usize::from(which) % self.sent.len()];
+                let id = cmd.get();
+                let was = self.session.abandon(cmd);
                 match self.model.owed.get_mut(&id) {
                     // A command timed out or disconnected but not yet polled can still be
                     // abandoned; either way its outcome becomes `Discarded` (or nothing, at
@@ -497,8 +499,9 @@ impl<const N: usize> Driver<N> {
                 if self.sent.is_empty() {
                     return;
                 }
-                let id = self.sent[usize::from(which) % self.sent.len()];
-                let was = self.session.forget(qmp_proto::CommandId(id));
+                let cmd = self.sent[usize::from(which) % self.sent.len()];
+                let id = cmd.get();
+                let was = self.session.forget(cmd);
                 match self.model.owed.remove(&id) {
                     // An abandoned command leaves the table when the session closes.
                     Some(o) => assert!(

@@ -6,8 +6,7 @@
 
 use core::fmt;
 
-/// The deepest nesting the validating cursor accepts (the framer's depth limit is capped here).
-pub const MAX_SUPPORTED_DEPTH: u32 = 128;
+use crate::scan::{MAX_SUPPORTED_DEPTH, plain_run, skip_nested};
 
 /// A JSON string exactly as it appears on the wire, without the quotes and still escaped.
 ///
@@ -515,51 +514,6 @@ impl fmt::Display for SyntaxError {
 
 impl core::error::Error for SyntaxError {}
 
-/// Bytes that end a run of plain string characters: `"`, `\\` and control characters.
-static STRING_STOP: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < 0x20 {
-        t[i] = true;
-        i += 1;
-    }
-    t[b'"' as usize] = true;
-    t[b'\\' as usize] = true;
-    t
-};
-
-/// High bit set in each byte of `w` that is `"`, `\\` or a control character (exactly those).
-#[inline(always)]
-fn string_stops(w: u64) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
-    let zero = |t: u64| !(((t & LOW7) + LOW7) | t) & HIGH;
-    let control = !(((w & LOW7) + ONES * 0x60) | w) & HIGH;
-    zero(w ^ (ONES * u64::from(b'"'))) | zero(w ^ (ONES * u64::from(b'\\'))) | control
-}
-
-/// How many bytes at the start of `bytes` are plain string characters (not `"`, `\\` or a
-/// control character).
-#[inline]
-pub(crate) fn plain_run(bytes: &[u8]) -> usize {
-    let mut n = 0;
-    while let Some(word) = bytes.get(n..).and_then(|b| b.first_chunk::<8>()) {
-        let stops = string_stops(u64::from_le_bytes(*word));
-        if stops != 0 {
-            return n + (stops.trailing_zeros() / 8) as usize;
-        }
-        n += 8;
-    }
-    while let Some(&b) = bytes.get(n) {
-        if STRING_STOP[usize::from(b)] {
-            break;
-        }
-        n += 1;
-    }
-    n
-}
-
 /// A validating, non-recursive JSON cursor over text that is already known to be UTF-8.
 #[derive(Debug, Clone)]
 pub(crate) struct Cursor<'a> {
@@ -806,7 +760,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// Passes over one value at the cursor without checking the grammar inside objects and
-    /// arrays: those are only checked structurally (see [`crate::framing::skip_nested`]), or
+    /// arrays: those are only checked structurally (the structural skip of the scanner), or
     /// not at all when `known_end` says where the one starting here ends (the framer found
     /// it). Scalars are validated as by [`Cursor::value`].
     pub(crate) fn skim_value(
@@ -821,7 +775,7 @@ impl<'a> Cursor<'a> {
         // A known end must close a bracket; otherwise it is not trusted.
         let end = match known_end {
             Some(end) if end > start && matches!(bytes.get(end - 1), Some(b'}' | b']')) => end,
-            _ => crate::framing::skip_nested(bytes, start, MAX_SUPPORTED_DEPTH)
+            _ => skip_nested(bytes, start, MAX_SUPPORTED_DEPTH)
                 .map_err(|offset| SyntaxError { offset })?,
         };
         let text = self

@@ -5,17 +5,24 @@
 //! buffer whose size you choose, and encodes commands into buffers you provide. It never does
 //! I/O, never reads a clock (time is an input), never allocates, and has no `unsafe`.
 //!
-//! One module per concern, re-exported flat:
-//! - **framing** — [`find_frame`] and [`Framer`]: complete top-level JSON objects out of a byte
-//!   stream, by nesting depth with string awareness (QEMU can pretty-print over many lines),
-//!   with typed errors, resynchronisation, and oversized messages skimmed for their id.
-//! - **message views** — [`Message`]: greeting, return, error or event, borrowing the frame;
-//!   [`RawJson`] values deserialize on demand (serde-json-core) and [`JsonStr`] strings stay
-//!   escaped until asked.
-//! - **encoding** — [`encode_command`], [`encode_capabilities`], [`encode_json`]: compact JSON
-//!   into a caller buffer, untouched on error.
-//! - **session** — [`Session`]: greeting → negotiation → command mode, ids, a bounded
-//!   in-flight table, deadlines, and typed notices for what the protocol says to drop.
+//! One module per concern, re-exported flat, layered bottom up (a module uses only the ones
+//! below it):
+//!
+//! | layer | module | what it holds |
+//! |---|---|---|
+//! | 6 | **session** | [`Session`]: greeting → negotiation → command mode, ids, a bounded in-flight table, deadlines, typed notices for what the protocol says to drop |
+//! | 5 | **encode** | [`encode_command`], [`encode_capabilities`], [`encode_json`]: compact JSON into a caller buffer, untouched on error |
+//! | 4 | **message** | [`Message`]: greeting, return, error or event, borrowing the frame ([`Frame::message`], [`find_id`]) |
+//! | 3 | **framing** | [`find_frame`] and [`Framer`]: complete top-level objects out of a byte stream, typed errors, resynchronisation |
+//! | 2 | **skim** | the skimmer of objects too large for the buffer, which keeps their [`SkimmedId`] |
+//! | 1 | **json** | [`RawJson`] values (deserialized on demand with serde-json-core), [`JsonStr`] strings kept escaped until asked, the validating cursor |
+//! | 0 | **scan** | the structural scanner: depth with string and escape awareness, 64 bytes at a time, and the spans of nested values; [`MAX_SUPPORTED_DEPTH`] |
+//!
+//! Beside them: **time** ([`Instant`], used by the session) and [`commands`] (typed
+//! commands and events, on top of everything).
+//!
+//! Frames are found by nesting depth with string awareness, never by line ends alone (QEMU
+//! can pretty-print over many lines), and oversized messages are skimmed for their id.
 //!
 //! # A whole session, driven from a byte slice
 //! ```
@@ -49,7 +56,7 @@
 //!                 events += 1;
 //!             }
 //!             Received::Reply(reply) => match reply.outcome {
-//!                 Outcome::Return(value) if reply.id.0 == 3 => {
+//!                 Outcome::Return(value) if reply.id.get() == 3 => {
 //!                     #[derive(serde::Deserialize)]
 //!                     struct Status<'a> { status: &'a str, running: bool }
 //!                     let status: Status = value.deserialize().unwrap();
@@ -97,7 +104,9 @@ mod events;
 mod framing;
 mod json;
 mod message;
+mod scan;
 mod session;
+mod skim;
 mod time;
 
 pub use driver::{
@@ -109,19 +118,21 @@ pub use encode::{
     encode_capabilities, encode_command, encode_json,
 };
 pub use events::{EVENT_RECORD_HEADER, EventBuffer, EventQueue, EventStore, Lagged};
-pub use framing::{DEFAULT_MAX_DEPTH, Frame, FrameError, Framer, SkimmedId, Status, find_frame};
+pub use framing::{DEFAULT_MAX_DEPTH, Frame, FrameError, FrameStatus, Framer, find_frame};
 pub use json::{
-    Chars, DeserializeError, Elements, JsonKind, JsonStr, MAX_SUPPORTED_DEPTH, Members, RawJson,
-    SyntaxError, UnescapeError,
+    Chars, DeserializeError, Elements, JsonKind, JsonStr, Members, RawJson, SyntaxError,
+    UnescapeError,
 };
 pub use message::{
     Capabilities, ErrorReply, Event, Greeting, Message, MessageError, QmpError, Return, Timestamp,
     Version, find_id,
 };
+pub use scan::MAX_SUPPORTED_DEPTH;
 pub use session::{
     CommandId, Config, Failure, Notice, Outcome, QEMU_QUEUE_LEN, Received, Reply, SendError, Sent,
     Session, State,
 };
+pub use skim::SkimmedId;
 pub use time::Instant;
 
 /// serde-json-core, re-exported for its error types and for callers who decode with it

@@ -5,8 +5,9 @@
 
 use core::fmt;
 
-use crate::framing::Spans;
-use crate::json::{Cursor, JsonStr, MAX_SUPPORTED_DEPTH, RawJson, SyntaxError};
+use crate::framing::Frame;
+use crate::json::{Cursor, JsonStr, RawJson, SyntaxError};
+use crate::scan::{MAX_SUPPORTED_DEPTH, Spans, plain_run, skip_nested};
 
 /// One message from the server, borrowing the frame it was read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,7 +198,7 @@ impl From<SyntaxError> for MessageError {
 /// The top-level members classification cares about, and the members of `error` and
 /// `timestamp`, picked out in the same pass.
 #[derive(Debug, Default, PartialEq)]
-struct Members<'a> {
+struct TopMembers<'a> {
     qmp: Option<RawJson<'a>>,
     ret: Option<RawJson<'a>>,
     error: Option<RawJson<'a>>,
@@ -220,7 +221,7 @@ const EVENT: usize = 4;
 const DATA: usize = 5;
 const TIMESTAMP: usize = 6;
 
-impl<'a> Members<'a> {
+impl<'a> TopMembers<'a> {
     fn slot(&mut self, index: usize) -> &mut Option<RawJson<'a>> {
         match index {
             QMP => &mut self.qmp,
@@ -260,14 +261,14 @@ fn offset_in(outer: &str, inner: RawJson<'_>) -> usize {
 fn walk<'a>(
     frame: &'a [u8],
     spans: &Spans,
-    members: &mut Members<'a>,
+    members: &mut TopMembers<'a>,
 ) -> (&'a str, Result<(), MessageError>) {
     match core::str::from_utf8(frame) {
         Ok(text) => (text, walk_text(text, spans, members)),
         Err(e) => {
             // Walk the valid prefix for an id, then report the encoding error.
             let valid = core::str::from_utf8(&frame[..e.valid_up_to()]).unwrap_or("");
-            let mut prefix = Members::default();
+            let mut prefix = TopMembers::default();
             let _ = walk_text(valid, spans, &mut prefix);
             *members = prefix;
             let error = MessageError::InvalidUtf8 {
@@ -281,13 +282,13 @@ fn walk<'a>(
 fn walk_text<'a>(
     text: &'a str,
     spans: &Spans,
-    members: &mut Members<'a>,
+    members: &mut TopMembers<'a>,
 ) -> Result<(), MessageError> {
     // `--cfg qmp_proto_small` leaves out the fast path for QEMU's exact envelopes.
     if !cfg!(qmp_proto_small) && canonical(text, spans.as_slice(), members).is_some() {
         return Ok(());
     }
-    *members = Members::default();
+    *members = TopMembers::default();
     walk_general(text, spans, members)
 }
 
@@ -295,7 +296,7 @@ fn walk_text<'a>(
 fn walk_general<'a>(
     text: &'a str,
     spans: &Spans,
-    members: &mut Members<'a>,
+    members: &mut TopMembers<'a>,
 ) -> Result<(), MessageError> {
     let mut cur = Cursor::new(text);
     let mut spans = spans.as_slice();
@@ -368,7 +369,7 @@ fn walk_general<'a>(
 /// the shape QEMU gives them. What is accepted here is valid JSON, and the general walk
 /// would find the same members; anything else (other spacing, escapes, unknown keys,
 /// duplicates, floats, a greeting) returns `None` and goes the general way.
-fn canonical<'a>(text: &'a str, mut spans: &[(u32, u32)], m: &mut Members<'a>) -> Option<()> {
+fn canonical<'a>(text: &'a str, mut spans: &[(u32, u32)], m: &mut TopMembers<'a>) -> Option<()> {
     let b = text.as_bytes();
     if b.first() != Some(&b'{') {
         return None;
@@ -408,7 +409,7 @@ fn canonical<'a>(text: &'a str, mut spans: &[(u32, u32)], m: &mut Members<'a>) -
                     let end = match known {
                         Some(end) => end,
                         // Not from the framer: skip it here.
-                        None => crate::framing::skip_nested(b, pos, MAX_SUPPORTED_DEPTH).ok()?,
+                        None => skip_nested(b, pos, MAX_SUPPORTED_DEPTH).ok()?,
                     };
                     pos = end;
                     raw(start, end)?
@@ -481,7 +482,7 @@ fn string_end(text: &str, pos: usize) -> Option<usize> {
     if b.get(pos) != Some(&b'"') {
         return None;
     }
-    let end = pos + 1 + crate::json::plain_run(b.get(pos + 1..)?);
+    let end = pos + 1 + plain_run(b.get(pos + 1..)?);
     match b.get(end)? {
         b'"' => Some(end + 1),
         b'\\' => {
@@ -520,7 +521,7 @@ pub(crate) fn parse_with_spans<'a>(
     frame: &'a [u8],
     spans: &Spans,
 ) -> Result<Message<'a>, MessageError> {
-    let mut m = Members::default();
+    let mut m = TopMembers::default();
     let (text, result) = walk(frame, spans, &mut m);
     result?;
     let kinds = [m.qmp, m.ret, m.error, m.event]
@@ -578,6 +579,15 @@ pub(crate) fn parse_with_spans<'a>(
     }))
 }
 
+impl<'a> Frame<'a> {
+    /// Classifies the frame: [`Message::parse`](crate::Message::parse) of its bytes, faster,
+    /// since the framer already knows where the top-level nested values (`return`, `data`,
+    /// …) end.
+    pub fn message(&self) -> Result<crate::Message<'a>, crate::MessageError> {
+        parse_with_spans(self.as_bytes(), self.spans())
+    }
+}
+
 impl<'a> Message<'a> {
     /// Classifies one frame (a complete JSON object, as [`crate::Framer`] yields).
     ///
@@ -622,7 +632,7 @@ pub fn find_id(frame: &[u8]) -> Option<RawJson<'_>> {
 /// `return` or `error` member and no `event` (used to tie a malformed reply without an id to
 /// the command sent without one).
 pub(crate) fn find_reply(frame: &[u8]) -> (Option<RawJson<'_>>, bool) {
-    let mut members = Members::default();
+    let mut members = TopMembers::default();
     let _ = walk(frame, &Spans::default(), &mut members);
     let reply = (members.ret.is_some() || members.error.is_some()) && members.event.is_none();
     (members.id, reply)
@@ -958,15 +968,15 @@ mod tests {
             let Ok(text) = core::str::from_utf8(frame.as_bytes()) else {
                 continue;
             };
-            let mut general = Members::default();
+            let mut general = TopMembers::default();
             let general_result = walk_general(text, frame.spans(), &mut general);
-            let mut canon = Members::default();
+            let mut canon = TopMembers::default();
             if canonical(text, frame.spans().as_slice(), &mut canon).is_some() {
                 fast += 1;
                 assert_eq!(general_result, Ok(()), "{text}");
                 assert_eq!(canon, general, "{text}");
             }
-            let mut chosen = Members::default();
+            let mut chosen = TopMembers::default();
             assert_eq!(
                 walk_text(text, frame.spans(), &mut chosen),
                 general_result,

@@ -7,8 +7,11 @@ use serde::Serialize;
 use crate::encode::{EncodeError, Envelope, QEMU_MAX_TOKENS, encode_command_tagged_past};
 use crate::framing::{FrameError, Framer};
 use crate::message::{Greeting, Message, MessageError, QmpError, find_reply};
+use crate::skim::Broken;
 use crate::time::Instant;
 use crate::{Event, RawJson};
+
+mod oob;
 
 /// QEMU's in-band request queue length (`QMP_REQ_QUEUE_LEN_MAX`): with more in flight, it
 /// stops reading.
@@ -28,10 +31,18 @@ pub enum State {
     Closed,
 }
 
-/// The id the session gave a command; replies are matched to commands by it.
+/// The id the session gave a command; replies are matched to commands by it. Only the
+/// session makes them; [`CommandId::get`] reads the number that went on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct CommandId(pub u64);
+pub struct CommandId(u64);
+
+impl CommandId {
+    /// The id as sent on the wire (`"id": 17`).
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
 
 impl fmt::Display for CommandId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -208,6 +219,23 @@ pub enum Outcome<'a> {
 }
 
 /// Why a command has no usable answer.
+///
+/// # Which command a broken reply fails
+/// A reply that cannot be used fails its command at once rather than leaving it to wait out
+/// its deadline, as long as the session can tell which command it answers:
+/// - one that can be framed but is not valid QMP ([`Failure::Malformed`]), or is larger than
+///   the buffer ([`Failure::TooLarge`]): by its top-level `id`, read even past what the
+///   grammar walk reaches;
+/// - one that cannot be framed ([`Failure::Unframed`]: nesting past the limit, a raw control
+///   character in a string, a mismatched bracket, or cut short by a new object at the start
+///   of a line): by its top-level `id` if the whole `id` member was read before the bytes
+///   went wrong.
+///
+/// Without an id, such a message fails the one command sent without an id
+/// ([`Config::untagged_when_alone`]), if there is one in flight, but only when it reads as
+/// a reply: a top-level `return` or `error` key was seen (before the break, for one that
+/// cannot be framed) and no `event` key. Anything else (an event, or a message broken
+/// before any telling key) is a [`Notice`], and the commands in flight keep waiting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
@@ -219,6 +247,8 @@ pub enum Failure {
     },
     /// Its reply was not a valid QMP message.
     Malformed(MessageError),
+    /// Its reply could not be framed (see [`FrameError`]); the framer resynchronised after it.
+    Unframed(FrameError),
     /// Its deadline passed first (a reply arriving later is a [`Notice::UnmatchedReply`]).
     TimedOut,
     /// The stream ended first.
@@ -230,6 +260,7 @@ impl fmt::Display for Failure {
         match self {
             Self::TooLarge { size } => write!(f, "reply of {size} bytes is larger than the buffer"),
             Self::Malformed(e) => write!(f, "malformed reply: {e}"),
+            Self::Unframed(e) => write!(f, "reply could not be framed: {e}"),
             Self::TimedOut => f.write_str("timed out"),
             Self::Disconnected => f.write_str("disconnected before the reply"),
         }
@@ -271,7 +302,7 @@ enum Kind {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Status {
+enum PendingStatus {
     Waiting,
     Expired,
     Disconnected,
@@ -283,7 +314,7 @@ struct Pending {
     id: u64,
     kind: Kind,
     deadline: Option<Instant>,
-    status: Status,
+    status: PendingStatus,
     /// Whether the id went on the wire (see [`Config::untagged_when_alone`]).
     tagged: bool,
 }
@@ -402,7 +433,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
             .slots()
             .iter()
             .flatten()
-            .any(|p| p.id == id.0 && p.status != Status::Abandoned)
+            .any(|p| p.id == id.0 && p.status != PendingStatus::Abandoned)
     }
 
     /// The framer, e.g. to check [`Framer::is_full`].
@@ -426,6 +457,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
     }
 
     /// Copies in as many bytes as fit and returns how many (see [`Framer::feed`]).
+    #[must_use = "the bytes not taken must be fed again"]
     pub fn feed(&mut self, bytes: &[u8]) -> usize {
         self.framer.feed(bytes)
     }
@@ -443,8 +475,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
     /// reply already received still wins).
     pub fn handle_timeout(&mut self, now: Instant) {
         for p in self.proto.slots_mut().iter_mut().flatten() {
-            if p.status == Status::Waiting && p.deadline.is_some_and(|d| d <= now) {
-                p.status = Status::Expired;
+            if p.status == PendingStatus::Waiting && p.deadline.is_some_and(|d| d <= now) {
+                p.status = PendingStatus::Expired;
             }
         }
     }
@@ -456,7 +488,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
             .slots()
             .iter()
             .flatten()
-            .filter(|p| p.status == Status::Waiting)
+            .filter(|p| p.status == PendingStatus::Waiting)
             .filter_map(|p| p.deadline)
             .min()
     }
@@ -556,7 +588,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
         let kind = match envelope {
             Envelope::ExecOob => Kind::OutOfBand,
             Envelope::Execute if negotiating => Kind::Negotiate {
-                oob: out[..len].windows(5).any(|w| w == b"\"oob\""),
+                oob: oob::enables_oob(arguments),
             },
             Envelope::Execute => Kind::InBand,
         };
@@ -575,13 +607,13 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
         let Some(p) = &mut self.proto.table[index] else {
             return false;
         };
-        if p.status == Status::Abandoned {
+        if p.status == PendingStatus::Abandoned {
             return false;
         }
         if closed {
             self.proto.free(index);
         } else {
-            p.status = Status::Abandoned;
+            p.status = PendingStatus::Abandoned;
             self.proto.may_untag &= p.tagged;
         }
         true
@@ -611,7 +643,10 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
                 let frame = self.framer.frame_at(range);
                 return Some(self.proto.on_frame(frame));
             }
-            Some(Err(error)) => return Some(self.proto.on_frame_error(error)),
+            Some(Err(error)) => {
+                let broken = self.framer.broken();
+                return Some(self.proto.on_frame_error(error, broken));
+            }
             None => {}
         }
         if self.proto.eof && self.proto.state != State::Closed {
@@ -679,7 +714,7 @@ impl<const N: usize> Protocol<N> {
             id,
             kind,
             deadline,
-            status: Status::Waiting,
+            status: PendingStatus::Waiting,
             tagged,
         });
         self.used = self.used.max(slot + 1);
@@ -717,7 +752,7 @@ impl<const N: usize> Protocol<N> {
             }
             self.oob_enabled |= oob;
         }
-        if pending.status == Status::Abandoned {
+        if pending.status == PendingStatus::Abandoned {
             return Received::Notice(Notice::Discarded(id));
         }
         Received::Reply(Reply { id, outcome })
@@ -730,7 +765,7 @@ impl<const N: usize> Protocol<N> {
             Err(error) => {
                 let pending = match find_reply(bytes) {
                     (Some(id), _) => self.take(Some(id)),
-                    (None, reply) => match crate::framing::skim_id(bytes) {
+                    (None, reply) => match crate::skim::skim_id(bytes) {
                         // An id that the grammar walk did not reach (say, after invalid
                         // UTF-8), read byte by byte.
                         (Some(id), _) => self.take_u64(id.as_u64()),
@@ -780,31 +815,37 @@ impl<const N: usize> Protocol<N> {
         }
     }
 
-    fn on_frame_error<'a>(&mut self, error: FrameError) -> Received<'a> {
-        if let FrameError::TooLarge {
-            size, id, reply, ..
-        } = error
-        {
-            let pending = match id {
-                Some(id) => self.take_u64(id.as_u64()),
-                None if reply => self.take_untagged(),
-                None => None,
-            };
-            if let Some(p) = pending {
-                return self.reply(p, Outcome::Failed(Failure::TooLarge { size }));
-            }
+    /// A framing error: the command it answers fails, if there is one (see [`Failure`]).
+    fn on_frame_error<'a>(&mut self, error: FrameError, broken: Option<Broken>) -> Received<'a> {
+        let (failure, Broken { id, reply }) = match (error, broken) {
+            (
+                FrameError::TooLarge {
+                    size, id, reply, ..
+                },
+                _,
+            ) => (Failure::TooLarge { size }, Broken { id, reply }),
+            (_, Some(broken)) => (Failure::Unframed(error), broken),
+            (_, None) => return Received::Notice(Notice::Framing(error)),
+        };
+        let pending = match id {
+            Some(id) => self.take_u64(id.as_u64()),
+            None if reply => self.take_untagged(),
+            None => None,
+        };
+        match pending {
+            Some(p) => self.reply(p, Outcome::Failed(failure)),
+            None => Received::Notice(Notice::Framing(error)),
         }
-        Received::Notice(Notice::Framing(error))
     }
 
     fn close(&mut self) {
         self.state = State::Closed;
         for index in 0..self.used {
             match &mut self.table[index] {
-                Some(p) if p.status == Status::Abandoned => {
+                Some(p) if p.status == PendingStatus::Abandoned => {
                     self.free(index);
                 }
-                Some(p) => p.status = Status::Disconnected,
+                Some(p) => p.status = PendingStatus::Disconnected,
                 None => {}
             }
         }
@@ -817,10 +858,15 @@ impl<const N: usize> Protocol<N> {
             return Some(Received::Notice(Notice::Framing(error)));
         }
         let index = self.slots().iter().position(|p| {
-            p.is_some_and(|p| matches!(p.status, Status::Expired | Status::Disconnected))
+            p.is_some_and(|p| {
+                matches!(
+                    p.status,
+                    PendingStatus::Expired | PendingStatus::Disconnected
+                )
+            })
         })?;
         let p = self.free(index)?;
-        let failure = if p.status == Status::Expired {
+        let failure = if p.status == PendingStatus::Expired {
             // Its reply may still come, without an id if it went without one.
             self.may_untag &= p.tagged;
             Failure::TimedOut

@@ -21,7 +21,7 @@ fn ready(oob: bool) -> Small {
         [Got::Greeting { .. }]
     ));
     let sent = s.negotiate(oob, None, &mut out).unwrap();
-    assert_eq!(sent.id.0, 1);
+    assert_eq!(sent.id.get(), 1);
     let got = feed_all(&mut s, b"{\"return\": {}, \"id\": 1}\r\n");
     assert_eq!(
         got,
@@ -36,8 +36,12 @@ fn ready(oob: bool) -> Small {
 }
 
 fn send(s: &mut Small, name: &str) -> u64 {
+    send_id(s, name).get()
+}
+
+fn send_id(s: &mut Small, name: &str) -> qmp_proto::CommandId {
     let mut out = [0u8; 128];
-    s.execute(name, &(), None, &mut out).unwrap().id.0
+    s.execute(name, &(), None, &mut out).unwrap().id
 }
 
 #[test]
@@ -162,7 +166,7 @@ fn replies_match_commands_in_any_order_and_events_pass_through_in_order() {
         .execute_oob("migrate-pause", &(), None, &mut out)
         .unwrap()
         .id
-        .0;
+        .get();
     assert_eq!(s.in_flight(), 3);
     // The oob reply overtakes; an event caused by `stop` comes before its reply.
     let server = format!(
@@ -302,19 +306,19 @@ fn deadlines_expire_on_the_callers_clock_but_a_buffered_reply_wins() {
         .execute("query-status", &(), Some(ms(100)), &mut out)
         .unwrap()
         .id
-        .0;
+        .get();
     let b = s
         .execute("query-status", &(), Some(ms(50)), &mut out)
         .unwrap()
         .id
-        .0;
-    let c = s.execute("query-status", &(), None, &mut out).unwrap().id.0;
+        .get();
+    let c = s.execute("query-status", &(), None, &mut out).unwrap().id;
     assert_eq!(s.poll_timeout(), Some(ms(50)));
     s.handle_timeout(ms(49));
     assert!(drain(&mut s).is_empty());
 
     // b's reply arrived but was not polled before its deadline passed: the reply wins.
-    s.feed(format!("{{\"return\": {{}}, \"id\": {b}}}\r\n").as_bytes());
+    let _ = s.feed(format!("{{\"return\": {{}}, \"id\": {b}}}\r\n").as_bytes());
     s.handle_timeout(ms(60));
     assert_eq!(
         drain(&mut s),
@@ -340,7 +344,7 @@ fn deadlines_expire_on_the_callers_clock_but_a_buffered_reply_wins() {
         format!("{{\"return\": {{}}, \"id\": {a}}}\r\n").as_bytes(),
     );
     assert_eq!(got, [Got::Notice(format!("unmatched id={a}"))]);
-    assert!(s.is_pending(qmp_proto::CommandId(c)));
+    assert!(s.is_pending(c));
 }
 
 #[test]
@@ -352,7 +356,7 @@ fn end_of_stream_fails_every_command_after_buffered_replies() {
     let base = s.framer().stream_position();
     let replies = format!("{{\"return\": {{}}, \"id\": {a}}}\r\n");
     let cut = "{\"return\": {\"sta";
-    s.feed(format!("{replies}{cut}").as_bytes());
+    let _ = s.feed(format!("{replies}{cut}").as_bytes());
     s.handle_eof();
     let got = drain(&mut s);
     assert_eq!(
@@ -397,10 +401,11 @@ fn end_of_stream_fails_every_command_after_buffered_replies() {
 #[test]
 fn abandoned_commands_keep_their_slot_until_the_late_reply_is_discarded() {
     let mut s = ready(false);
-    let a = send(&mut s, "query-status");
-    assert!(s.abandon(qmp_proto::CommandId(a)));
-    assert!(!s.abandon(qmp_proto::CommandId(a)));
-    assert!(!s.is_pending(qmp_proto::CommandId(a)));
+    let a_id = send_id(&mut s, "query-status");
+    let a = a_id.get();
+    assert!(s.abandon(a_id));
+    assert!(!s.abandon(a_id));
+    assert!(!s.is_pending(a_id));
     assert_eq!(s.in_flight(), 1);
     let b = send(&mut s, "query-status");
     let got = feed_all(
@@ -432,8 +437,12 @@ fn a_reply_too_large_for_the_buffer_fails_its_own_command_only() {
         .execute("query-qmp-schema", &(), None, &mut out)
         .unwrap()
         .id
-        .0;
-    let small = s.execute("query-name", &(), None, &mut out).unwrap().id.0;
+        .get();
+    let small = s
+        .execute("query-name", &(), None, &mut out)
+        .unwrap()
+        .id
+        .get();
     let mut stream = b"{\"return\": [".to_vec();
     for i in 0..50 {
         stream.extend_from_slice(
@@ -540,7 +549,11 @@ fn lenient_sessions_let_a_caller_test_the_servers_own_checks() {
     let mut s = Small::with_config([0; 1024], Config::default().enforce_negotiation(false));
     let mut out = [0u8; 128];
     feed_all(&mut s, GREETING);
-    let early = s.execute("query-status", &(), None, &mut out).unwrap().id.0;
+    let early = s
+        .execute("query-status", &(), None, &mut out)
+        .unwrap()
+        .id
+        .get();
     // `qmp_capabilities` sent as a plain command still counts as negotiation.
     #[derive(serde::Serialize)]
     struct Enable {
@@ -555,7 +568,7 @@ fn lenient_sessions_let_a_caller_test_the_servers_own_checks() {
         )
         .unwrap()
         .id
-        .0;
+        .get();
     let got = feed_all(
         &mut s,
         format!(
@@ -584,7 +597,7 @@ fn encoding_errors_leave_no_trace_in_the_table() {
     let mut out = [0u8; 33];
     let sent = s.execute("query-status", &(), None, &mut out).unwrap();
     assert_eq!(
-        (sent.id.0, &out[..]),
+        (sent.id.get(), &out[..]),
         (2, &br#"{"execute":"query-status","id":2}"#[..])
     );
 }
@@ -613,11 +626,11 @@ fn forgotten_commands_free_their_slot_at_once() {
     let got = drain(&mut s);
     assert!(
         got.iter()
-            .all(|g| !matches!(g, Got::Failed { id, .. } if *id == a.0)),
+            .all(|g| !matches!(g, Got::Failed { id, .. } if *id == a.get())),
         "{got:?}"
     );
     assert!(got.contains(&Got::Failed {
-        id: b.0,
+        id: b.get(),
         failure: Failure::Disconnected
     }));
 }
@@ -645,7 +658,7 @@ fn send_bytes(s: &mut Small, name: &str, oob: bool) -> (u64, String) {
     }
     .unwrap();
     (
-        sent.id.0,
+        sent.id.get(),
         String::from_utf8(out[..sent.len].to_vec()).unwrap(),
     )
 }
@@ -758,7 +771,7 @@ fn after_a_lone_command_times_out_every_command_carries_its_id() {
     assert_eq!(
         drain(&mut s),
         [Got::Failed {
-            id: a.id.0,
+            id: a.id.get(),
             failure: Failure::TimedOut
         }]
     );
@@ -789,8 +802,9 @@ fn after_a_lone_command_times_out_every_command_carries_its_id() {
 #[test]
 fn after_a_lone_command_is_abandoned_its_reply_is_discarded_and_ids_return() {
     let mut s = ready_untagged(false);
-    let (a, _) = send_bytes(&mut s, "query-status", false);
-    assert!(s.abandon(qmp_proto::CommandId(a)));
+    let a_id = send_id(&mut s, "query-status");
+    let a = a_id.get();
+    assert!(s.abandon(a_id));
     let (b, wire) = send_bytes(&mut s, "query-name", false);
     assert_eq!(wire, format!(r#"{{"execute":"query-name","id":{b}}}"#));
     let got = feed_all(
@@ -858,7 +872,7 @@ fn a_command_past_qemus_token_limit_keeps_its_id() {
         a: "a".repeat(qmp_proto::QEMU_MAX_TOKENS - 35),
     };
     let sent = s.execute("x", &past, None, &mut out).unwrap();
-    let id = sent.id.0;
+    let id = sent.id.get();
     assert!(out[..sent.len].ends_with(format!("\"}},\"id\":{id}}}").as_bytes()));
     // Its id-less errors are notices, not its reply; its reply is matched by id.
     let got = feed_all(
@@ -881,4 +895,111 @@ fn a_command_past_qemus_token_limit_keeps_its_id() {
     // And the next short command goes without an id again.
     let (_, wire) = send_bytes(&mut s, "query-status", false);
     assert_eq!(wire, r#"{"execute":"query-status"}"#);
+}
+
+/// Whether `got` is exactly one failure of command `id` with an [`Failure::Unframed`] error
+/// that `expected` accepts.
+fn unframed(got: &[Got], id: u64, expected: impl Fn(&FrameError) -> bool) -> bool {
+    matches!(got, [Got::Failed { id: i, failure: Failure::Unframed(e) }] if *i == id && expected(e))
+}
+
+#[test]
+fn a_lone_command_whose_reply_nests_too_deep_fails_at_once() {
+    let mut s = ready_untagged(false);
+    let (a, wire) = send_bytes(&mut s, "query-status", false);
+    assert_eq!(wire, r#"{"execute":"query-status"}"#);
+    let mut reply = b"{\"return\": ".to_vec();
+    reply.extend(std::iter::repeat_n(b'[', 2000));
+    reply.extend_from_slice(b"\r\n");
+    let got = feed_all(&mut s, &reply);
+    assert!(
+        unframed(&got, a, |e| matches!(e, FrameError::TooDeep { .. })),
+        "{got:?}"
+    );
+    assert_eq!(s.in_flight(), 0);
+    assert_eq!(s.poll_timeout(), None);
+}
+
+#[test]
+fn a_lone_command_whose_reply_has_a_raw_control_character_fails_at_once() {
+    let mut s = ready_untagged(false);
+    let (a, _) = send_bytes(&mut s, "query-status", false);
+    let got = feed_all(&mut s, b"{\"return\": \"run\x01ning\"}\r\n");
+    assert!(
+        unframed(&got, a, |e| matches!(
+            e,
+            FrameError::ControlCharInString { byte: 1, .. }
+        )),
+        "{got:?}"
+    );
+    assert_eq!(s.in_flight(), 0);
+    // The next command and its reply go on as usual.
+    let (b, _) = send_bytes(&mut s, "query-name", false);
+    assert_eq!(
+        feed_all(&mut s, b"{\"return\": {}}\r\n"),
+        [Got::Return {
+            id: b,
+            value: "{}".into()
+        }]
+    );
+}
+
+#[test]
+fn a_lone_command_whose_reply_has_a_mismatched_bracket_fails_at_once() {
+    let mut s = ready_untagged(false);
+    let (a, _) = send_bytes(&mut s, "query-status", false);
+    let got = feed_all(&mut s, b"{\"error\": {\"class\": \"X\", \"desc\": [}}\r\n");
+    assert!(
+        unframed(&got, a, |e| matches!(
+            e,
+            FrameError::MismatchedBracket { byte: b'}', .. }
+        )),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn a_broken_event_does_not_fail_the_lone_command() {
+    let mut s = ready_untagged(false);
+    let (a, _) = send_bytes(&mut s, "query-status", false);
+    for event in [
+        &b"{\"event\": \"STOP\x01\", \"timestamp\": {\"seconds\": 1, \"microseconds\": 2}}\r\n"[..],
+        b"{\"timestamp\": {\"seconds\": 1, \"microseconds\": 2}, \"event\": \"X\", \"data\": {\"a\": \"\x02\"}}\r\n",
+        // Nothing telling before the break: not tied to the command either.
+        b"{\"\x03\": 1}\r\n",
+    ] {
+        let got = feed_all(&mut s, event);
+        assert!(
+            matches!(got[..], [Got::Notice(_)]),
+            "{got:?} for {event:?}"
+        );
+        assert_eq!(s.in_flight(), 1);
+    }
+    assert_eq!(
+        feed_all(&mut s, b"{\"return\": {}}\r\n"),
+        [Got::Return {
+            id: a,
+            value: "{}".into()
+        }]
+    );
+}
+
+#[test]
+fn a_tagged_command_whose_broken_reply_shows_its_id_fails_at_once() {
+    let mut s = ready(false);
+    let a = send_id(&mut s, "query-status");
+    let b = send(&mut s, "query-name");
+    let mut reply = format!("{{\"id\": {b}, \"return\": ").into_bytes();
+    reply.extend(std::iter::repeat_n(b'[', 100));
+    reply.extend_from_slice(b"\r\n");
+    let got = feed_all(&mut s, &reply);
+    assert!(
+        unframed(&got, b, |e| matches!(e, FrameError::TooDeep { .. })),
+        "{got:?}"
+    );
+    // Without an id, a broken reply cannot be tied to a tagged command.
+    let got = feed_all(&mut s, b"{\"return\": \"\x01\"}\r\n");
+    assert!(matches!(got[..], [Got::Notice(_)]), "{got:?}");
+    assert!(s.is_pending(a));
+    assert_eq!(s.in_flight(), 1);
 }

@@ -59,7 +59,7 @@ mod common;
 
 use common::{GREETING, Got};
 use qmp_proto::{
-    Failure, FrameError, Framer, Instant, Message, Notice, Received, Session, State, Status,
+    Failure, FrameError, FrameStatus, Framer, Instant, Message, Notice, Received, Session, State,
     find_frame,
 };
 
@@ -137,7 +137,7 @@ struct Material {
 fn frames(stream: &[u8]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let mut at = 0;
-    while let Ok(Status::Complete { start, end }) = find_frame(&stream[at..]) {
+    while let Ok(FrameStatus::Complete { start, end }) = find_frame(&stream[at..]) {
         out.push(stream[at + start..at + end].to_vec());
         at += end;
     }
@@ -705,7 +705,7 @@ fn run(s: &Script, chunking: Chunking, rng: &mut Rng) -> Vec<Got> {
     d.deliver(&s.head);
     assert_eq!(d.session.state(), State::Negotiating);
     let sent = d.session.negotiate(false, None, &mut out).unwrap();
-    assert_eq!(sent.id.0, 1);
+    assert_eq!(sent.id.get(), 1);
     d.deliver(&s.negotiation);
     assert_eq!(d.session.state(), State::Ready);
     let names = ["query-status", "stop", "query-version", "cont", "qom-list"];
@@ -717,7 +717,7 @@ fn run(s: &Script, chunking: Chunking, rng: &mut Rng) -> Vec<Got> {
                 .session
                 .execute(name, &(), Some(round.deadline), &mut out)
                 .unwrap();
-            assert_eq!(sent.id.0, next_id);
+            assert_eq!(sent.id.get(), next_id);
             next_id += 1;
         }
         d.deliver(&round.pieces);
@@ -858,7 +858,7 @@ mod garbage_rule {
                 &mut out,
             )
             .unwrap();
-        assert_eq!(sent.id.0, 2);
+        assert_eq!(sent.id.get(), 2);
         s
     }
 
@@ -968,7 +968,7 @@ fn abandoning_a_command_after_the_end_of_stream_frees_its_slot() {
     assert_eq!(
         s.poll().map(Got::from),
         Some(Got::Failed {
-            id: a.0,
+            id: a.get(),
             failure: Failure::Disconnected
         })
     );
@@ -1074,7 +1074,7 @@ fn a_backslash_before_a_line_feed_does_not_swallow_the_next_message() {
 fn a_backslash_before_a_carriage_return_is_reported_at_the_carriage_return() {
     let stream = b"{\"return\": \"abc\\\r\n{\"return\": {}, \"id\": 2}\r\n";
     let mut framer = Framer::new([0u8; 256]);
-    framer.feed(stream);
+    let _ = framer.feed(stream);
     assert_eq!(
         framer.next_frame().map(|r| r.map(|f| f.offset())),
         Some(Err(FrameError::ControlCharInString {

@@ -269,13 +269,13 @@ impl<T> Handle<T> {
 
     /// The command's id on the wire.
     pub fn id(&self) -> u64 {
-        self.id.0
+        self.id.get()
     }
 }
 
 impl<T> fmt::Debug for Handle<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Handle").field(&self.id.0).finish()
+        f.debug_tuple("Handle").field(&self.id.get()).finish()
     }
 }
 

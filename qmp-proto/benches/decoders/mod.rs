@@ -136,7 +136,7 @@ pub fn qmp_proto_session(stream: &[u8], first_id: u64) -> Tally {
     for id in 1..first_id {
         send(&mut session);
         let reply = format!("{{\"return\": {{}}, \"id\": {id}}}\r\n");
-        session.feed(reply.as_bytes());
+        let _ = session.feed(reply.as_bytes());
         while session.poll().is_some() {}
     }
     for _ in 0..8 {

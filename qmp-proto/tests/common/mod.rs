@@ -40,16 +40,16 @@ impl Got {
             },
             Received::Reply(r) => match r.outcome {
                 Outcome::Return(v) => Got::Return {
-                    id: r.id.0,
+                    id: r.id.get(),
                     value: v.as_json().to_string(),
                 },
                 Outcome::Error(e) => Got::Error {
-                    id: r.id.0,
+                    id: r.id.get(),
                     class: e.class.to_string(),
                     desc: e.desc.to_string(),
                 },
                 Outcome::Failed(failure) => Got::Failed {
-                    id: r.id.0,
+                    id: r.id.get(),
                     failure,
                 },
             },
