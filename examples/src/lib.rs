@@ -260,7 +260,7 @@ impl ConnectError {
     fn new(address: &Address, options: &qmp_std::Options, error: qmp_std::Error) -> Self {
         let reason = match &error {
             qmp_std::Error::Io(e) => io_message(e),
-            qmp_std::Error::Timeout => match options.connect_timeout {
+            qmp_std::Error::Timeout(_) => match options.connect_timeout {
                 Some(t) => format!(
                     "no QMP greeting within {} s (is another client connected?)",
                     t.as_secs_f64()
@@ -508,10 +508,10 @@ impl ThrowawayQemu {
             let mut attempt = options.clone();
             attempt.connect_timeout = Some(wait.min(left));
             match connect(&address, attempt) {
-                Err(e) if matches!(e.source, Some(qmp_std::Error::Timeout)) && left > wait => {
+                Err(e) if matches!(e.source, Some(qmp_std::Error::Timeout(_))) && left > wait => {
                     wait *= 2;
                 }
-                Err(mut e) if matches!(e.source, Some(qmp_std::Error::Timeout)) => {
+                Err(mut e) if matches!(e.source, Some(qmp_std::Error::Timeout(_))) => {
                     e.reason = format!("no QMP greeting within {} s", limit.as_secs());
                     return Err(e);
                 }

@@ -149,6 +149,32 @@ impl fmt::Display for CloseReason {
     }
 }
 
+/// Which wait ran out: what a client's timeout error says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Expired {
+    /// Connecting (the socket's accept queue may be full: another client holds the
+    /// monitor).
+    Connect,
+    /// The greeting, or negotiating capabilities.
+    Greeting,
+    /// A command's deadline (waiting for room to send it included).
+    Command,
+    /// Waiting for an event.
+    Event,
+}
+
+impl fmt::Display for Expired {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Connect => "timed out connecting (the monitor's accept queue may be full: another client may hold it)",
+            Self::Greeting => "timed out waiting for the greeting (QEMU serves one client per monitor: another client may hold it)",
+            Self::Command => "timed out waiting for the reply",
+            Self::Event => "timed out waiting for the event",
+        })
+    }
+}
+
 /// What a failed read or write means, as the adapter classifies its link's error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]

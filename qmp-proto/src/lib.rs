@@ -110,8 +110,8 @@ mod skim;
 mod time;
 
 pub use driver::{
-    Buffer, CloseReason, Deadline, Done, Driver, DriverConfig, Io, LinkError, RESYNC, SendOptions,
-    ServerInfo, Wait,
+    Buffer, CloseReason, Deadline, Done, Driver, DriverConfig, Expired, Io, LinkError, RESYNC,
+    SendOptions, ServerInfo, Wait,
 };
 pub use encode::{
     EncodeError, Envelope, QEMU_MAX_MESSAGE, QEMU_MAX_NESTING, QEMU_MAX_TOKENS,

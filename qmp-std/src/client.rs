@@ -17,8 +17,8 @@ use serde_json::{Map, Value};
 
 use qmp_proto::commands::VersionTriple;
 use qmp_proto::{
-    CommandId, Config, EncodeError, Failure, Greeting, Instant, Message, Notice, Outcome, RawJson,
-    Received, SendError, Sent, Session, State,
+    CommandId, Config, EncodeError, Expired, Failure, Greeting, Instant, Message, Notice, Outcome,
+    RawJson, Received, SendError, Sent, Session, State,
 };
 
 use crate::commands::{Command, HumanMonitorCommand};
@@ -641,7 +641,7 @@ impl<S: Stream> Client<S> {
                 return Err(self.closed_error());
             }
             if deadline.is_some_and(|d| self.now() >= d) {
-                return Err(Error::Timeout);
+                return Err(Error::Timeout(Expired::Command));
             }
             self.read_more(deadline);
         }
@@ -775,7 +775,7 @@ impl<S: Stream> Client<S> {
                 return Err(self.closed_error());
             }
             if self.now() >= deadline {
-                return Err(Error::Timeout);
+                return Err(Error::Timeout(Expired::Event));
             }
             self.read_more(Some(deadline));
         }
@@ -810,7 +810,7 @@ impl<S: Stream> Client<S> {
                 return Err(self.closed_error());
             }
             if deadline.is_some_and(|d| self.now() >= d) {
-                return Err(Error::Timeout);
+                return Err(Error::Timeout(Expired::Greeting));
             }
             self.read_more(deadline);
         }
@@ -948,7 +948,7 @@ impl<S: Stream> Client<S> {
                 limit: self.options.max_reply_size,
             },
             Failure::Malformed(e) => Error::Malformed(e),
-            Failure::TimedOut => Error::Timeout,
+            Failure::TimedOut => Error::Timeout(Expired::Command),
             _ => self.closed_error(),
         }
     }

@@ -20,6 +20,7 @@ use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
 use crate::error::Error;
+use qmp_proto::Expired;
 
 /// The first wait before connecting again to a full accept queue; it doubles up to
 /// [`MAX_BACKOFF`].
@@ -30,7 +31,7 @@ const MAX_BACKOFF: Duration = Duration::from_millis(50);
 /// out, [`Error::Io`] otherwise.
 pub(crate) fn error(e: io::Error) -> Error {
     if e.kind() == io::ErrorKind::TimedOut {
-        Error::Timeout
+        Error::Timeout(Expired::Connect)
     } else {
         Error::Io(e)
     }
@@ -257,7 +258,7 @@ mod tests {
         });
         eprintln!("{result:?} after {elapsed:?}");
         assert!(
-            matches!(result, Err(Error::Timeout)),
+            matches!(result, Err(Error::Timeout(_))),
             "expected Error::Timeout, got {result:?}"
         );
         assert!(elapsed >= TIMEOUT, "gave up early: {elapsed:?}");
@@ -320,7 +321,7 @@ mod tests {
         });
         eprintln!("{result:?} after {elapsed:?}");
         assert!(
-            matches!(result, Err(Error::Timeout)),
+            matches!(result, Err(Error::Timeout(_))),
             "expected Error::Timeout, got {result:?}"
         );
         assert!(elapsed >= TIMEOUT, "gave up early: {elapsed:?}");

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::io;
 
-use qmp_proto::{EncodeError, MessageError, SendError};
+use qmp_proto::{EncodeError, Expired, FrameError, MessageError, SendError};
 
 /// An error reply from the server: `{"error": {"class": …, "desc": …}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -48,9 +48,12 @@ impl std::error::Error for QmpError {}
 pub enum Error {
     /// The server answered with an error.
     Qmp(QmpError),
-    /// The command's deadline (the command timeout) passed before its reply came; the
-    /// connection stays usable and the late reply is dropped.
-    Timeout,
+    /// A wait ran out; which one says what to look at. For a command ([`Expired::Command`]:
+    /// its deadline passed before its reply came, or before there was room to send it),
+    /// the connection stays usable and a late reply is dropped. For the connect and the
+    /// greeting ([`Expired::Connect`], [`Expired::Greeting`]) the usual cause is another
+    /// client holding the monitor: QEMU serves one at a time.
+    Timeout(Expired),
     /// The reply was larger than the maximum reply size; it was skipped and the connection
     /// stays usable.
     TooLarge {
@@ -61,6 +64,9 @@ pub enum Error {
     },
     /// The reply was not a valid QMP message.
     Malformed(MessageError),
+    /// The reply could not even be framed (nested too deep, a raw control character, a
+    /// mismatched bracket); the connection stays usable.
+    Unframed(FrameError),
     /// The reply's value did not match the command's typed output.
     Decode(serde_json::Error),
     /// The server closed the connection (or it was closed earlier) before the reply.
@@ -97,6 +103,33 @@ impl Error {
         }
     }
 
+    /// Whether a wait ran out ([`Error::Timeout`]), and which.
+    pub fn timeout(&self) -> Option<Expired> {
+        match self {
+            Error::Timeout(which) => Some(*which),
+            _ => None,
+        }
+    }
+
+    /// Whether a wait ran out.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout(_))
+    }
+
+    /// Whether the server answered with an error ([`Error::Qmp`]).
+    pub fn is_qmp(&self) -> bool {
+        matches!(self, Error::Qmp(_))
+    }
+
+    /// Whether the peer broke the protocol for this reply ([`Error::TooLarge`],
+    /// [`Error::Malformed`], [`Error::Unframed`]); the connection stays usable.
+    pub fn is_protocol(&self) -> bool {
+        matches!(
+            self,
+            Error::TooLarge { .. } | Error::Malformed(_) | Error::Unframed(_)
+        )
+    }
+
     /// Whether the connection is gone (as opposed to one command failing).
     pub fn is_disconnect(&self) -> bool {
         matches!(self, Error::Disconnected | Error::Stalled | Error::Io(_))
@@ -107,11 +140,12 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Qmp(e) => write!(f, "QMP error: {e}"),
-            Error::Timeout => f.write_str("timed out waiting for the reply"),
+            Error::Timeout(which) => write!(f, "{which}"),
             Error::TooLarge { size, limit } => {
                 write!(f, "reply of {size} bytes exceeds the {limit}-byte limit")
             }
             Error::Malformed(e) => write!(f, "malformed reply: {e}"),
+            Error::Unframed(e) => write!(f, "unframeable reply: {e}"),
             Error::Decode(e) => write!(f, "unexpected reply value: {e}"),
             Error::Disconnected => f.write_str("the connection to the QMP server is closed"),
             Error::Stalled => f.write_str("the QMP server stopped sending (read timeout)"),
@@ -134,6 +168,7 @@ impl std::error::Error for Error {
         match self {
             Error::Qmp(e) => Some(e),
             Error::Malformed(e) => Some(e),
+            Error::Unframed(e) => Some(e),
             Error::Decode(e) => Some(e),
             Error::Io(e) => Some(e),
             Error::Encode(e) => Some(e),

@@ -140,6 +140,7 @@ macro_rules! shared_option_setters {
 mod client;
 pub mod commands;
 mod connect;
+mod drive;
 mod error;
 mod event;
 #[cfg(test)]

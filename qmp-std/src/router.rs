@@ -12,7 +12,9 @@ use std::io;
 
 use serde::Serialize;
 
-use qmp_proto::{CommandId, EncodeError, Failure, Notice, Outcome, Received, SendError, Session};
+use qmp_proto::{
+    CommandId, EncodeError, Expired, Failure, Notice, Outcome, Received, SendError, Session,
+};
 
 use crate::client::{TABLE, is_disconnect};
 use crate::error::{Error, QmpError, Result};
@@ -184,7 +186,7 @@ impl<W: Waiter> Router<W> {
     pub(crate) fn expire(&mut self, mut expired: impl FnMut(&W) -> bool) {
         for slot in &mut self.slots {
             if !slot.abandoned && expired(&slot.waiter) {
-                slot.waiter.answer(Err(Error::Timeout));
+                slot.waiter.answer(Err(Error::Timeout(Expired::Command)));
                 slot.abandoned = true;
                 self.session.abandon(slot.id);
             }
@@ -321,7 +323,7 @@ fn failure_error(failure: Failure, closed: &Option<Closed>, limit: usize) -> Err
     match failure {
         Failure::TooLarge { size } => Error::TooLarge { size, limit },
         Failure::Malformed(e) => Error::Malformed(e),
-        Failure::TimedOut => Error::Timeout,
+        Failure::TimedOut => Error::Timeout(Expired::Command),
         _ => closed.as_ref().map_or(Error::Disconnected, Closed::error),
     }
 }

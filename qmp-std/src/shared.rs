@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::Value;
 
-use qmp_proto::SendError;
+use qmp_proto::{Expired, SendError};
 
 use crate::client::{Client, ClientBuilder, Options, ServerInfo};
 use crate::commands::{Command, HumanMonitorCommand};
@@ -492,7 +492,7 @@ impl SharedClient {
                             Some(deadline) => {
                                 let now = Instant::now();
                                 if now >= deadline {
-                                    return Err(Error::Timeout);
+                                    return Err(Error::Timeout(Expired::Command));
                                 }
                                 inner
                                     .room
@@ -538,7 +538,7 @@ impl SharedClient {
                             return a;
                         }
                         st.router.abandon(id);
-                        return Err(Error::Timeout);
+                        return Err(Error::Timeout(Expired::Command));
                     }
                 }
             }
@@ -599,7 +599,7 @@ impl Subscription {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(Error::Timeout);
+                return Err(Error::Timeout(Expired::Event));
             }
             st = self
                 .queue

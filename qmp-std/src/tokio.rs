@@ -86,7 +86,7 @@ use serde_json::Value;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
-use qmp_proto::{CommandId, Config, Outcome, Received, Session};
+use qmp_proto::{CommandId, Config, Expired, Outcome, Received, Session};
 
 use crate::client::{Options, ServerInfo, TABLE, is_disconnect};
 use crate::commands::{Command, HumanMonitorCommand};
@@ -201,7 +201,7 @@ impl ClientBuilder {
         match timeout {
             Some(t) => ::tokio::time::timeout(t, work)
                 .await
-                .unwrap_or(Err(Error::Timeout)),
+                .unwrap_or(Err(Error::Timeout(Expired::Connect))),
             None => work.await,
         }
     }
@@ -849,7 +849,7 @@ impl Client {
                 let acquired = match deadline {
                     Some(deadline) => ::tokio::time::timeout_at(deadline, acquire)
                         .await
-                        .map_err(|_| Error::Timeout)?,
+                        .map_err(|_| Error::Timeout(Expired::Command))?,
                     None => acquire.await,
                 };
                 acquired.map_err(|_| self.closed_error())?

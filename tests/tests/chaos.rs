@@ -571,7 +571,7 @@ fn classify<T: std::fmt::Debug>(
         }
         Ok(_) => Outcome::Ok,
         Err(Error::Qmp(e)) if Some(e.class.as_str()) == expected_class => Outcome::ExpectedError,
-        Err(Error::Timeout) => Outcome::Timeout,
+        Err(Error::Timeout(_)) => Outcome::Timeout,
         Err(e) if e.is_disconnect() => Outcome::Gone,
         Err(e) => panic!("{ctx}\n  {name}: unexpected error {e:?}"),
     }
@@ -1776,7 +1776,7 @@ impl Subscriber {
         let deadline = Instant::now() + Duration::from_secs(5);
         while !self.ended {
             let item = match subscription.recv_timeout(Duration::from_secs(3)) {
-                Err(Error::Timeout) => panic!("{ctx}\n  the subscription did not end"),
+                Err(Error::Timeout(_)) => panic!("{ctx}\n  the subscription did not end"),
                 item => item,
             };
             let end = item.as_ref().is_err_and(Error::is_disconnect);

@@ -670,7 +670,7 @@ trait Subject: Sized {
 
 fn std_got(e: qmp_std::Error) -> Got {
     match e {
-        qmp_std::Error::Timeout => Got::Timeout,
+        qmp_std::Error::Timeout(_) => Got::Timeout,
         qmp_std::Error::TooLarge { size, limit } => {
             assert_eq!(limit, MAX_REPLY);
             Got::TooLarge { size }

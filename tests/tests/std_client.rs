@@ -150,7 +150,7 @@ fn connect_times_out_while_another_client_holds_the_monitor() {
                 panic!("connect attempt {attempt} ignored its 1 s timeout (blocked for 20 s)")
             });
         assert!(
-            matches!(result, Err(Error::Timeout)),
+            matches!(result, Err(Error::Timeout(_))),
             "attempt {attempt}: expected Error::Timeout, got {result:?}"
         );
         assert!(
@@ -348,7 +348,7 @@ fn stop_and_cont_events_are_never_lost() {
     client.wait_event("POWERDOWN", TIMEOUT).unwrap();
     assert!(matches!(
         client.wait_event("NEVER", Duration::from_millis(50)),
-        Err(Error::Timeout)
+        Err(Error::Timeout(_))
     ));
 }
 
@@ -577,7 +577,7 @@ fn a_frozen_qemu_times_out_then_recovers() {
     let result = client.execute(&QueryStatus);
     let took = start.elapsed();
     signal(&qemu, "CONT");
-    assert!(matches!(result, Err(Error::Timeout)), "{result:?}");
+    assert!(matches!(result, Err(Error::Timeout(_))), "{result:?}");
     assert!(
         took >= Duration::from_millis(200) && took < Duration::from_secs(3),
         "{took:?}"
@@ -1204,7 +1204,7 @@ fn lone_commands_without_ids_against_qemu() {
     client.set_command_timeout(Some(Duration::from_millis(200)));
     let result = client.execute(&QueryStatus);
     signal(&qemu, "CONT");
-    assert!(matches!(result, Err(Error::Timeout)), "{result:?}");
+    assert!(matches!(result, Err(Error::Timeout(_))), "{result:?}");
     client.set_command_timeout(Some(TIMEOUT));
     assert!(client.execute(&QueryKvm).unwrap().present);
     assert_eq!(client.execute(&QueryName).unwrap().name, None);

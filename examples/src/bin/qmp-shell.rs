@@ -499,7 +499,7 @@ impl Shell {
                     text.push_str(&self.json(&event_json(&event)));
                     text.push('\n');
                 }
-                Err(Error::Timeout) => return Ok(text),
+                Err(Error::Timeout(_)) => return Ok(text),
                 Err(e) => {
                     let (stop, message) = self.connection_lost(&e);
                     return Err(Lost {

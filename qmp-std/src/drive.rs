@@ -1,0 +1,238 @@
+// TODO(#11): remove once every client runs on the driver. The clients move onto the driver one by one; until they all do, parts are unused.
+#![allow(dead_code)]
+
+//! What every std client needs to run [`qmp_proto::Driver`]: heap buffers that grow to a
+//! limit, owned events, the time, and the translation of I/O errors and command outcomes
+//! into this crate's types. No protocol decision is made here: the driver makes them all.
+
+use std::collections::VecDeque;
+use std::io;
+
+use qmp_proto::{
+    Buffer, CloseReason, Driver, DriverConfig, EventStore, Expired, Failure, Instant, LinkError,
+    Outcome,
+};
+
+use crate::client::Options;
+use crate::error::{Error, QmpError};
+use crate::event::Event;
+
+/// Capacity of the in-flight table: QEMU's in-band queue of 8, plus out-of-band commands and
+/// abandoned ones still owed a reply.
+pub(crate) const TABLE: usize = 32;
+
+/// The driver every std client runs, over heap buffers and events stored in `Q`.
+pub(crate) type StdDriver<Q> = Driver<HeapBuffer, HeapBuffer, Q, TABLE>;
+
+/// A byte buffer on the heap that doubles when asked, up to `max` bytes.
+#[derive(Debug, Clone)]
+pub(crate) struct HeapBuffer {
+    bytes: Vec<u8>,
+    max: usize,
+}
+
+impl HeapBuffer {
+    /// `initial` bytes, growing to at most `max`.
+    pub(crate) fn new(initial: usize, max: usize) -> Self {
+        Self {
+            bytes: vec![0; initial.min(max)],
+            max,
+        }
+    }
+}
+
+impl AsRef<[u8]> for HeapBuffer {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl AsMut<[u8]> for HeapBuffer {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes
+    }
+}
+
+impl Buffer for HeapBuffer {
+    fn grow_to(&mut self, len: usize) -> bool {
+        let len = len.min(self.max);
+        if len <= self.bytes.len() {
+            return false;
+        }
+        self.bytes.resize(len, 0);
+        true
+    }
+}
+
+/// Owned events in arrival order, at most `max` of them (`None`: no bound).
+#[derive(Debug, Default)]
+pub(crate) struct EventList {
+    pub(crate) events: VecDeque<Event>,
+    pub(crate) max: Option<usize>,
+}
+
+impl EventList {
+    pub(crate) fn new(max: Option<usize>) -> Self {
+        Self {
+            events: VecDeque::new(),
+            max,
+        }
+    }
+}
+
+impl EventStore for EventList {
+    type Item<'a> = Event;
+
+    fn push(&mut self, event: &qmp_proto::Event<'_>) -> bool {
+        if self.max.is_some_and(|max| self.events.len() >= max) {
+            return false;
+        }
+        self.events.push_back(Event::from_view(event));
+        true
+    }
+
+    fn take(&mut self, name: Option<&str>) -> Option<Event> {
+        let at = match name {
+            None => 0,
+            Some(name) => self.events.iter().position(|e| e.name == name)?,
+        };
+        self.events.remove(at)
+    }
+
+    fn contains(&self, name: Option<&str>) -> bool {
+        match name {
+            None => !self.events.is_empty(),
+            Some(name) => self.events.iter().any(|e| e.name == name),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.events.len()
+    }
+}
+
+/// The driver's settings for `options`.
+pub(crate) fn driver_config(options: &Options, in_band: usize) -> DriverConfig {
+    DriverConfig {
+        session: qmp_proto::Config::default()
+            .max_in_band(in_band)
+            .enforce_negotiation(options.negotiate)
+            .untagged_when_alone(options.untagged_when_alone),
+        negotiate: options.negotiate,
+        oob: options.oob,
+        handshake_timeout: options.connect_timeout,
+        command_timeout: options.command_timeout,
+        stall_timeout: options.read_timeout,
+        zero_read_is_eof: true,
+    }
+}
+
+/// A new driver for a connection made at `now`.
+pub(crate) fn new_driver<Q: EventStore>(
+    options: &Options,
+    in_band: usize,
+    events: Q,
+    now: Instant,
+) -> StdDriver<Q> {
+    Driver::new(
+        HeapBuffer::new(options.initial_buffer, options.max_reply_size),
+        // Commands are small; the transmit buffer grows for a large one.
+        HeapBuffer::new(4096, usize::MAX),
+        events,
+        driver_config(options, in_band),
+        now,
+    )
+}
+
+/// The time as the driver counts it: microseconds since `origin`.
+pub(crate) fn now_since(origin: std::time::Instant) -> Instant {
+    let micros = origin.elapsed().as_micros();
+    Instant::from_micros(u64::try_from(micros).unwrap_or(u64::MAX))
+}
+
+/// What an I/O error means for the connection.
+pub(crate) fn link_error(e: &io::Error) -> LinkError {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted => {
+            LinkError::Transient
+        }
+        kind if is_disconnect(kind) => LinkError::Closed,
+        _ => LinkError::Fatal,
+    }
+}
+
+/// Whether an I/O error kind means the peer went away.
+pub(crate) fn is_disconnect(kind: io::ErrorKind) -> bool {
+    matches!(
+        kind,
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::NotConnected
+            | io::ErrorKind::WriteZero
+    )
+}
+
+/// The error for a connection that ended for `reason` (`io`: the I/O error, if the adapter
+/// still holds it).
+pub(crate) fn closed_error(reason: Option<CloseReason>, io: Option<io::Error>) -> Error {
+    match reason {
+        Some(CloseReason::Stalled) => Error::Stalled,
+        Some(CloseReason::Io) => io.map_or(Error::Disconnected, Error::Io),
+        _ => Error::Disconnected,
+    }
+}
+
+/// A command's outcome as this crate's result: the `return` value's JSON text, or the
+/// error. `limit` is the maximum reply size in force; `closed` builds the error of a
+/// command that failed because the connection ended.
+pub(crate) fn outcome_result<'a>(
+    outcome: Outcome<'a>,
+    limit: usize,
+    closed: impl FnOnce() -> Error,
+) -> Result<&'a str, Error> {
+    match outcome {
+        Outcome::Return(value) => Ok(value.as_json()),
+        Outcome::Error(e) => Err(Error::Qmp(QmpError::from_view(&e))),
+        Outcome::Failed(failure) => Err(failure_error(failure, limit, closed)),
+    }
+}
+
+/// The error for a command that got no usable answer.
+pub(crate) fn failure_error(
+    failure: Failure,
+    limit: usize,
+    closed: impl FnOnce() -> Error,
+) -> Error {
+    match failure {
+        Failure::TooLarge { size } => Error::TooLarge { size, limit },
+        Failure::Malformed(e) => Error::Malformed(e),
+        Failure::Unframed(e) => Error::Unframed(e),
+        Failure::TimedOut => Error::Timeout(Expired::Command),
+        _ => closed(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heap_buffers_grow_to_their_limit_and_no_further() {
+        let mut b = HeapBuffer::new(64, 200);
+        assert!(b.grow_to(128));
+        assert_eq!(b.as_ref().len(), 128);
+        assert!(b.grow_to(256));
+        assert_eq!(b.as_ref().len(), 200);
+        assert!(!b.grow_to(400));
+    }
+
+    #[test]
+    fn io_errors_are_classified() {
+        let kind = |k| link_error(&io::Error::from(k));
+        assert_eq!(kind(io::ErrorKind::WouldBlock), LinkError::Transient);
+        assert_eq!(kind(io::ErrorKind::BrokenPipe), LinkError::Closed);
+        assert_eq!(kind(io::ErrorKind::PermissionDenied), LinkError::Fatal);
+    }
+}
