@@ -19,6 +19,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+#[path = "session_driver.rs"]
+mod session_driver;
+
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use qmp_proto::{
@@ -568,10 +571,27 @@ fuzz_target!(|input: &[u8]| {
     let Some((&[cfg, lo, hi], rest)) = input.split_first_chunk::<3>() else {
         return;
     };
-    // The top bit of the ops length: commands without ids when alone.
+    // The top bit of the ops length: commands without ids when alone; the next one: drive
+    // the client `Driver` instead of the bare session (`session_driver.rs`).
     let untagged = hi & 0x80 != 0;
-    let ops_len = usize::from(u16::from_le_bytes([lo, hi & 0x7F])).min(rest.len());
+    let through_driver = hi & 0x40 != 0;
+    let ops_len = usize::from(u16::from_le_bytes([lo, hi & 0x3F])).min(rest.len());
     let (op_bytes, stream) = rest.split_at(ops_len);
+    if through_driver {
+        let Ok(ops) = Vec::<session_driver::Op>::arbitrary_take_rest(Unstructured::new(op_bytes))
+        else {
+            return;
+        };
+        let config = Config::default()
+            .max_in_band([1, 2, 8, 255][usize::from((cfg >> 3) & 3)])
+            .untagged_when_alone(untagged);
+        let greeting = if cfg & 1 == 0 { GREETING } else { GREETING_NO_OOB };
+        let mut first = greeting.to_vec();
+        // Whatever the stream holds follows the greeting (noise, replies, events).
+        first.extend_from_slice(&stream[..stream.len().min(512)]);
+        session_driver::drive(config, cfg & 2 == 0, &first, ops);
+        return;
+    }
     let u = Unstructured::new(op_bytes);
     let Ok(ops) = Vec::<Op>::arbitrary_take_rest(u) else {
         return;

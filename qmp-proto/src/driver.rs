@@ -498,6 +498,12 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
         self.session.state()
     }
 
+    /// The id of the capabilities negotiation, once sent (by the driver itself, or through
+    /// [`negotiate`](Self::negotiate)).
+    pub fn negotiation(&self) -> Option<CommandId> {
+        self.negotiation
+    }
+
     /// Whether the handshake is complete (command mode, or greeted when not negotiating).
     pub fn is_ready(&self) -> bool {
         match self.session.state() {
