@@ -157,3 +157,67 @@ fn a_whole_session_over_recorded_output_allocates_nothing() {
         "{replies} replies, {events} events"
     );
 }
+
+#[test]
+fn the_client_driver_allocates_nothing() {
+    use qmp_proto::{Done, Driver, DriverConfig, EventBuffer, Io, SendOptions, Wait};
+
+    let mixed = common::data("mixed-stream.jsonl");
+    let mut server = common::GREETING.to_vec();
+    server.extend_from_slice(b"{\"return\": {}, \"id\": 1}\r\n");
+    server.extend_from_slice(&mixed);
+    server.extend_from_slice(b"{\"return\": {\"status\": \"running\"}, \"id\": 2}\r\n");
+    let mut driver: Driver<[u8; 16384], [u8; 256], EventBuffer<512>, 8> = Driver::new(
+        [0; 16384],
+        [0; 256],
+        EventBuffer::new(),
+        DriverConfig::default(),
+        Instant::ZERO,
+    );
+
+    let before = allocations();
+    let now = Instant::from_millis(1);
+    let mut input = &server[..];
+    let mut written = 0;
+    let mut completed = 0;
+    let mut events = 0;
+    let mut run = |driver: &mut Driver<_, _, _, 8>, wait: Wait<'_>| loop {
+        match driver.poll_io(now, wait, None) {
+            Io::Write { bytes, .. } => {
+                written += bytes.len();
+                let n = bytes.len();
+                driver.handle_written(n, now);
+            }
+            Io::Read { buf, .. } => {
+                let n = buf.len().min(input.len()).min(1000);
+                buf[..n].copy_from_slice(&input[..n]);
+                input = &input[n..];
+                driver.handle_read(n, now);
+            }
+            Io::Done(Done::Completed(id)) => {
+                completed += 1;
+                assert!(driver.outcome(id).is_some());
+                if wait == Wait::Command(id) {
+                    return;
+                }
+            }
+            Io::Done(Done::Event) => {
+                while let Some(Ok(_)) = driver.take_event(None) {
+                    events += 1;
+                }
+            }
+            Io::Done(_) => return,
+        }
+    };
+    run(&mut driver, Wait::Handshake);
+    let id = driver
+        .execute("query-status", &(), SendOptions::new(), now)
+        .unwrap();
+    run(&mut driver, Wait::Command(id));
+    // Take the events that came with the stream, as a caller would.
+    while let Some(Ok(_)) = driver.take_event(None) {
+        events += 1;
+    }
+    assert_eq!(allocations(), before, "the driver allocated");
+    assert!(written > 40 && completed >= 1 && events > 0, "{written} {completed} {events}");
+}
