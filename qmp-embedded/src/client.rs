@@ -536,6 +536,8 @@ macro_rules! client {
                 name: Option<&str>,
                 timeout: core::time::Duration,
             ) -> Result<qmp_proto::Event<'_>, $crate::Error<L::Error>> {
+                // What is left of a failed or dropped call is not written while waiting.
+                self.abandon_pending();
                 let deadline = self.clock.now() + timeout;
                 let wait = qmp_proto::Wait::Event(name);
                 self.run(wait, Some(deadline), qmp_proto::Expired::Event) $($await)* ?;

@@ -891,6 +891,7 @@ fn embedded_got(e: qmp_embedded::Error<embedded_io::ErrorKind>) -> Got {
         E::Eof | E::Disconnected => Got::Closed,
         E::Qmp(_) => Got::Qmp,
         E::Decode(_) => Got::Other("Decode"),
+        E::Unframed(_) => Got::Other("Unframed"),
         E::Io(_) => Got::Other("Io"),
         _ => Got::Other("another error"),
     }
