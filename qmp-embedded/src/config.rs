@@ -2,7 +2,7 @@
 
 use core::time::Duration;
 
-/// How long a command, the greeting and a write may take by default.
+/// How long the handshake and a command (writing it included) may take by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Client settings: the command timeout, what a 0-byte read means, and the session's own
@@ -40,7 +40,8 @@ impl Config {
         }
     }
 
-    /// How long the greeting, a command's reply, or a write may take (`None`: forever).
+    /// How long the handshake, or a command from its first byte written to its reply, may
+    /// take (`None`: forever).
     ///
     /// Deadlines are only checked when the link's `read` or `write` returns; see the crate
     /// documentation on links that block.
@@ -87,5 +88,21 @@ impl Config {
     /// The session's settings.
     pub const fn session_config(&self) -> qmp_proto::Config {
         self.session
+    }
+
+    /// The [`qmp_proto::DriverConfig`] the clients run with: the timeout bounds each
+    /// command (and the handshake, which the client bounds itself), capabilities are
+    /// negotiated when the caller asks ([`negotiate`](crate::Client::negotiate) or
+    /// [`handshake`](crate::Client::handshake)), and no stall timeout.
+    pub fn driver_config(&self) -> qmp_proto::DriverConfig {
+        qmp_proto::DriverConfig {
+            session: self.session,
+            negotiate: false,
+            oob: false,
+            handshake_timeout: None,
+            command_timeout: self.timeout,
+            stall_timeout: None,
+            zero_read_is_eof: self.zero_read_is_eof,
+        }
     }
 }

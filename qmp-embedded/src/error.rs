@@ -2,30 +2,35 @@
 
 use core::fmt;
 
-use qmp_proto::{DeserializeError, MessageError, QmpError, SendError};
+use qmp_proto::{DeserializeError, Expired, FrameError, MessageError, QmpError, SendError};
 
 /// Why a client call failed. `E` is the link's error type (`embedded_io::ErrorType::Error`).
 ///
-/// Faults of the **link**: [`Io`](Self::Io), [`Eof`](Self::Eof),
-/// [`WriteZero`](Self::WriteZero). Faults of the **peer**: [`Qmp`](Self::Qmp) (an error
-/// reply), [`Malformed`](Self::Malformed), [`TooLarge`](Self::TooLarge),
-/// [`Timeout`](Self::Timeout), [`Disconnected`](Self::Disconnected). **Local** limits and
-/// misuse: [`Send`](Self::Send), [`Decode`](Self::Decode).
+/// Faults of the **link**: [`Io`](Self::Io), [`WriteZero`](Self::WriteZero), and its end:
+/// [`Eof`](Self::Eof), then [`Disconnected`](Self::Disconnected). Faults of the **peer**
+/// for one reply: [`Qmp`](Self::Qmp) (an error reply), [`Malformed`](Self::Malformed),
+/// [`TooLarge`](Self::TooLarge), [`Unframed`](Self::Unframed). **Waits** that ran out:
+/// [`Timeout`](Self::Timeout), saying which. **Local** limits and misuse:
+/// [`Send`](Self::Send), [`Decode`](Self::Decode). And the event queue's gap:
+/// [`Lagged`](Self::Lagged).
 ///
-/// After any of them the client stays usable unless the link has ended ([`Eof`](Self::Eof),
-/// then [`Disconnected`](Self::Disconnected) for every later call): a command that failed
-/// locally was never sent, and one that timed out or hit an I/O error is abandoned when the
-/// next command starts, its late reply dropped.
+/// After any of them the client stays usable unless the link has ended: a command that
+/// failed locally was never sent, and one that timed out or hit an I/O error is abandoned
+/// (its late reply dropped, a fragment of it resynchronised).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum Error<E> {
     /// The link's `read`, `write` or `flush` failed with an error other than the
     /// `TimedOut`/`Interrupted` kinds (those only make the client check its deadlines).
+    /// The session goes on.
     Io(E),
     /// The link ended (a read returned `Ok(0)`) before the answer arrived; a message cut
     /// short by it is dropped. The session is closed from now on.
     Eof,
+    /// The session ended earlier (reported once as [`Eof`](Self::Eof)); nothing can be
+    /// sent. Start a new client for a new connection.
+    Disconnected,
     /// The link's `write` accepted no bytes (`Ok(0)`), which `embedded-io` forbids.
     WriteZero,
     /// The server answered with a QMP error.
@@ -37,18 +42,25 @@ pub enum Error<E> {
         /// Its size in bytes.
         size: u64,
     },
-    /// The deadline passed first (the greeting, the reply, or a write that kept timing out).
-    /// A reply arriving later is dropped.
-    Timeout,
-    /// The session ended earlier (after [`Eof`](Self::Eof)); nothing can be sent. Start a
-    /// new client for a new connection.
-    Disconnected,
-    /// The command was not sent: negotiation not done, `exec-oob` without `oob`, the
-    /// in-flight table full, or it does not fit the transmit buffer (`TX`).
+    /// The answer could not be framed (e.g. nested deeper than the framer allows).
+    Unframed(FrameError),
+    /// A wait ran out: [`Expired::Greeting`] for the handshake, [`Expired::Command`] for a
+    /// reply (or room to send the command), [`Expired::Event`] for an event. A reply
+    /// arriving later is dropped.
+    Timeout(Expired),
+    /// The command was not sent: negotiation not done, `exec-oob` without `oob`, or it does
+    /// not fit the transmit buffer (`TX`).
     Send(SendError),
     /// The `return` value did not deserialize into the requested type (or an escaped string
     /// in it did not fit the transmit buffer used as scratch space).
     Decode(DeserializeError),
+    /// Events were dropped here, in order: the event queue (`EV`) was full, or one did not
+    /// fit it or the receive buffer. The events before were delivered; the next ones came
+    /// after the gap.
+    Lagged {
+        /// How many events were dropped at this point.
+        missed: u64,
+    },
 }
 
 impl<E> Error<E> {
@@ -60,19 +72,46 @@ impl<E> Error<E> {
         }
     }
 
+    /// Whether a wait ran out ([`Error::Timeout`]).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Timeout(_))
+    }
+
+    /// Whether the link has ended ([`Error::Eof`], [`Error::Disconnected`]): every later
+    /// call fails too.
+    pub fn is_disconnect(&self) -> bool {
+        matches!(self, Self::Eof | Self::Disconnected)
+    }
+
+    /// Whether the server answered with an error ([`Error::Qmp`]).
+    pub fn is_qmp(&self) -> bool {
+        matches!(self, Self::Qmp(_))
+    }
+
+    /// Whether the peer broke the protocol for this reply ([`Error::Malformed`],
+    /// [`Error::TooLarge`], [`Error::Unframed`]); the session goes on.
+    pub fn is_protocol(&self) -> bool {
+        matches!(
+            self,
+            Self::Malformed(_) | Self::TooLarge { .. } | Self::Unframed(_)
+        )
+    }
+
     /// Converts the link error with `f`, keeping every other variant.
     pub fn map_io<F>(self, f: impl FnOnce(E) -> F) -> Error<F> {
         match self {
             Self::Io(e) => Error::Io(f(e)),
             Self::Eof => Error::Eof,
+            Self::Disconnected => Error::Disconnected,
             Self::WriteZero => Error::WriteZero,
             Self::Qmp(e) => Error::Qmp(e),
             Self::Malformed(e) => Error::Malformed(e),
             Self::TooLarge { size } => Error::TooLarge { size },
-            Self::Timeout => Error::Timeout,
-            Self::Disconnected => Error::Disconnected,
+            Self::Unframed(e) => Error::Unframed(e),
+            Self::Timeout(which) => Error::Timeout(which),
             Self::Send(e) => Error::Send(e),
             Self::Decode(e) => Error::Decode(e),
+            Self::Lagged { missed } => Error::Lagged { missed },
         }
     }
 }
@@ -82,16 +121,20 @@ impl<E: fmt::Debug> fmt::Display for Error<E> {
         match self {
             Self::Io(e) => write!(f, "link I/O error: {e:?}"),
             Self::Eof => f.write_str("the link ended"),
+            Self::Disconnected => f.write_str("the session has ended"),
             Self::WriteZero => f.write_str("the link accepted no bytes"),
             Self::Qmp(e) => write!(f, "QMP error: {e}"),
             Self::Malformed(e) => write!(f, "malformed reply: {e}"),
             Self::TooLarge { size } => {
                 write!(f, "reply of {size} bytes is larger than the receive buffer")
             }
-            Self::Timeout => f.write_str("timed out"),
-            Self::Disconnected => f.write_str("the session has ended"),
+            Self::Unframed(e) => write!(f, "unframeable reply: {e}"),
+            Self::Timeout(which) => write!(f, "{which}"),
             Self::Send(e) => write!(f, "command not sent: {e}"),
             Self::Decode(e) => write!(f, "cannot decode the return value: {e}"),
+            Self::Lagged { missed } => {
+                write!(f, "{missed} QMP event(s) lost: the event queue was full")
+            }
         }
     }
 }
@@ -101,6 +144,7 @@ impl<E: core::error::Error + 'static> core::error::Error for Error<E> {
         match self {
             Self::Io(e) => Some(e),
             Self::Malformed(e) => Some(e),
+            Self::Unframed(e) => Some(e),
             Self::Send(e) => Some(e),
             _ => None,
         }

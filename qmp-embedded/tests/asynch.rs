@@ -12,7 +12,7 @@ use core::time::Duration;
 use common::{AsyncFakeQemu, Behavior, FakeClock, FakeQemu, LARGE, QUIT, SESSION, Transcript};
 use embedded_io::ErrorKind;
 use qmp_embedded::asynch::Client;
-use qmp_embedded::{Error, ErrorClass, Instant, State};
+use qmp_embedded::{Error, ErrorClass, Expired, Instant, State};
 use serde::Deserialize;
 
 type Qmp<const RX: usize = 1024, const TX: usize = 256, const EV: usize = 256, const N: usize = 2> =
@@ -43,7 +43,10 @@ struct Hmp<'a> {
 
 async fn run_session(c: &mut Qmp) -> Result<(), Error<ErrorKind>> {
     let info = c.handshake(false).await?;
-    assert_eq!(info.version, (7, 2, 22));
+    assert_eq!(
+        (info.version.major, info.version.minor, info.version.micro),
+        (7, 2, 22)
+    );
     let s: Status<'_> = c.execute("query-status", &()).await?;
     assert_eq!(
         s,
@@ -53,7 +56,7 @@ async fn run_session(c: &mut Qmp) -> Result<(), Error<ErrorKind>> {
         }
     );
     c.execute_raw("stop", &()).await?;
-    assert!(c.next_event().unwrap().unwrap().name == "STOP");
+    assert!(c.next_event(Duration::ZERO).await.unwrap().name == "STOP");
     let s: Status<'_> = c.execute("query-status", &()).await?;
     assert_eq!(
         s,
@@ -63,7 +66,7 @@ async fn run_session(c: &mut Qmp) -> Result<(), Error<ErrorKind>> {
         }
     );
     c.execute_raw("cont", &()).await?;
-    assert!(c.next_event().unwrap().unwrap().name == "RESUME");
+    assert!(c.next_event(Duration::ZERO).await.unwrap().name == "RESUME");
     match c.execute_raw("no-such-command", &()).await {
         Err(Error::Qmp(e)) => assert_eq!(e.class(), ErrorClass::CommandNotFound),
         Err(e) => return Err(e),
@@ -79,7 +82,7 @@ async fn run_session(c: &mut Qmp) -> Result<(), Error<ErrorKind>> {
         .await?;
     assert_eq!(hmp, "VM status: running\r\n");
     c.execute_raw("system_reset", &()).await?;
-    let reset = c.next_event().unwrap().unwrap();
+    let reset = c.next_event(Duration::ZERO).await.unwrap();
     assert!(reset.name == "RESET" && reset.data.is_some());
     c.execute_raw("query-version", &()).await?;
     Ok(())
@@ -107,9 +110,12 @@ fn events_between_a_command_and_its_reply() {
         c.handshake(false).await.unwrap();
         let s: Status<'_> = c.execute("query-status", &()).await.unwrap();
         assert_eq!(s.status, "running");
-        assert!(c.next_event().unwrap().unwrap().name == "RESET");
-        assert!(c.next_event().unwrap().unwrap().name == "STOP");
-        assert!(c.next_event().is_none());
+        assert!(c.next_event(Duration::ZERO).await.unwrap().name == "RESET");
+        assert!(c.next_event(Duration::ZERO).await.unwrap().name == "STOP");
+        assert_eq!(
+            c.next_event(Duration::ZERO).await.unwrap_err(),
+            Error::Timeout(Expired::Event)
+        );
     });
 }
 
@@ -126,7 +132,7 @@ fn timeout_then_late_reply_dropped() {
         let start = clock.now();
         assert_eq!(
             c.execute_raw("query-status", &()).await.unwrap_err(),
-            Error::Timeout
+            Error::Timeout(Expired::Command)
         );
         assert!(clock.now().saturating_duration_since(start) >= Duration::from_millis(500));
         c.set_timeout(Some(Duration::from_secs(300)));
@@ -176,8 +182,8 @@ fn quit_then_eof() {
     common::block_on(async {
         c.handshake(false).await.unwrap();
         c.execute_raw("quit", &()).await.unwrap();
-        assert!(c.next_event().unwrap().unwrap().name == "SHUTDOWN");
-        assert_eq!(c.wait_event(Duration::from_secs(1)).await, Err(Error::Eof));
+        assert!(c.next_event(Duration::ZERO).await.unwrap().name == "SHUTDOWN");
+        assert_eq!(c.next_event(Duration::from_secs(1)).await, Err(Error::Eof));
     });
 }
 
@@ -250,7 +256,7 @@ fn a_command_dropped_while_waiting_is_abandoned() {
     // `stop` releases the held reply (id 2) first, which is dropped; then STOP and its own.
     common::block_on(async {
         c.execute_raw("stop", &()).await.unwrap();
-        assert!(c.next_event().unwrap().unwrap().name == "STOP");
+        assert!(c.next_event(Duration::ZERO).await.unwrap().name == "STOP");
         let s: Status<'_> = c.execute("query-status", &()).await.unwrap();
         assert_eq!(s.status, "paused");
     });

@@ -8,7 +8,7 @@ use core::time::Duration;
 use common::{Behavior, FakeClock, FakeQemu, LARGE, OOB, QUIT, RESYNC, SESSION, Transcript};
 use embedded_io::ErrorKind;
 use qmp_embedded::qmp_proto::SendError;
-use qmp_embedded::{Client, Config, Error, ErrorClass, EventsLost, Instant, State};
+use qmp_embedded::{Client, Config, Error, ErrorClass, Expired, Instant, State};
 use serde::Deserialize;
 
 impl qmp_embedded::Clock for FakeClock {
@@ -65,7 +65,10 @@ fn run_session<const RX: usize, const TX: usize, const EV: usize, const N: usize
     c: &mut Qmp<RX, TX, EV, N>,
 ) -> Result<(), Error<ErrorKind>> {
     let info = c.handshake(false)?;
-    assert_eq!(info.version, (7, 2, 22));
+    assert_eq!(
+        (info.version.major, info.version.minor, info.version.micro),
+        (7, 2, 22)
+    );
     assert!(info.oob_offered && !info.oob_enabled);
     assert_eq!(c.state(), State::Ready);
 
@@ -77,13 +80,19 @@ fn run_session<const RX: usize, const TX: usize, const EV: usize, const N: usize
             running: true
         }
     );
-    assert!(c.next_event().is_none());
+    assert_eq!(
+        c.next_event(Duration::ZERO).unwrap_err(),
+        Error::Timeout(Expired::Event)
+    );
 
     c.execute_raw("stop", &())?;
-    let stop = c.next_event().unwrap().unwrap();
+    let stop = c.next_event(Duration::ZERO).unwrap();
     assert!(stop.name == "STOP" && stop.data.is_none());
     assert!(stop.timestamp.seconds > 1_700_000_000 && stop.timestamp.microseconds >= 0);
-    assert!(c.next_event().is_none());
+    assert_eq!(
+        c.next_event(Duration::ZERO).unwrap_err(),
+        Error::Timeout(Expired::Event)
+    );
 
     let s: Status<'_> = c.execute("query-status", &())?;
     assert_eq!(
@@ -96,7 +105,7 @@ fn run_session<const RX: usize, const TX: usize, const EV: usize, const N: usize
 
     let empty = c.execute_raw("cont", &())?;
     assert_eq!(empty.as_json(), "{}");
-    let resume = c.next_event().unwrap().unwrap();
+    let resume = c.next_event(Duration::ZERO).unwrap();
     assert!(resume.name == "RESUME");
 
     match c.execute_raw("no-such-command", &()) {
@@ -119,7 +128,7 @@ fn run_session<const RX: usize, const TX: usize, const EV: usize, const N: usize
     assert_eq!(hmp, "VM status: running\r\n");
 
     c.execute_raw("system_reset", &())?;
-    let reset = c.next_event().unwrap().unwrap();
+    let reset = c.next_event(Duration::ZERO).unwrap();
     assert!(reset.name == "RESET");
     let data: Reset<'_> = reset.data.unwrap().deserialize().unwrap();
     assert!(!data.guest);
@@ -128,7 +137,10 @@ fn run_session<const RX: usize, const TX: usize, const EV: usize, const N: usize
     let v: Version = c.execute("query-version", &())?;
     assert_eq!((v.qemu.major, v.qemu.minor, v.qemu.micro), (7, 2, 22));
     assert_eq!(v.package, "Debian 1:7.2+dfsg-7+deb12u18+b3");
-    assert!(c.next_event().is_none());
+    assert_eq!(
+        c.next_event(Duration::ZERO).unwrap_err(),
+        Error::Timeout(Expired::Event)
+    );
     Ok(())
 }
 
@@ -170,8 +182,12 @@ fn events_between_a_command_and_its_reply_are_queued_in_order() {
         c.handshake(false).unwrap();
         let s: Status<'_> = c.execute("query-status", &()).unwrap();
         assert_eq!(s.status, "running");
-        let names: Vec<String> =
-            core::iter::from_fn(|| c.next_event().map(|e| e.unwrap().name.to_string())).collect();
+        let names: Vec<String> = core::iter::from_fn(|| {
+            c.next_event(Duration::ZERO)
+                .ok()
+                .map(|e| e.name.to_string())
+        })
+        .collect();
         assert_eq!(names, ["RESET", "STOP", "RESUME"], "seed {seed}");
     }
 }
@@ -187,15 +203,24 @@ fn a_full_event_queue_reports_the_loss_in_order() {
     c.execute_raw("query-status", &()).unwrap();
     // The STOP of `stop` arrives while the gap is unreported: it is lost too, not reordered.
     c.execute_raw("stop", &()).unwrap();
-    assert!(c.next_event().unwrap().unwrap().name == "STOP");
-    assert!(c.next_event().unwrap().unwrap().name == "RESUME");
-    assert_eq!(c.next_event().unwrap(), Err(EventsLost { count: 2 }));
-    assert!(c.next_event().is_none());
+    assert!(c.next_event(Duration::ZERO).unwrap().name == "STOP");
+    assert!(c.next_event(Duration::ZERO).unwrap().name == "RESUME");
+    assert_eq!(
+        c.next_event(Duration::ZERO).unwrap_err(),
+        Error::Lagged { missed: 2 }
+    );
+    assert_eq!(
+        c.next_event(Duration::ZERO).unwrap_err(),
+        Error::Timeout(Expired::Event)
+    );
     // Drained: events are stored again.
     c.execute_raw("query-status", &()).unwrap();
     c.execute_raw("cont", &()).unwrap();
-    assert!(c.next_event().unwrap().unwrap().name == "RESUME");
-    assert!(c.next_event().is_none());
+    assert!(c.next_event(Duration::ZERO).unwrap().name == "RESUME");
+    assert_eq!(
+        c.next_event(Duration::ZERO).unwrap_err(),
+        Error::Timeout(Expired::Event)
+    );
 }
 
 #[test]
@@ -206,8 +231,14 @@ fn a_zero_byte_event_queue_counts_every_event() {
     c.execute_raw("stop", &()).unwrap();
     c.execute_raw("query-status", &()).unwrap();
     c.execute_raw("cont", &()).unwrap();
-    assert_eq!(c.next_event().unwrap(), Err(EventsLost { count: 2 }));
-    assert!(c.next_event().is_none());
+    assert_eq!(
+        c.next_event(Duration::ZERO).unwrap_err(),
+        Error::Lagged { missed: 2 }
+    );
+    assert_eq!(
+        c.next_event(Duration::ZERO).unwrap_err(),
+        Error::Timeout(Expired::Event)
+    );
 }
 
 #[test]
@@ -245,7 +276,7 @@ fn a_silent_server_times_out_and_its_late_reply_is_dropped() {
         let start = clock.now();
         assert_eq!(
             c.execute_raw("query-status", &()).unwrap_err(),
-            Error::Timeout
+            Error::Timeout(Expired::Command)
         );
         let waited = clock.now().saturating_duration_since(start);
         assert!(
@@ -259,7 +290,7 @@ fn a_silent_server_times_out_and_its_late_reply_is_dropped() {
         c.set_timeout(Some(Duration::from_secs(300)));
         // The late `{"return": …, "id": 2}` arrives before stop's reply and is dropped.
         c.execute_raw("stop", &()).unwrap();
-        assert!(c.next_event().unwrap().unwrap().name == "STOP");
+        assert!(c.next_event(Duration::ZERO).unwrap().name == "STOP");
         let s: Status<'_> = c.execute("query-status", &()).unwrap();
         assert_eq!(s.status, "paused");
     }
@@ -270,7 +301,10 @@ fn a_missing_greeting_times_out() {
     let mut t = Transcript::parse(SESSION);
     t.greeting.clear();
     let mut c: Qmp = client(FakeQemu::from_transcript(t, Behavior::chaotic(3)));
-    assert_eq!(c.handshake(false).unwrap_err(), Error::Timeout);
+    assert_eq!(
+        c.handshake(false).unwrap_err(),
+        Error::Timeout(Expired::Greeting)
+    );
     assert_eq!(c.state(), State::AwaitingGreeting);
 }
 
@@ -302,15 +336,18 @@ fn eof_at_every_byte() {
             Err(Error::Eof) => {
                 assert_eq!(c.state(), State::Closed);
                 // Events that arrived before the cut are still delivered.
-                while let Some(event) = c.next_event() {
-                    event.unwrap();
-                }
+                let end = loop {
+                    if let Err(e) = c.next_event(Duration::ZERO) {
+                        break e;
+                    }
+                };
+                assert_eq!(end, Error::Disconnected);
                 assert_eq!(
                     c.execute_raw("query-status", &()).unwrap_err(),
                     Error::Disconnected
                 );
                 assert_eq!(
-                    c.wait_event(Duration::from_secs(1)),
+                    c.next_event(Duration::from_secs(1)),
                     Err(Error::Disconnected)
                 );
             }
@@ -347,7 +384,7 @@ fn a_link_error_mid_reply_is_typed_and_the_next_command_works() {
         // The rest of that reply arrives during `stop` and is dropped (the command was
         // abandoned); `stop` gets its own.
         c.execute_raw("stop", &()).unwrap();
-        assert!(c.next_event().unwrap().unwrap().name == "STOP");
+        assert!(c.next_event(Duration::ZERO).unwrap().name == "STOP");
         let s: Status<'_> = c.execute("query-status", &()).unwrap();
         assert_eq!(s.status, "paused", "seed {seed}");
     }
@@ -371,7 +408,7 @@ fn quit_then_the_server_closes_the_link() {
         let mut c: Qmp = client(FakeQemu::new(QUIT, Behavior::chaotic(seed)));
         c.handshake(false).unwrap();
         c.execute_raw("quit", &()).unwrap();
-        let shutdown = c.next_event().unwrap().unwrap();
+        let shutdown = c.next_event(Duration::ZERO).unwrap();
         assert!(shutdown.name == "SHUTDOWN");
         assert_eq!(
             shutdown
@@ -383,7 +420,7 @@ fn quit_then_the_server_closes_the_link() {
                 .unwrap(),
             "host-qmp-quit"
         );
-        assert_eq!(c.wait_event(Duration::from_secs(1)), Err(Error::Eof));
+        assert_eq!(c.next_event(Duration::from_secs(1)), Err(Error::Eof));
         assert_eq!(c.state(), State::Closed);
         assert_eq!(
             c.execute_raw("query-status", &()).unwrap_err(),
@@ -484,7 +521,10 @@ fn a_blocked_write_times_out() {
     let mut c: Qmp = client(link);
     c.wait_greeting().unwrap();
     let start = clock.now();
-    assert_eq!(c.negotiate(false), Err(Error::Timeout));
+    assert_eq!(
+        c.negotiate(false).unwrap_err(),
+        Error::Timeout(Expired::Greeting)
+    );
     assert!(clock.now().saturating_duration_since(start) >= qmp_embedded::DEFAULT_TIMEOUT);
 }
 
@@ -503,7 +543,7 @@ fn a_half_written_command_is_resynchronised() {
     c.handshake(false).unwrap();
     assert_eq!(
         c.execute_raw("query-status", &()).unwrap_err(),
-        Error::Timeout
+        Error::Timeout(Expired::Command)
     );
     let s: Status<'_> = c.execute("query-status", &()).unwrap();
     assert_eq!(s.status, "running");
@@ -526,19 +566,48 @@ fn stalls_reported_as_zero_byte_reads() {
 }
 
 #[test]
-fn wait_event_returns_false_after_its_timeout() {
+fn waiting_for_an_event_times_out_then_picks_one_up() {
     let link = FakeQemu::new(SESSION, Behavior::chaotic(9));
     let clock = link.clock.clone();
     let mut c: Qmp = client(link);
     c.handshake(false).unwrap();
     let start = clock.now();
-    assert_eq!(c.wait_event(Duration::from_millis(300)), Ok(false));
+    assert_eq!(
+        c.next_event(Duration::from_millis(300)).unwrap_err(),
+        Error::Timeout(Expired::Event)
+    );
     assert!(clock.now().saturating_duration_since(start) >= Duration::from_millis(300));
     // An event the server sends on its own is picked up.
     let stop = Transcript::parse(SESSION).line(2, "STOP");
     c.link_mut().push_output(&stop);
-    assert_eq!(c.wait_event(Duration::from_secs(1)), Ok(true));
-    assert!(c.next_event().unwrap().unwrap().name == "STOP");
+    assert!(c.next_event(Duration::from_secs(1)).unwrap().name == "STOP");
+}
+
+#[test]
+fn waiting_for_an_event_by_name_keeps_the_others_queued() {
+    let t = Transcript::parse(SESSION);
+    let link = FakeQemu::new(SESSION, Behavior::chaotic(10));
+    let clock = link.clock.clone();
+    let mut c: Qmp = client(link);
+    c.handshake(false).unwrap();
+    let events = [t.line(2, "STOP"), t.line(4, "RESUME"), t.line(7, "RESET")].concat();
+    c.link_mut().push_output(&events);
+    assert!(c.wait_event("RESET", Duration::from_secs(60)).unwrap().name == "RESET");
+    // Not there: the wait runs out, and the others stay queued, in order.
+    let start = clock.now();
+    assert_eq!(
+        c.wait_event("SHUTDOWN", Duration::from_millis(200))
+            .unwrap_err(),
+        Error::Timeout(Expired::Event)
+    );
+    assert!(clock.now().saturating_duration_since(start) >= Duration::from_millis(200));
+    assert!(c.next_event(Duration::ZERO).unwrap().name == "STOP");
+    assert!(c.next_event(Duration::ZERO).unwrap().name == "RESUME");
+    assert_eq!(
+        c.next_event(Duration::ZERO).unwrap_err(),
+        Error::Timeout(Expired::Event)
+    );
+    assert_eq!(c.events_lost(), 0);
 }
 
 /// The smallest configuration that runs query-status / stop / cont with the recorded
@@ -553,15 +622,18 @@ fn smallest_configuration() {
         let s: Status<'_> = c.execute("query-status", &()).unwrap();
         assert_eq!(s.status, "running");
         c.execute_raw("stop", &()).unwrap();
-        assert!(c.next_event().unwrap().unwrap().name == "STOP");
+        assert!(c.next_event(Duration::ZERO).unwrap().name == "STOP");
         let s: Status<'_> = c.execute("query-status", &()).unwrap();
         assert_eq!(s.status, "paused");
         c.execute_raw("cont", &()).unwrap();
-        assert!(c.next_event().unwrap().unwrap().name == "RESUME");
+        assert!(c.next_event(Duration::ZERO).unwrap().name == "RESUME");
     }
     // One byte less of RX and the greeting does not fit: the handshake times out.
     let mut c: Qmp<139, 37, 25, 1> = client(FakeQemu::new(SESSION, Behavior::calm()));
-    assert_eq!(c.handshake(false), Err(Error::Timeout));
+    assert_eq!(
+        c.handshake(false).unwrap_err(),
+        Error::Timeout(Expired::Greeting)
+    );
 }
 
 /// With `--features defmt` the client's calls link against a host logger; with `DEFMT_LOG`
@@ -585,8 +657,13 @@ fn protocol_steps_are_logged_through_defmt() {
 fn duplex_of_two_halves() {
     use qmp_embedded::Duplex;
 
-    struct Rx(Vec<u8>);
-    struct Tx(Vec<u8>);
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    /// The reader half: what the server sent and was not read yet.
+    struct Rx(Rc<RefCell<Vec<u8>>>);
+    /// The writer half: what the client wrote, and the server's answers, one per command.
+    struct Tx(Vec<u8>, Rc<RefCell<Vec<u8>>>, Vec<Vec<u8>>);
     impl embedded_io::ErrorType for Rx {
         type Error = ErrorKind;
     }
@@ -595,15 +672,23 @@ fn duplex_of_two_halves() {
     }
     impl embedded_io::Read for Rx {
         fn read(&mut self, buf: &mut [u8]) -> Result<usize, ErrorKind> {
-            let n = buf.len().min(self.0.len());
-            buf[..n].copy_from_slice(&self.0[..n]);
-            self.0.drain(..n);
+            let mut unread = self.0.borrow_mut();
+            if unread.is_empty() {
+                return Err(ErrorKind::TimedOut);
+            }
+            let n = buf.len().min(unread.len());
+            buf[..n].copy_from_slice(&unread[..n]);
+            unread.drain(..n);
             Ok(n)
         }
     }
     impl embedded_io::Write for Tx {
         fn write(&mut self, buf: &[u8]) -> Result<usize, ErrorKind> {
             self.0.extend_from_slice(buf);
+            // A whole command (written in one piece here) is answered.
+            if buf.ends_with(b"}") && !self.2.is_empty() {
+                self.1.borrow_mut().extend(self.2.remove(0));
+            }
             Ok(buf.len())
         }
         fn flush(&mut self) -> Result<(), ErrorKind> {
@@ -612,15 +697,18 @@ fn duplex_of_two_halves() {
     }
 
     let t = Transcript::parse(SESSION);
-    // Every answer is ready before its command is written (a pre-scripted link): the client
-    // only takes in messages up to the one it waits for, so none is dropped as unmatched.
-    let server = [&t.greeting[..], &t.steps[0].response, &t.steps[1].response].concat();
-    let link = Duplex::new(Rx(server), Tx(Vec::new()));
+    // The server answers each command once it is written (the greeting comes first). A
+    // link pre-scripted with every answer before its command no longer works: the client
+    // handles what it received in order, and a reply to a command not yet sent is dropped
+    // as unmatched.
+    let unread = Rc::new(RefCell::new(t.greeting.clone()));
+    let answers = vec![t.steps[0].response.clone(), t.steps[1].response.clone()];
+    let link = Duplex::new(Rx(unread.clone()), Tx(Vec::new(), unread, answers));
     let mut c: Client<_, _> = Client::new(link, FakeClock::default());
     c.handshake(false).unwrap();
     let s: Status<'_> = c.execute("query-status", &()).unwrap();
     assert_eq!(s.status, "running");
-    let (link, _) = c.into_parts();
+    let (link, _) = c.into_inner();
     assert_eq!(
         link.writer.0,
         [&t.steps[0].command[..], &t.steps[1].command[..]].concat()
@@ -685,11 +773,11 @@ fn commands_that_were_never_written_free_their_slots() {
     // Ids 2 and 3: nothing gets out before their deadlines.
     assert_eq!(
         c.execute_raw("query-status", &()).unwrap_err(),
-        Error::Timeout
+        Error::Timeout(Expired::Command)
     );
     assert_eq!(
         c.execute_raw("query-status", &()).unwrap_err(),
-        Error::Timeout
+        Error::Timeout(Expired::Command)
     );
     // Id 4 gets out once writes flow again, and is answered.
     let s: Status<'_> = c.execute("query-status", &()).unwrap();

@@ -528,6 +528,12 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
         self.config.command_timeout = timeout;
     }
 
+    /// Changes [`DriverConfig::oob`] for a negotiation not yet started (a client that asks
+    /// for `oob` per handshake, with [`DriverConfig::negotiate`] off).
+    pub fn set_oob(&mut self, oob: bool) {
+        self.config.oob = oob;
+    }
+
     /// Commands sent and not finished (abandoned ones still owed a reply included).
     pub fn in_flight(&self) -> usize {
         self.session.in_flight()
@@ -865,6 +871,14 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
     /// Takes the outcome of command `id`, just reported by [`Done::Completed`]; `None` if it
     /// is not the one held (or was already taken). Borrowed from the receive buffer.
     pub fn outcome(&mut self, id: CommandId) -> Option<Outcome<'_>> {
+        self.outcome_with_scratch(id).map(|(outcome, _)| outcome)
+    }
+
+    /// Like [`outcome`](Self::outcome), with the transmit buffer's free room alongside, as
+    /// scratch space while the outcome is borrowed (e.g. to unescape the strings of a
+    /// `return` value with [`RawJson::deserialize_unescaped`]). It is all of the transmit
+    /// buffer when nothing waits to be written.
+    pub fn outcome_with_scratch(&mut self, id: CommandId) -> Option<(Outcome<'_>, &mut [u8])> {
         let held = self.held;
         if self.holds(id) {
             // Taken: the bytes stay in place until the next read.
@@ -886,7 +900,8 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
             Held::Failed(h, failure) if h == id => Outcome::Failed(failure),
             _ => return None,
         };
-        Some(outcome)
+        let scratch = self.tx.as_mut().get_mut(self.tx_end..).unwrap_or(&mut []);
+        Some((outcome, scratch))
     }
 
     /// The message just reported by [`Done::Untracked`]: a reply whose id matches no

@@ -277,6 +277,58 @@ fn the_reply_value_is_decoded_from_the_receive_buffer() {
 }
 
 #[test]
+fn escaped_strings_are_unescaped_through_the_transmit_buffer() {
+    let (mut d, mut peer, mut now) = ready(config());
+    let id = d
+        .execute("human-monitor-command", &(), SendOptions::new(), now)
+        .unwrap();
+    peer.answer(b"{\"return\": \"VM status: running\\r\\n\", \"id\": 2}\r\n");
+    assert_eq!(
+        run(&mut d, &mut peer, &mut now, Wait::Command(id), None),
+        Done::Completed(id)
+    );
+    let Some((Outcome::Return(value), scratch)) = d.outcome_with_scratch(id) else {
+        panic!()
+    };
+    // Nothing waits to be written: the whole transmit buffer is scratch space.
+    assert_eq!(scratch.len(), 256);
+    let text: heapless::String<32> = value.deserialize_unescaped(scratch).unwrap();
+    assert_eq!(text, "VM status: running\r\n");
+    assert!(d.outcome(id).is_none(), "taken");
+}
+
+#[test]
+fn oob_can_be_chosen_for_an_explicit_negotiation() {
+    for oob in [false, true] {
+        let mut d = new_driver(DriverConfig {
+            negotiate: false,
+            ..config()
+        });
+        d.set_oob(oob);
+        let mut peer = Peer {
+            unread: GREETING.to_vec(),
+            ..Peer::default()
+        };
+        let mut now = ms(0);
+        // Without negotiating by itself, the handshake ends at the greeting.
+        assert_eq!(
+            run(&mut d, &mut peer, &mut now, Wait::Handshake, None),
+            Done::Ready
+        );
+        assert!(peer.received.is_empty());
+        d.negotiate(SendOptions::new(), now).unwrap();
+        peer.answer(b"{\"return\": {}, \"id\": 1}\r\n");
+        assert_eq!(
+            run(&mut d, &mut peer, &mut now, Wait::Handshake, None),
+            Done::Ready
+        );
+        assert_eq!(d.server().unwrap().oob_enabled, oob);
+        let asked = peer.received.windows(3).any(|w| w == b"oob");
+        assert_eq!(asked, oob);
+    }
+}
+
+#[test]
 fn other_completions_come_out_on_the_way_to_the_awaited_one() {
     let (mut d, mut peer, mut now) = ready(config());
     let a = d.execute("stop", &(), SendOptions::new(), now).unwrap();

@@ -2076,7 +2076,7 @@ fn classify_embedded<T: std::fmt::Debug>(
         }
         Ok(_) => Outcome::Ok,
         Err(E::Qmp(e)) if Some(e.class()) == expected => Outcome::ExpectedError,
-        Err(E::Timeout) => Outcome::Timeout,
+        Err(E::Timeout(_)) => Outcome::Timeout,
         Err(E::Eof | E::Disconnected | E::Io(_)) => Outcome::Gone,
         Err(e) => panic!("{ctx}\n  {name}: unexpected error {e:?}"),
     }
@@ -2084,14 +2084,17 @@ fn classify_embedded<T: std::fmt::Debug>(
 
 fn embedded_drain(qmp: &mut Embedded, obs: &mut Observer) -> Vec<Ev> {
     let mut new = Vec::new();
-    while let Some(event) = qmp.next_event() {
-        match event {
+    loop {
+        match qmp.next_event(Duration::ZERO) {
             Ok(e) => new.push((
                 e.name.to_string(),
                 e.timestamp.seconds,
                 e.timestamp.microseconds,
             )),
-            Err(lost) => panic!("{}\n  events lost: {lost}", obs.ctx),
+            Err(lost @ qmp_embedded::Error::Lagged { .. }) => {
+                panic!("{}\n  events lost: {lost}", obs.ctx)
+            }
+            Err(_) => break,
         }
     }
     obs.stats.events += new.len();
@@ -2192,11 +2195,20 @@ fn embedded_session(seed: u64, qemu: &Path) -> Stats {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         use qmp_embedded::Error as E;
-        match qmp.wait_event(Duration::from_secs(3)) {
-            Ok(true) => {
+        match qmp.next_event(Duration::from_secs(3)) {
+            Ok(e) => {
+                let event = (
+                    e.name.to_string(),
+                    e.timestamp.seconds,
+                    e.timestamp.microseconds,
+                );
+                obs.stats.events += 1;
+                obs.events.push(event);
                 embedded_drain(&mut qmp, &mut obs);
             }
-            Ok(false) => panic!("{ctx}\n  the stream did not end after the proxy closed"),
+            Err(E::Timeout(_)) => {
+                panic!("{ctx}\n  the stream did not end after the proxy closed")
+            }
             Err(E::Eof | E::Disconnected) => break,
             Err(e) => panic!("{ctx}\n  reading to the end after the proxy closed: {e:?}"),
         }

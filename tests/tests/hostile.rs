@@ -885,12 +885,13 @@ impl qmp_embedded::Clock for Clock {
 fn embedded_got(e: qmp_embedded::Error<embedded_io::ErrorKind>) -> Got {
     use qmp_embedded::Error as E;
     match e {
-        E::Timeout => Got::Timeout,
+        E::Timeout(_) => Got::Timeout,
         E::TooLarge { size } => Got::TooLarge { size },
         E::Malformed(e) => Got::Malformed(e),
         E::Eof | E::Disconnected => Got::Closed,
         E::Qmp(_) => Got::Qmp,
         E::Decode(_) => Got::Other("Decode"),
+        E::Unframed(_) => Got::Other("Unframed"),
         E::Io(_) => Got::Other("Io"),
         _ => Got::Other("another error"),
     }
@@ -940,16 +941,17 @@ impl Subject for Embedded {
     }
 
     fn dropped(&self) -> u64 {
-        u64::from(self.dropped_messages())
+        self.dropped_messages()
     }
 
     fn events(&mut self) -> Events {
         let mut events = Events::default();
-        while let Some(item) = self.next_event() {
-            match item {
+        loop {
+            match self.next_event(Duration::ZERO) {
                 Ok(e) if e.name == "RESUME" => events.resume += 1,
                 Ok(_) => events.other += 1,
-                Err(lost) => events.lost += u64::from(lost.count),
+                Err(qmp_embedded::Error::Lagged { missed }) => events.lost += missed,
+                Err(_) => break,
             }
         }
         events
