@@ -752,6 +752,12 @@ impl<const N: usize> Protocol<N> {
             }
             self.oob_enabled |= oob;
         }
+        if let Outcome::Failed(Failure::Malformed(_) | Failure::Unframed(_)) = outcome {
+            // A broken message without an id taken for this command's reply may have been
+            // noise: the real reply may still come, without an id, and must not be taken
+            // for a later command's.
+            self.may_untag &= pending.tagged;
+        }
         if pending.status == PendingStatus::Abandoned {
             return Received::Notice(Notice::Discarded(id));
         }

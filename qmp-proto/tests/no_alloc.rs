@@ -219,5 +219,8 @@ fn the_client_driver_allocates_nothing() {
         events += 1;
     }
     assert_eq!(allocations(), before, "the driver allocated");
-    assert!(written > 40 && completed >= 1 && events > 0, "{written} {completed} {events}");
+    assert!(
+        written > 40 && completed >= 1 && events > 0,
+        "{written} {completed} {events}"
+    );
 }

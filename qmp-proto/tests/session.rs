@@ -1003,3 +1003,21 @@ fn a_tagged_command_whose_broken_reply_shows_its_id_fails_at_once() {
     assert!(s.is_pending(a));
     assert_eq!(s.in_flight(), 1);
 }
+
+#[test]
+fn after_a_broken_reply_to_an_untagged_command_ids_come_back() {
+    let mut s = ready_untagged(false);
+    let (_, wire) = send_bytes(&mut s, "query-status", false);
+    assert_eq!(wire, r#"{"execute":"query-status"}"#);
+    // Noise that reads as a reply, with no id: taken for the lone command's.
+    let got = feed_all(&mut s, b"{\"error\": {\"class\": \"GenericError\"}}\r\n");
+    assert!(matches!(got.as_slice(), [Got::Failed { .. }]), "{got:?}");
+    // Its real reply may still come without an id: from now on every command carries one.
+    let (id, wire) = send_bytes(&mut s, "query-status", false);
+    assert_eq!(wire, format!(r#"{{"execute":"query-status","id":{id}}}"#));
+    let got = feed_all(&mut s, b"{\"return\": {}}\r\n");
+    assert!(
+        matches!(got.as_slice(), [Got::Notice(_)]),
+        "the stray reply is not taken for the next command's: {got:?}"
+    );
+}

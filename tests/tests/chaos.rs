@@ -354,6 +354,9 @@ enum Outcome {
     /// The error reply the call was meant to get.
     ExpectedError,
     Timeout,
+    /// The reply broke the protocol (unframeable or malformed); like a timeout, the real
+    /// reply may still come later.
+    Broken,
     Gone,
 }
 
@@ -572,6 +575,7 @@ fn classify<T: std::fmt::Debug>(
         Ok(_) => Outcome::Ok,
         Err(Error::Qmp(e)) if Some(e.class.as_str()) == expected_class => Outcome::ExpectedError,
         Err(Error::Timeout(_)) => Outcome::Timeout,
+        Err(e) if e.is_protocol() => Outcome::Broken,
         Err(e) if e.is_disconnect() => Outcome::Gone,
         Err(e) => panic!("{ctx}\n  {name}: unexpected error {e:?}"),
     }
@@ -1201,14 +1205,14 @@ fn check_wire(obs: &mut Observer, record: &Record, ctx: &str, wire: Wire) {
                 "{ctx}\n  {name} (id {id}) failed as disconnected, but its reply was delivered\n  \
                  {summary}"
             ),
-            Outcome::Gone | Outcome::Timeout => {}
+            Outcome::Gone | Outcome::Timeout | Outcome::Broken => {}
         }
     }
     // Which commands went without an id.
     let timed_out = |id: u64| {
         obs.calls
             .iter()
-            .any(|c| c.id == Some(id) && c.outcome == Outcome::Timeout)
+            .any(|c| c.id == Some(id) && matches!(c.outcome, Outcome::Timeout | Outcome::Broken))
     };
     let first_untagged_timeout = exchanges
         .iter()
@@ -1219,7 +1223,7 @@ fn check_wire(obs: &mut Observer, record: &Record, ctx: &str, wire: Wire) {
     let first_timeout = obs
         .calls
         .iter()
-        .filter(|c| c.outcome == Outcome::Timeout)
+        .filter(|c| matches!(c.outcome, Outcome::Timeout | Outcome::Broken))
         .filter_map(|c| c.id)
         .min();
     for call in &obs.calls {
@@ -2077,6 +2081,7 @@ fn classify_embedded<T: std::fmt::Debug>(
         Ok(_) => Outcome::Ok,
         Err(E::Qmp(e)) if Some(e.class()) == expected => Outcome::ExpectedError,
         Err(E::Timeout(_)) => Outcome::Timeout,
+        Err(e) if e.is_protocol() => Outcome::Broken,
         Err(E::Eof | E::Disconnected | E::Io(_)) => Outcome::Gone,
         Err(e) => panic!("{ctx}\n  {name}: unexpected error {e:?}"),
     }
