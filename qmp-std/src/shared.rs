@@ -400,7 +400,7 @@ impl<S: SplitStream> Client<S> {
 /// (the greeting, what was negotiated) is the client's.
 // TODO(#11): once the blocking client runs on the driver, it hands its own driver over.
 fn take_over(
-    parts: &crate::client::ClientParts<impl SplitStream>,
+    parts: &mut crate::client::ClientParts<impl SplitStream>,
     now: qmp_proto::Instant,
 ) -> Result<StdDriver<EventList>> {
     if parts.session.in_flight() > 0 {
@@ -444,10 +444,22 @@ fn take_over(
         };
         let _ = driver.feed(reply.as_bytes(), now);
     }
-    match driver.poll_wait(now, Wait::Handshake, None) {
-        Some(Done::Ready) => Ok(driver),
-        _ => Err(Error::Disconnected),
+    if driver.poll_wait(now, Wait::Handshake, None) != Some(Done::Ready) {
+        return Err(Error::Disconnected);
     }
+    // Bytes the client read past its last message (part of the next one) go on from here.
+    let pending = parts.session.framer().buffered();
+    let _ = parts.session.read_buf(); // moves them to the front
+    let mut leftover = &parts.session.framer_mut().buffer_mut()[..pending];
+    while !leftover.is_empty() {
+        let n = driver.feed(leftover, now);
+        leftover = &leftover[n..];
+        if !leftover.is_empty() {
+            // Only events can come of them (no command is in flight); they are queued.
+            while driver.poll().is_some() {}
+        }
+    }
+    Ok(driver)
 }
 
 impl SharedClient {
@@ -464,12 +476,12 @@ impl SharedClient {
     /// Shares a connected client (built with [`ClientBuilder`] for other options); see
     /// [`Client::into_shared`].
     pub fn from_client<S: SplitStream>(client: Client<S>) -> Result<Self> {
-        let parts = client.into_parts();
+        let mut parts = client.into_parts();
         if parts.closed {
             return Err(Error::Disconnected);
         }
         let origin = Instant::now();
-        let driver = take_over(&parts, drive::now_since(origin))?;
+        let driver = take_over(&mut parts, drive::now_since(origin))?;
         let server = driver.server().cloned().ok_or(Error::Disconnected)?;
         let mut reader = parts.stream.try_clone()?;
         // The reader thread's read timeout follows the driver's deadlines.
@@ -499,6 +511,7 @@ impl SharedClient {
             command_timeout: options.command_timeout,
             max_reply_size: options.max_reply_size,
         });
+        inner.deliver(&mut inner.lock());
         let reader = {
             let inner = Arc::clone(&inner);
             thread::Builder::new()
