@@ -344,7 +344,7 @@ impl Drop for Owner {
 /// the same [`qmp_proto::Driver`] every client runs), and each event to every
 /// [`Subscription`]. Callers encode under a short lock and write their command whole under
 /// a second one; at most [`Options::max_in_flight`] in-band commands are in flight, and
-/// more wait for room. See the [module docs](self) for how.
+/// more wait for room.
 ///
 /// A command that times out ([`Options::command_timeout`], or
 /// [`execute_timeout`](Self::execute_timeout)) fails with [`Error::Timeout`]: its late reply
