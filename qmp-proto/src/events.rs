@@ -95,6 +95,17 @@ impl<S: EventStore> EventQueue<S> {
         false
     }
 
+    /// [`push`](Self::push) for an event the caller stores itself (an owned copy it already
+    /// holds, say): `store` is called only when no gap is open, and says whether it stored
+    /// the event. The same rule applies: not stored, it is counted lost here.
+    pub fn push_with(&mut self, store: impl FnOnce(&mut S) -> bool) -> bool {
+        if self.lost == 0 && store(&mut self.store) {
+            return true;
+        }
+        self.lose(1);
+        false
+    }
+
     /// Counts `n` events lost at this point (for example one too large to receive).
     pub fn lose(&mut self, n: u64) {
         self.lost = self.lost.saturating_add(n);

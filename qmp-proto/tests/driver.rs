@@ -651,3 +651,52 @@ fn closing_fails_what_waits_then_reports_the_close() {
     );
     assert!(peer.received.is_empty());
 }
+
+/// A store that holds at most two names, owned: what an adapter with owned events fans out
+/// to its subscribers through [`qmp_proto::EventQueue::push_with`].
+#[derive(Default)]
+struct Names(Vec<String>);
+
+impl qmp_proto::EventStore for Names {
+    type Item<'a> = String;
+    fn push(&mut self, _: &qmp_proto::Event<'_>) -> bool {
+        unreachable!("only push_with is used")
+    }
+    fn take(&mut self, name: Option<&str>) -> Option<String> {
+        let at = match name {
+            None => 0,
+            Some(name) => self.0.iter().position(|n| n == name)?,
+        };
+        Some(self.0.remove(at))
+    }
+    fn contains(&self, name: Option<&str>) -> bool {
+        name.map_or(!self.0.is_empty(), |name| self.0.iter().any(|n| n == name))
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+#[test]
+fn push_with_applies_the_one_overflow_rule_to_events_stored_by_the_caller() {
+    let mut queue = qmp_proto::EventQueue::new(Names::default());
+    let mut push = |queue: &mut qmp_proto::EventQueue<Names>, name: &str| {
+        queue.push_with(|names| {
+            names.0.len() < 2 && {
+                names.0.push(name.to_owned());
+                true
+            }
+        })
+    };
+    assert!(push(&mut queue, "A"));
+    assert!(push(&mut queue, "B"));
+    // Full: the newest is dropped, and so is every later one while the gap is open.
+    assert!(!push(&mut queue, "C"));
+    assert_eq!(queue.take(None), Some(Ok("A".to_owned())));
+    assert!(!push(&mut queue, "D"));
+    assert_eq!(queue.take(None), Some(Ok("B".to_owned())));
+    assert_eq!(queue.take(None), Some(Err(Lagged { missed: 2 })));
+    assert!(push(&mut queue, "E"));
+    assert_eq!(queue.take(None), Some(Ok("E".to_owned())));
+    assert_eq!(queue.lost_total(), 2);
+}

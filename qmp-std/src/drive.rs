@@ -214,6 +214,82 @@ pub(crate) fn failure_error(
     }
 }
 
+/// A command's answer as handed to a waiter on another thread or task: the `return`
+/// value's JSON text, or the error.
+pub(crate) type Answer = Result<Box<str>, Error>;
+
+/// Why a connection ended, kept so that every later caller gets the same error.
+#[derive(Debug, Clone)]
+pub(crate) struct Ended {
+    pub(crate) reason: CloseReason,
+    io: Option<(io::ErrorKind, String)>,
+}
+
+impl Ended {
+    /// The end for `reason` (`io`: the I/O error that ended it, if any).
+    pub(crate) fn new(reason: CloseReason, io: Option<&io::Error>) -> Self {
+        Self {
+            reason,
+            io: io.map(|e| (e.kind(), e.to_string())),
+        }
+    }
+
+    /// The error every waiting and later command gets.
+    pub(crate) fn error(&self) -> Error {
+        let io = self.io.as_ref().map(|(k, m)| io::Error::new(*k, m.clone()));
+        closed_error(Some(self.reason), io)
+    }
+}
+
+/// Takes the outcome of `id` (just reported by `Done::Completed`) as an owned answer.
+pub(crate) fn take_answer<Q: EventStore>(
+    driver: &mut StdDriver<Q>,
+    id: qmp_proto::CommandId,
+    limit: usize,
+    closed: impl FnOnce() -> Error,
+) -> Option<Answer> {
+    let outcome = driver.outcome(id)?;
+    Some(outcome_result(outcome, limit, closed).map(Box::from))
+}
+
+impl EventList {
+    /// Stores an owned event, if there is room.
+    pub(crate) fn push_owned(&mut self, event: Event) -> bool {
+        if self.max.is_some_and(|max| self.events.len() >= max) {
+            return false;
+        }
+        self.events.push_back(event);
+        true
+    }
+}
+
+/// What the driver's event queue hands out: an event, or how many were lost at that point.
+pub(crate) type Queued = Result<Event, u64>;
+
+/// Takes every event (and gap) the driver has queued, oldest first.
+pub(crate) fn drain_events(driver: &mut StdDriver<EventList>) -> Vec<Queued> {
+    let mut out = Vec::new();
+    while let Some(item) = driver.take_event(None) {
+        out.push(item.map_err(|lagged| lagged.missed));
+    }
+    out
+}
+
+/// Hands one drained item to a subscriber's queue, under the one overflow rule.
+pub(crate) fn push_queued(queue: &mut qmp_proto::EventQueue<EventList>, item: &Queued) {
+    match item {
+        Ok(event) => {
+            queue.push_with(|list| list.push_owned(event.clone()));
+        }
+        Err(missed) => queue.lose(*missed),
+    }
+}
+
+/// The std instant of the driver's `at`, counted from `origin`.
+pub(crate) fn std_instant(origin: std::time::Instant, at: Instant) -> std::time::Instant {
+    origin + std::time::Duration::from_micros(at.as_micros())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

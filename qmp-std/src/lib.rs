@@ -145,7 +145,6 @@ mod error;
 mod event;
 #[cfg(test)]
 mod fake;
-mod router;
 mod shared;
 #[cfg(test)]
 mod shared_tests;

@@ -1,9 +1,32 @@
 //! A blocking client that many threads share: [`SharedClient`].
+//!
+//! # How it works
+//! The connection is one [`qmp_proto::Driver`] (the same loop every client of this crate
+//! runs) behind a mutex, with a table of who waits for which command. The driver decides
+//! everything protocol: ids, room in flight, deadlines, what a failed write means, the end
+//! of the connection. Around it:
+//! - A caller locks, has the driver encode its command ([`Driver::execute`](qmp_proto::Driver::execute),
+//!   with the command's deadline), takes the bytes out of the driver's transmit buffer and
+//!   registers a channel for its answer; then, outside that lock, it writes the bytes whole
+//!   under a second (writer) lock, so a blocked write never stops the reader. No room
+//!   (QEMU's queue or the in-flight table full): it waits until a command completes,
+//!   bounded by the command's deadline. A failed write is reported to the driver.
+//! - A reader thread reads into a buffer of its own with blocking reads, then, under the
+//!   lock, feeds the driver and delivers what completed: each outcome to its caller's
+//!   channel, each event to every [`Subscription`]. Its read timeout is the driver's next
+//!   deadline, after which it lets the driver apply the time; a caller whose own wait ends
+//!   first does the same, so deadlines hold while the reader is blocked.
+//! - Events: each subscription is a queue of its own with the one overflow rule of
+//!   [`qmp_proto::EventQueue`]: past its capacity, the newest events are dropped and the
+//!   gap is reported once, where it is, as [`Error::Lagged`].
+//!
+//! A command whose deadline passes fails with [`Error::Timeout`]; the driver keeps its slot
+//! until the late reply, which it discards by id, so the connection stays in step.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,18 +37,20 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::Value;
 
-use qmp_proto::{Expired, SendError};
+use qmp_proto::{
+    CloseReason, CommandId, Deadline, Done, EventQueue, Expired, LinkError, SendError, SendOptions,
+    ServerInfo, State as SessionState, Wait,
+};
 
-use crate::client::{Client, ClientBuilder, Options, ServerInfo};
+use crate::client::{Client, ClientBuilder, Options};
 use crate::commands::{Command, HumanMonitorCommand};
+use crate::drive::{self, Answer, Ended, EventList, StdDriver};
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::router::{Answer, Closed, Router, Waiter};
-use crate::stream::Stream;
+use crate::stream::{FdStream, Stream};
 
-/// How many events a [`Subscription`] holds before it starts dropping the oldest (and says
-/// so with [`Error::Lagged`]), unless [`SharedClient::subscribe_with_capacity`] says
-/// otherwise.
+/// How many events a [`Subscription`] holds before it drops new ones (and says so with
+/// [`Error::Lagged`]), unless [`SharedClient::subscribe_with_capacity`] says otherwise.
 pub const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 1024;
 
 /// The reader thread's read size.
@@ -41,6 +66,16 @@ pub trait SplitStream: Stream + Send + Sync + 'static {
 
     /// Shuts both directions down, which wakes a read blocked on another handle.
     fn shutdown(&self) -> io::Result<()>;
+
+    /// Writes the start of `bytes` with file descriptors attached (`SCM_RIGHTS`); returns
+    /// how many bytes went. Unix sockets only: the default says it is unsupported.
+    fn send_with_fds(&mut self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+        let _ = (bytes, fds);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "file descriptors can only be passed over a Unix socket",
+        ))
+    }
 }
 
 impl SplitStream for UnixStream {
@@ -49,6 +84,9 @@ impl SplitStream for UnixStream {
     }
     fn shutdown(&self) -> io::Result<()> {
         UnixStream::shutdown(self, Shutdown::Both)
+    }
+    fn send_with_fds(&mut self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+        FdStream::send_with_fds(self, bytes, fds)
     }
 }
 
@@ -61,12 +99,6 @@ impl SplitStream for TcpStream {
     }
 }
 
-impl Waiter for mpsc::Sender<Answer> {
-    fn answer(&mut self, answer: Answer) {
-        let _ = self.send(answer);
-    }
-}
-
 /// One subscriber's queue.
 #[derive(Debug)]
 struct Queue {
@@ -74,20 +106,18 @@ struct Queue {
     ready: Condvar,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct QueueState {
-    events: VecDeque<Event>,
-    capacity: usize,
-    missed: u64,
-    closed: Option<Closed>,
+    events: EventQueue<EventList>,
+    ended: Option<Ended>,
 }
 
 impl Queue {
     fn new(capacity: usize) -> Self {
         Self {
             state: Mutex::new(QueueState {
-                capacity: capacity.max(1),
-                ..QueueState::default()
+                events: EventQueue::new(EventList::new(Some(capacity.max(1)))),
+                ended: None,
             }),
             ready: Condvar::new(),
         }
@@ -97,78 +127,124 @@ impl Queue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn push(&self, event: Event) {
+    fn push(&self, items: &[drive::Queued]) {
         let mut st = self.lock();
-        if st.events.len() >= st.capacity {
-            st.events.pop_front();
-            st.missed += 1;
+        for item in items {
+            drive::push_queued(&mut st.events, item);
         }
-        st.events.push_back(event);
-        self.ready.notify_one();
+        self.ready.notify_all();
     }
 
-    fn close(&self, why: &Closed) {
-        self.lock().closed.get_or_insert_with(|| why.clone());
+    fn end(&self, ended: &Ended) {
+        self.lock().ended.get_or_insert_with(|| ended.clone());
         self.ready.notify_all();
     }
 }
 
-/// What the lock guards: the session and its waiters, and the subscribers.
+/// What the lock guards: the driver, who waits for which command, and the subscribers.
 #[derive(Debug)]
 struct State {
-    router: Router<mpsc::Sender<Answer>>,
+    driver: StdDriver<EventList>,
+    waiters: Vec<(CommandId, mpsc::Sender<Answer>)>,
     subscribers: Vec<Weak<Queue>>,
     /// The first subscriber's queue, made at the start so that it misses nothing.
     first: Option<Arc<Queue>>,
+    /// The I/O error that ended the connection, if one did.
+    io_error: Option<io::Error>,
+    ended: Option<Ended>,
 }
 
 impl State {
-    fn fan_out(subscribers: &mut Vec<Weak<Queue>>, event: &qmp_proto::Event<'_>) {
-        let event = Event::from_view(event);
-        subscribers.retain(|queue| match queue.upgrade() {
-            Some(queue) => {
-                queue.push(event.clone());
-                true
+    /// Hands out everything the driver has completed: each outcome to its caller, each
+    /// event to every subscriber, and at the end the end. Returns whether a command slot
+    /// may have freed (so waiters for room should look again).
+    fn deliver(&mut self, max_reply_size: usize) -> bool {
+        let mut freed = false;
+        while let Some(done) = self.driver.poll() {
+            match done {
+                Done::Completed(id) => {
+                    freed = true;
+                    let Self {
+                        driver, io_error, ..
+                    } = self;
+                    let reason = driver.close_reason();
+                    let answer = drive::take_answer(driver, id, max_reply_size, || {
+                        drive::closed_error(reason, io_error.as_ref().map(copy_io))
+                    });
+                    if let Some(at) = self.waiters.iter().position(|w| w.0 == id)
+                        && let Some(answer) = answer
+                    {
+                        let _ = self.waiters.swap_remove(at).1.send(answer);
+                    }
+                }
+                Done::Event => self.fan_out(),
+                Done::Closed(reason) => {
+                    self.fan_out();
+                    self.end(reason);
+                    return true;
+                }
+                _ => {}
             }
-            None => false,
-        });
+        }
+        self.fan_out();
+        freed
     }
 
-    /// Feeds bytes the reader thread read; returns how many command slots were freed.
-    fn receive(&mut self, bytes: &[u8]) -> usize {
-        let Self {
-            router,
-            subscribers,
-            ..
-        } = self;
-        router.receive(bytes, |e| Self::fan_out(subscribers, e))
-    }
-
-    fn close(&mut self, why: Closed) {
-        let Self {
-            router,
-            subscribers,
-            ..
-        } = self;
-        router.close(why.clone(), |e| Self::fan_out(subscribers, e));
-        for queue in self.subscribers.drain(..).filter_map(|q| q.upgrade()) {
-            queue.close(&why);
+    fn fan_out(&mut self) {
+        if self.driver.events().is_ready(None) {
+            let items = drive::drain_events(&mut self.driver);
+            self.subscribers.retain(|queue| match queue.upgrade() {
+                Some(queue) => {
+                    queue.push(&items);
+                    true
+                }
+                None => false,
+            });
         }
     }
+
+    fn end(&mut self, reason: CloseReason) {
+        if self.ended.is_some() {
+            return;
+        }
+        let ended = Ended::new(reason, self.io_error.as_ref());
+        for (_, waiter) in self.waiters.drain(..) {
+            let _ = waiter.send(Err(ended.error()));
+        }
+        for queue in self.subscribers.drain(..).filter_map(|q| q.upgrade()) {
+            queue.end(&ended);
+        }
+        if let Some(first) = &self.first {
+            first.end(&ended);
+        }
+        self.ended = Some(ended);
+    }
+
+    fn closed_error(&self) -> Error {
+        self.ended
+            .as_ref()
+            .map_or(Error::Disconnected, Ended::error)
+    }
+}
+
+fn copy_io(e: &io::Error) -> io::Error {
+    io::Error::new(e.kind(), e.to_string())
 }
 
 /// The connection, shared by every handle and the reader thread.
 struct Inner {
     state: Mutex<State>,
-    /// Signalled when command slots free up, or the connection closes.
+    /// Signalled when a command completes (room may have freed), or the connection ends.
     room: Condvar,
     /// The writing side: one command at a time goes out whole.
-    writer: Mutex<Box<dyn Stream + Send>>,
+    writer: Mutex<Box<dyn SplitStream>>,
     /// Shuts the connection down from any thread.
     closer: Box<dyn Fn() + Send + Sync>,
     closing: AtomicBool,
     server: ServerInfo,
+    origin: Instant,
     command_timeout: Option<Duration>,
+    max_reply_size: usize,
 }
 
 impl Inner {
@@ -176,46 +252,72 @@ impl Inner {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn close(&self, st: &mut State, why: Closed) {
-        st.close(why);
-        self.room.notify_all();
+    fn now(&self) -> qmp_proto::Instant {
+        drive::now_since(self.origin)
+    }
+
+    /// Delivers what the driver completed, and wakes those waiting for room.
+    fn deliver(&self, st: &mut State) {
+        if st.deliver(self.max_reply_size) {
+            self.room.notify_all();
+        }
+    }
+
+    /// Lets the driver apply the time (deadlines, stall), and delivers.
+    fn tick(&self, st: &mut State) {
+        st.driver.handle_timeout(self.now());
+        self.deliver(st);
+    }
+
+    /// When the driver next has something to do without input, as a std instant.
+    fn next_timeout(&self, st: &State) -> Option<Instant> {
+        st.driver
+            .poll_timeout()
+            .map(|at| drive::std_instant(self.origin, at))
     }
 }
 
-/// The reader thread: reads, routes replies to their callers and events to subscribers,
-/// until the connection ends.
-fn read_loop(inner: Arc<Inner>, mut stream: impl io::Read) {
+/// The reader thread: reads, feeds the driver and delivers, until the connection ends.
+fn read_loop(inner: Arc<Inner>, mut stream: Box<dyn SplitStream>) {
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
         let result = stream.read(&mut buf);
         let mut st = inner.lock();
-        let why = match result {
-            Ok(0) => Closed::Eof,
+        let now = inner.now();
+        match result {
+            Ok(0) => st.driver.handle_eof(),
             Ok(n) => {
-                if st.receive(&buf[..n]) > 0 {
-                    inner.room.notify_all();
+                let mut rest = &buf[..n];
+                while !rest.is_empty() {
+                    let taken = st.driver.feed(rest, now);
+                    rest = &rest[taken..];
+                    inner.deliver(&mut st);
                 }
-                continue;
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::Interrupted
-                        | io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue;
+            Err(e) => {
+                if inner.closing.load(Ordering::Acquire) {
+                    st.driver.close();
+                } else {
+                    let kind = drive::link_error(&e);
+                    if kind == LinkError::Fatal {
+                        st.io_error = Some(e);
+                    }
+                    st.driver.handle_read_error(kind, now);
+                }
             }
-            Err(e) => Closed::from_io(&e),
-        };
-        let why = if inner.closing.load(Ordering::Acquire) {
-            Closed::Local
-        } else {
-            why
-        };
-        inner.close(&mut st, why);
-        return;
+        }
+        inner.tick(&mut st);
+        if st.ended.is_some() {
+            return;
+        }
+        // Sleep in the read no longer than until the driver's next deadline.
+        let wake = inner.next_timeout(&st);
+        drop(st);
+        let timeout = wake.map(|at| {
+            at.saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1))
+        });
+        let _ = stream.set_read_timeout(timeout);
     }
 }
 
@@ -238,15 +340,17 @@ impl Drop for Owner {
 /// A blocking QMP client that many threads share: `Clone + Send + Sync`, one connection.
 ///
 /// A reader thread reads the connection all the time (so QEMU is never blocked on a full
-/// socket), hands each reply to the thread whose command it answers (matched by id, through
-/// the same qmp-proto session as [`Client`]), and each event to every [`Subscription`].
-/// Callers encode under a short lock and write their command whole under a second one;
-/// at most [`Options::max_in_flight`] in-band commands are in flight, and more wait for room.
+/// socket) and hands each outcome to the thread whose command it answers (matched by id by
+/// the same [`qmp_proto::Driver`] every client runs), and each event to every
+/// [`Subscription`]. Callers encode under a short lock and write their command whole under
+/// a second one; at most [`Options::max_in_flight`] in-band commands are in flight, and
+/// more wait for room.
 ///
 /// A command that times out ([`Options::command_timeout`], or
-/// [`execute_timeout`](Self::execute_timeout)) is abandoned: its late reply is discarded by
-/// id and the connection stays in step. When the connection ends, every waiting command
-/// fails, and every later one; dropping the last handle (or [`close`](Self::close)) ends it.
+/// [`execute_timeout`](Self::execute_timeout)) fails with [`Error::Timeout`]: its late reply
+/// is discarded by id and the connection stays in step. When the connection ends, every
+/// waiting command fails, and every later one; dropping the last handle (or
+/// [`close`](Self::close)) ends it.
 ///
 /// ```no_run
 /// use std::thread;
@@ -283,10 +387,79 @@ impl fmt::Debug for SharedClient {
 
 impl<S: SplitStream> Client<S> {
     /// Turns this client into a [`SharedClient`] over the same connection (events queued and
-    /// not yet taken go to the first subscriber).
+    /// not yet taken go to the first subscriber). Fails with
+    /// `Error::Refused(SendError::Busy)` while commands sent with [`Client::send`] still
+    /// wait for their replies.
     pub fn into_shared(self) -> Result<SharedClient> {
         SharedClient::from_client(self)
     }
+}
+
+/// A driver that takes over the connection of a blocking client that has done its
+/// handshake: it is given the handshake the server already went through, so its state
+/// (the greeting, what was negotiated) is the client's.
+// TODO(#11): once the blocking client runs on the driver, it hands its own driver over.
+fn take_over(
+    parts: &mut crate::client::ClientParts<impl SplitStream>,
+    now: qmp_proto::Instant,
+) -> Result<StdDriver<EventList>> {
+    if parts.session.in_flight() > 0 {
+        return Err(Error::Refused(SendError::Busy));
+    }
+    let negotiated = parts.session.state() == SessionState::Ready;
+    let mut options = parts.options.clone();
+    options.negotiate = negotiated;
+    options.oob = parts.session.oob_enabled();
+    let in_band = options.max_in_flight.clamp(1, drive::TABLE - 4);
+    let mut driver = drive::new_driver(&options, in_band, EventList::new(None), now);
+    let server = &parts.server;
+    let greeting = serde_json::json!({"QMP": {
+        "version": {
+            "qemu": {
+                "major": server.version.major,
+                "minor": server.version.minor,
+                "micro": server.version.micro,
+            },
+            "package": server.package,
+        },
+        "capabilities": server.capabilities,
+    }});
+    let mut transcript = format!("{greeting}\r\n").into_bytes();
+    while !transcript.is_empty() {
+        let n = driver.feed(&transcript, now);
+        transcript.drain(..n);
+        while driver.poll().is_some() {}
+    }
+    if negotiated {
+        // The driver queued `qmp_capabilities`: the server already had it, and said yes.
+        let mut sent = Vec::new();
+        while let Some(bytes) = driver.poll_transmit() {
+            sent.extend_from_slice(bytes);
+            let n = bytes.len();
+            driver.handle_written(n, now);
+        }
+        let reply = match qmp_proto::find_id(&sent) {
+            Some(id) => format!("{{\"return\": {{}}, \"id\": {}}}\r\n", id.as_json()),
+            None => "{\"return\": {}}\r\n".to_owned(),
+        };
+        let _ = driver.feed(reply.as_bytes(), now);
+    }
+    if driver.poll_wait(now, Wait::Handshake, None) != Some(Done::Ready) {
+        return Err(Error::Disconnected);
+    }
+    // Bytes the client read past its last message (part of the next one) go on from here.
+    let pending = parts.session.framer().buffered();
+    let _ = parts.session.read_buf(); // moves them to the front
+    let mut leftover = &parts.session.framer_mut().buffer_mut()[..pending];
+    while !leftover.is_empty() {
+        let n = driver.feed(leftover, now);
+        leftover = &leftover[n..];
+        if !leftover.is_empty() {
+            // Only events can come of them (no command is in flight); they are queued.
+            while driver.poll().is_some() {}
+        }
+    }
+    Ok(driver)
 }
 
 impl SharedClient {
@@ -300,26 +473,32 @@ impl SharedClient {
         ClientBuilder::new().connect_tcp(addr)?.into_shared()
     }
 
-    /// Shares a connected client (built with [`ClientBuilder`] for other options).
+    /// Shares a connected client (built with [`ClientBuilder`] for other options); see
+    /// [`Client::into_shared`].
     pub fn from_client<S: SplitStream>(client: Client<S>) -> Result<Self> {
-        let parts = client.into_parts();
+        let mut parts = client.into_parts();
         if parts.closed {
             return Err(Error::Disconnected);
         }
+        let origin = Instant::now();
+        let driver = take_over(&mut parts, drive::now_since(origin))?;
+        let server = driver.server().cloned().ok_or(Error::Disconnected)?;
         let mut reader = parts.stream.try_clone()?;
-        // The blocking client bounds its reads with a read timeout; the reader thread blocks.
+        // The reader thread's read timeout follows the driver's deadlines.
         reader.set_read_timeout(None)?;
         let closer = parts.stream.try_clone()?;
         let options: Options = parts.options;
         let first = Arc::new(Queue::new(DEFAULT_SUBSCRIPTION_CAPACITY));
-        for event in parts.events {
-            first.push(event);
-        }
+        let events: Vec<_> = parts.events.into_iter().map(Ok).collect();
+        first.push(&events);
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
-                router: Router::new(parts.session, options.max_reply_size),
+                driver,
+                waiters: Vec::new(),
                 subscribers: vec![Arc::downgrade(&first)],
                 first: Some(first),
+                io_error: None,
+                ended: None,
             }),
             room: Condvar::new(),
             writer: Mutex::new(Box::new(parts.stream)),
@@ -327,14 +506,17 @@ impl SharedClient {
                 let _ = closer.shutdown();
             }),
             closing: AtomicBool::new(false),
-            server: parts.server,
+            server,
+            origin,
             command_timeout: options.command_timeout,
+            max_reply_size: options.max_reply_size,
         });
+        inner.deliver(&mut inner.lock());
         let reader = {
             let inner = Arc::clone(&inner);
             thread::Builder::new()
                 .name("qmp-reader".into())
-                .spawn(move || read_loop(inner, reader))?
+                .spawn(move || read_loop(inner, Box::new(reader)))?
         };
         Ok(Self {
             owner: Arc::new(Owner {
@@ -348,35 +530,36 @@ impl SharedClient {
         &self.owner.inner
     }
 
-    /// What the server's greeting said.
+    /// What the server's greeting said, and what was negotiated.
     pub fn server(&self) -> &ServerInfo {
         &self.inner().server
     }
 
     /// Whether out-of-band execution was negotiated.
     pub fn oob_enabled(&self) -> bool {
-        self.inner().lock().router.session().oob_enabled()
+        self.inner().server.oob_enabled
     }
 
     /// Whether the connection is gone (every later command fails).
     pub fn is_closed(&self) -> bool {
-        self.inner().lock().router.closed().is_some()
+        let st = self.inner().lock();
+        st.ended.is_some() || st.driver.is_closed()
     }
 
     /// Commands sent and not answered yet, abandoned ones still owed a reply included.
     pub fn in_flight(&self) -> usize {
-        self.inner().lock().router.session().in_flight()
+        self.inner().lock().driver.in_flight()
     }
 
     /// Late replies to abandoned (timed-out) commands, discarded by id so far.
     pub fn discarded_replies(&self) -> u64 {
-        self.inner().lock().router.discarded()
+        self.inner().lock().driver.discarded_replies()
     }
 
     /// Messages dropped as the protocol asks (replies matching no command, id-less errors,
     /// malformed frames without a command to blame), so far.
     pub fn dropped_messages(&self) -> u64 {
-        self.inner().lock().router.dropped()
+        self.inner().lock().driver.dropped_messages()
     }
 
     /// Closes the connection now, for every handle: waiting commands fail with
@@ -398,13 +581,13 @@ impl SharedClient {
         let mut st = self.inner().lock();
         let queue = match st.first.take() {
             Some(first) => {
-                first.lock().capacity = capacity.max(1);
+                first.lock().events.store_mut().max = Some(capacity.max(1));
                 first
             }
             None => {
                 let queue = Arc::new(Queue::new(capacity));
-                match st.router.closed() {
-                    Some(why) => queue.close(why),
+                match &st.ended {
+                    Some(ended) => queue.end(ended),
                     None => st.subscribers.push(Arc::downgrade(&queue)),
                 }
                 queue
@@ -424,15 +607,15 @@ impl SharedClient {
     }
 
     /// [`execute`](Self::execute) with a deadline of its own (`None`: wait forever), which
-    /// also bounds waiting for room in flight. When it passes, the command is abandoned (its
-    /// late reply is discarded) and this returns [`Error::Timeout`].
+    /// also bounds waiting for room in flight. When it passes, this returns
+    /// [`Error::Timeout`] and the command's late reply is discarded.
     pub fn execute_timeout<C: Command>(
         &self,
         command: &C,
         timeout: Option<Duration>,
     ) -> Result<C::Output> {
-        let json = self.call(false, C::NAME, command, timeout)?;
-        serde_json::from_str(&json).map_err(Error::Decode)
+        let json = self.call(false, C::NAME, command, timeout, &[])?;
+        decode(&json)
     }
 
     /// Runs a command by name with JSON arguments (an object, or `Value::Null` for none) and
@@ -449,20 +632,46 @@ impl SharedClient {
         arguments: &Value,
         timeout: Option<Duration>,
     ) -> Result<Value> {
-        let json = self.call(false, name, arguments, timeout)?;
-        serde_json::from_str(&json).map_err(Error::Decode)
+        let json = self.call(false, name, arguments, timeout, &[])?;
+        decode(&json)
     }
 
     /// Runs a typed command out of band (`exec-oob`); needs [`Options::oob`].
     pub fn execute_oob<C: Command>(&self, command: &C) -> Result<C::Output> {
-        let json = self.call(true, C::NAME, command, self.inner().command_timeout)?;
-        serde_json::from_str(&json).map_err(Error::Decode)
+        let json = self.call(true, C::NAME, command, self.inner().command_timeout, &[])?;
+        decode(&json)
     }
 
     /// [`execute_raw`](Self::execute_raw), out of band.
     pub fn execute_oob_raw(&self, name: &str, arguments: &Value) -> Result<Value> {
-        let json = self.call(true, name, arguments, self.inner().command_timeout)?;
-        serde_json::from_str(&json).map_err(Error::Decode)
+        let timeout = self.inner().command_timeout;
+        let json = self.call(true, name, arguments, timeout, &[])?;
+        decode(&json)
+    }
+
+    /// Runs a typed command with file descriptors attached (`SCM_RIGHTS`, Unix sockets
+    /// only), as `getfd` and `add-fd` need: they travel with the command's first byte.
+    /// QEMU duplicates them, so the caller still owns (and may close) its copies.
+    pub fn execute_with_fds<C: Command>(
+        &self,
+        command: &C,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<C::Output> {
+        let json = self.call(false, C::NAME, command, self.inner().command_timeout, fds)?;
+        decode(&json)
+    }
+
+    /// [`execute_raw`](Self::execute_raw) with file descriptors attached; see
+    /// [`execute_with_fds`](Self::execute_with_fds).
+    pub fn execute_raw_with_fds(
+        &self,
+        name: &str,
+        arguments: &Value,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<Value> {
+        let timeout = self.inner().command_timeout;
+        let json = self.call(false, name, arguments, timeout, fds)?;
+        decode(&json)
     }
 
     /// Runs an HMP command line through `human-monitor-command` and returns its output.
@@ -476,17 +685,31 @@ impl SharedClient {
         name: &str,
         arguments: &A,
         timeout: Option<Duration>,
+        fds: &[BorrowedFd<'_>],
     ) -> Answer {
         let inner = self.inner();
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let start = Instant::now();
+        let deadline = timeout.map(|t| start + t);
+        let options = SendOptions {
+            oob,
+            deadline: match timeout {
+                Some(t) => Deadline::At(inner.now() + t),
+                None => Deadline::Never,
+            },
+            attach: !fds.is_empty(),
+        };
         let (reply, answer) = mpsc::channel();
         let mut bytes = Vec::new();
         let id = {
             let mut st = inner.lock();
             let id = loop {
-                match st.router.encode(oob, name, arguments, &mut bytes) {
+                if let Some(ended) = &st.ended {
+                    return Err(ended.error());
+                }
+                match st.driver.execute(name, arguments, options, inner.now()) {
                     Ok(id) => break id,
-                    Err(Error::Refused(SendError::QueueFull | SendError::TableFull)) => {
+                    // No room: wait until a command completes, within the deadline.
+                    Err(SendError::QueueFull | SendError::TableFull | SendError::Busy) => {
                         st = match deadline {
                             None => inner.room.wait(st).unwrap_or_else(|p| p.into_inner()),
                             Some(deadline) => {
@@ -502,64 +725,109 @@ impl SharedClient {
                             }
                         };
                     }
-                    Err(e) => return Err(e),
+                    Err(SendError::Closed) => return Err(st.closed_error()),
+                    Err(SendError::Encode(e)) => return Err(Error::Encode(e)),
+                    Err(e) => return Err(Error::Refused(e)),
                 }
             };
-            st.router.register(id, reply);
+            // The bytes leave the driver now; this thread writes them.
+            let now = inner.now();
+            while let Some(queued) = st.driver.poll_transmit() {
+                bytes.extend_from_slice(queued);
+                let n = queued.len();
+                st.driver.handle_written(n, now);
+            }
+            st.waiters.push((id, reply));
             id
         };
         let written = {
             let mut writer = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
-            writer.write_message(&bytes)
+            if fds.is_empty() {
+                writer.write_message(&bytes)
+            } else {
+                writer.send_with_fds(&bytes, fds).and_then(|n| {
+                    if n < bytes.len() {
+                        writer.write_message(&bytes[n..])
+                    } else {
+                        Ok(())
+                    }
+                })
+            }
         };
         if let Err(e) = written {
+            // The command never (wholly) reached the server.
             let mut st = inner.lock();
-            st.router.forget(id);
-            let why = Closed::from_io(&e);
-            if why != Closed::Eof {
-                // Part of a command may be on the wire: the connection is out of step.
+            st.waiters.retain(|w| w.0 != id);
+            st.driver.abandon(id);
+            let kind = match drive::link_error(&e) {
+                // Part of it may be on the wire, marked written: the stream is out of step.
+                LinkError::Transient => LinkError::Fatal,
+                kind => kind,
+            };
+            let error = if kind == LinkError::Closed {
+                Error::Disconnected
+            } else {
+                st.io_error = Some(copy_io(&e));
+                Error::Io(e)
+            };
+            st.driver.handle_write_error(kind, inner.now());
+            inner.deliver(&mut st);
+            if kind == LinkError::Fatal {
                 drop(st);
-                inner.closing.store(true, Ordering::Release);
                 (inner.closer)();
-                return Err(Error::Io(e));
             }
-            return Err(Error::Disconnected);
+            return Err(error);
         }
-        let received = match deadline {
-            None => answer.recv().ok(),
-            Some(deadline) => {
-                match answer.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                    Ok(a) => Some(a),
-                    Err(mpsc::RecvTimeoutError::Disconnected) => None,
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        let mut st = inner.lock();
-                        // The reply may have come while the lock was taken.
-                        if let Ok(a) = answer.try_recv() {
-                            return a;
-                        }
-                        st.router.abandon(id);
-                        return Err(Error::Timeout(Expired::Command));
+        // Wait for the answer. The reader applies the driver's deadlines when it wakes; if
+        // this wait ends first, this thread does it.
+        let mut wake = min_instant(deadline, inner.next_timeout(&inner.lock()));
+        loop {
+            let received = match wake {
+                None => answer
+                    .recv()
+                    .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+                Some(at) => answer.recv_timeout(at.saturating_duration_since(Instant::now())),
+            };
+            match received {
+                Ok(answer) => return answer,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(inner.lock().closed_error());
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let mut st = inner.lock();
+                    inner.tick(&mut st);
+                    if let Ok(answer) = answer.try_recv() {
+                        return answer;
                     }
+                    let next = inner.next_timeout(&st);
+                    // Never spin: wake no earlier than a millisecond from now.
+                    wake = min_instant(deadline, next)
+                        .map(|at| at.max(Instant::now() + Duration::from_millis(1)));
                 }
             }
-        };
-        received.unwrap_or_else(|| {
-            Err(inner
-                .lock()
-                .router
-                .closed()
-                .map_or(Error::Disconnected, Closed::error))
-        })
+        }
     }
+}
+
+fn min_instant(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
+    serde_json::from_str(json).map_err(Error::Decode)
 }
 
 /// One subscriber's events from a [`SharedClient`], in arrival order.
 ///
-/// Unread events wait in the subscription, up to its capacity; past it the oldest are
-/// dropped, and the next read returns `Err(Error::Lagged { missed })` before the events that
-/// remain. Once the connection has ended and every event is read, reads return its error
-/// ([`Error::Disconnected`] or [`Error::Io`]). As an [`Iterator`], it blocks for each event
-/// and ends after that error.
+/// Unread events wait in the subscription, up to its capacity. Past it, new events are
+/// dropped (the one overflow rule of [`qmp_proto::EventQueue`]): once the events before the
+/// gap are read, the next read returns `Err(Error::Lagged { missed })`, once, and the
+/// events after the gap follow. Once the connection has ended and every event is read,
+/// reads return its error ([`Error::Disconnected`], [`Error::Stalled`] or [`Error::Io`]).
+/// As an [`Iterator`], it blocks for each event and ends after that error.
 #[derive(Debug)]
 pub struct Subscription {
     queue: Arc<Queue>,
@@ -567,52 +835,67 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    fn take(st: &mut QueueState) -> Option<Result<Event>> {
-        if st.missed > 0 {
-            let missed = std::mem::take(&mut st.missed);
-            return Some(Err(Error::Lagged { missed }));
+    fn take(st: &mut QueueState, name: Option<&str>) -> Option<Result<Event>> {
+        match st.events.take(name) {
+            Some(Ok(event)) => Some(Ok(event)),
+            Some(Err(lagged)) => Some(Err(Error::Lagged {
+                missed: lagged.missed,
+            })),
+            None => st.ended.as_ref().map(|ended| Err(ended.error())),
         }
-        if let Some(event) = st.events.pop_front() {
-            return Some(Ok(event));
-        }
-        st.closed.as_ref().map(|why| Err(why.error()))
     }
 
-    /// The next event, waiting as long as it takes.
+    fn wait(&self, name: Option<&str>, timeout: Option<Duration>) -> Result<Event> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut st = self.queue.lock();
+        loop {
+            if let Some(item) = Self::take(&mut st, name) {
+                return item;
+            }
+            st = match deadline {
+                None => self.queue.ready.wait(st).unwrap_or_else(|p| p.into_inner()),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(Error::Timeout(Expired::Event));
+                    }
+                    self.queue
+                        .ready
+                        .wait_timeout(st, deadline - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+        }
+    }
+
+    /// The next event (or gap), waiting as long as it takes.
     pub fn recv(&self) -> Result<Event> {
-        let mut st = self.queue.lock();
-        loop {
-            if let Some(item) = Self::take(&mut st) {
-                return item;
-            }
-            st = self.queue.ready.wait(st).unwrap_or_else(|p| p.into_inner());
-        }
+        self.wait(None, None)
     }
 
-    /// The next event, or [`Error::Timeout`] if none comes within `timeout`.
+    /// The next event (or gap), or `Error::Timeout(Expired::Event)` if none comes within
+    /// `timeout`.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Event> {
-        let deadline = Instant::now() + timeout;
-        let mut st = self.queue.lock();
-        loop {
-            if let Some(item) = Self::take(&mut st) {
-                return item;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(Error::Timeout(Expired::Event));
-            }
-            st = self
-                .queue
-                .ready
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        self.wait(None, Some(timeout))
+    }
+
+    /// The next event (or gap) within `timeout`, as the blocking client's
+    /// [`Client::next_event`]: the same as [`recv_timeout`](Self::recv_timeout).
+    pub fn next_event(&self, timeout: Duration) -> Result<Event> {
+        self.wait(None, Some(timeout))
+    }
+
+    /// The oldest event called `name`, waiting up to `timeout` for one to arrive; other
+    /// events stay queued in this subscription, in order. A gap is reported
+    /// ([`Error::Lagged`]) when no such event is queued before it.
+    pub fn wait_event(&self, name: &str, timeout: Duration) -> Result<Event> {
+        self.wait(Some(name), Some(timeout))
     }
 
     /// The next event if one is waiting (or the lag or end notice), without blocking.
     pub fn try_recv(&self) -> Option<Result<Event>> {
-        Self::take(&mut self.queue.lock())
+        Self::take(&mut self.queue.lock(), None)
     }
 
     /// Events waiting to be read.

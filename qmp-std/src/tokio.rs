@@ -7,7 +7,7 @@
 //!
 //! // qemu-system-x86_64 ... -qmp unix:/tmp/qmp.sock,server=on,wait=off
 //! let qmp = qmp_std::tokio::Client::connect_unix("/tmp/qmp.sock").await?;
-//! let mut events = qmp.events();
+//! let mut events = qmp.subscribe();
 //!
 //! // Commands from several tasks at once, over the one connection.
 //! let (a, b) = tokio::join!(qmp.execute(&QueryStatus), qmp.execute(&Stop));
@@ -23,78 +23,83 @@
 //! ```
 //!
 //! # How it works
-//! The connection is the same sans-IO [`Session`] as the blocking [`Client`](crate::Client)'s,
-//! behind a `std::sync::Mutex` that is never held across an `.await` (only around encoding a
-//! command, a non-blocking `try_write`, or routing what one `try_read` brought):
-//! - A caller takes an in-flight permit (a [`Semaphore`] sized to QEMU's in-band queue), locks,
-//!   encodes its command straight from its typed arguments, registers a oneshot for the reply,
-//!   writes the bytes at once if nothing else is queued (else the reader task writes them when
-//!   the socket is writable), unlocks, and awaits the oneshot.
-//! - One reader task per connection reads whenever the socket is readable, lets the session
-//!   frame and match what came, and hands each reply to its caller by id and each event to a
-//!   [`broadcast`] channel. It reads even when nobody waits, so QEMU is never left blocked
-//!   on a full socket.
+//! The connection is one [`qmp_proto::Driver`], the same loop every client of this crate
+//! runs, behind a `std::sync::Mutex` that is never held across an `.await`. The driver does
+//! the handshake (before [`ClientBuilder`]'s `connect_*` return), encodes commands into its
+//! transmit buffer, matches replies by id, applies every deadline, and decides what a failed
+//! write or the end of the stream means. Around it:
+//! - A caller locks, has the driver encode its command (with the command's deadline), writes
+//!   what the socket takes at once, registers a oneshot for the answer, unlocks and awaits
+//!   it. No room in flight (QEMU's queue or the in-flight table full): it waits until a
+//!   command completes, bounded by the command's deadline.
+//! - One drive task per connection writes the rest when the socket is writable, reads
+//!   whenever it is readable (even when nobody waits, so QEMU is never left blocked on a
+//!   full socket), keeps one timer set to the driver's next deadline, and delivers what the
+//!   driver completed: each outcome to its caller, each event to every subscriber.
 //!
 //! # Cancellation
 //! Every `execute*` future is cancel-safe: dropping it (a `select!` branch that lost,
-//! [`tokio::time::timeout`], an aborted task) before its reply comes *abandons* the command
-//! ([`Session::abandon`]): its slot (and permit) stays taken until the late reply arrives,
-//! since QEMU still holds the command, and that reply is then discarded by id. Nothing else
-//! changes: the connection stays in step and the next command works. A future dropped
-//! while it waits for a permit has sent nothing.
+//! [`tokio::time::timeout`], an aborted task) before its answer comes *abandons* the command
+//! ([`Driver::abandon`](qmp_proto::Driver::abandon)): bytes not yet written are dropped;
+//! otherwise its slot stays taken until the late reply arrives, since QEMU still holds the
+//! command, and that reply is then discarded by id. The connection stays in step and the
+//! next command works. A future dropped while it waits for room has sent nothing.
 //!
 //! # Timeouts
 //! Each command has a deadline ([`Options::command_timeout`], or
-//! [`Client::execute_timeout`]); when it passes, the command fails with [`Error::Timeout`]
-//! and is abandoned in the same way. The reader task keeps one timer per connection, set to
-//! the earliest deadline, so a command costs no timer operation of its own. The deadline
-//! also bounds waiting for a permit.
+//! [`Client::execute_timeout`]), which the driver applies: when it passes, the command fails
+//! with [`Error::Timeout`], and its late reply is dropped. With [`ClientBuilder::read_timeout`],
+//! a server that sends nothing for that long while commands wait ends the connection
+//! ([`Error::Stalled`]).
 //!
 //! # Events
-//! [`Client::events`] gives an [`EventStream`] (a [`futures_core::Stream`]): every event that
-//! arrives after the call, in order, to each subscriber. The first subscriber also gets those
-//! received since the connection was made. A subscriber that falls more than
-//! [`ClientBuilder::event_capacity`] events behind gets `Err(Error::Lagged { missed })` in
-//! place of what it missed, then carries on; no event is dropped silently. When the
-//! connection fails, the stream yields that error once and ends; when it was closed on this
-//! side, it just ends.
+//! [`Client::subscribe`] gives an [`EventStream`] (a [`futures_core::Stream`]): every event
+//! that arrives after the call, in order, to each subscriber. The first subscriber also gets
+//! those received since the connection was made. Each subscriber holds up to
+//! [`ClientBuilder::event_capacity`] unread events; past that, new events are dropped (the
+//! one overflow rule of [`qmp_proto::EventQueue`]) and the subscriber gets
+//! `Err(Error::Lagged { missed })` where the gap is, once; no event is dropped silently.
+//! When the connection fails, the stream yields that error once and ends; when it was
+//! closed on this side, it just ends.
 //!
 //! # Disconnection
 //! When the peer closes the connection or an I/O error occurs, every command waiting fails
 //! ([`Error::Disconnected`] or [`Error::Io`]), and so does every later one. What the peer
 //! sent before it went is still delivered first, even when a write is what notices it gone
-//! (a broken pipe): the writing stops, later commands fail at once, and the reader task
-//! reads replies and events up to the end of the stream. Dropping the last clone of a
-//! [`Client`] (or [`Client::close`]) closes the connection.
+//! (a broken pipe): the writing stops, later commands fail at once, and the drive task reads
+//! replies and events up to the end of the stream. Dropping the last clone of a [`Client`]
+//! (or [`Client::close`]) closes the connection.
 
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use ::tokio::io::Interest;
 use ::tokio::net::{TcpStream, ToSocketAddrs, UnixStream};
-use ::tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, broadcast, oneshot};
-use ::tokio::time::{Instant, Sleep};
+use ::tokio::sync::{Notify, oneshot};
+use ::tokio::time::Sleep;
 use serde::Serialize;
 use serde_json::Value;
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
-use qmp_proto::{CommandId, Config, Expired, Outcome, Received, Session};
+use qmp_proto::{
+    CommandId, Deadline, Done, EventQueue, Expired, Io, LinkError, SendError, SendOptions,
+    ServerInfo, Wait,
+};
 
-use crate::client::{Options, ServerInfo, TABLE, is_disconnect};
+use crate::client::Options;
 use crate::commands::{Command, HumanMonitorCommand};
-use crate::error::{Error, QmpError, Result};
+use crate::drive::{self, Answer, Ended, EventList, StdDriver, TABLE};
+use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::router::{Answer, Closed, Router, Waiter};
 
-/// Events a subscriber may fall behind by before it is told it missed some.
+/// Events a subscriber may fall behind by before new ones are dropped (and it is told).
 pub const DEFAULT_EVENT_CAPACITY: usize = 64;
 
 /// The async client's default receive buffer: small, since a fleet keeps one per VM; it
@@ -103,15 +108,15 @@ pub const DEFAULT_INITIAL_BUFFER: usize = 4 << 10;
 
 /// Builds a [`Client`]: set options, then connect.
 ///
-/// The options are the blocking client's [`Options`], with these differences: the receive
-/// buffer starts at [`DEFAULT_INITIAL_BUFFER`], [`Options::read_timeout`] is not used (bound
-/// each command instead, with [`Options::command_timeout`] or
-/// [`Client::execute_timeout`]), and [`Options::negotiate`] off leaves negotiation to you
-/// (`execute_raw("qmp_capabilities", …)`).
+/// The options are the blocking client's [`Options`], all of them used: the receive buffer
+/// starts at [`DEFAULT_INITIAL_BUFFER`], [`Options::max_queued_events`] bounds each event
+/// subscriber (default [`DEFAULT_EVENT_CAPACITY`]; see [`event_capacity`](Self::event_capacity)),
+/// [`Options::read_timeout`] is the stall timeout (a server that sends nothing for that long
+/// while commands wait ends the connection), and [`Options::negotiate`] off leaves
+/// negotiation to you (`execute_raw("qmp_capabilities", …)`).
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
     options: Options,
-    event_capacity: usize,
 }
 
 impl Default for ClientBuilder {
@@ -125,16 +130,15 @@ impl ClientBuilder {
     pub fn new() -> Self {
         Self::with_options(Options {
             initial_buffer: DEFAULT_INITIAL_BUFFER,
+            max_queued_events: Some(DEFAULT_EVENT_CAPACITY),
             ..Options::default()
         })
     }
 
-    /// Starts from `options` (taken as they are, `initial_buffer` included).
+    /// Starts from `options` (taken as they are, `initial_buffer` and `max_queued_events`
+    /// included).
     pub fn with_options(options: Options) -> Self {
-        Self {
-            options,
-            event_capacity: DEFAULT_EVENT_CAPACITY,
-        }
+        Self { options }
     }
 
     shared_option_setters!();
@@ -145,6 +149,13 @@ impl ClientBuilder {
         self
     }
 
+    /// See [`Options::read_timeout`]: here, how long the server may send nothing while
+    /// commands wait before the connection is given up ([`Error::Stalled`]).
+    pub fn read_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.options.read_timeout = timeout;
+        self
+    }
+
     /// See [`Options::max_in_flight`] (at most 28 here: the in-flight table holds 32, and
     /// out-of-band commands keep the rest).
     pub fn max_in_flight(mut self, n: usize) -> Self {
@@ -152,18 +163,25 @@ impl ClientBuilder {
         self
     }
 
-    /// How far each event subscriber may fall behind before it gets
-    /// [`Error::Lagged`] (default [`DEFAULT_EVENT_CAPACITY`]; rounded up to a power of two).
+    /// How many unread events each subscriber holds before new ones are dropped and it
+    /// gets [`Error::Lagged`] (default [`DEFAULT_EVENT_CAPACITY`]); sets
+    /// [`Options::max_queued_events`].
     pub fn event_capacity(mut self, events: usize) -> Self {
-        self.event_capacity = events.max(1);
+        self.options.max_queued_events = Some(events.max(1));
+        self
+    }
+
+    /// See [`Options::max_queued_events`] (`None`: subscribers' queues are unbounded).
+    pub fn max_queued_events(mut self, events: Option<usize>) -> Self {
+        self.options.max_queued_events = events.map(|n| n.max(1));
         self
     }
 
     /// Connects to a QMP Unix socket and does the handshake. Needs a tokio runtime with I/O
-    /// and time enabled; the reader task is spawned on it.
+    /// and time enabled; the drive task is spawned on it.
     pub async fn connect_unix(self, path: impl AsRef<Path>) -> Result<Client> {
         let path = path.as_ref().to_owned();
-        self.bounded(async move {
+        self.start(async move {
             let stream = crate::connect::connect_unix_tokio(&path).await?;
             Ok(Socket::Unix(stream))
         })
@@ -172,7 +190,7 @@ impl ClientBuilder {
 
     /// Connects to a QMP TCP socket (Nagle's algorithm off) and does the handshake.
     pub async fn connect_tcp(self, addr: impl ToSocketAddrs) -> Result<Client> {
-        self.bounded(async move {
+        self.start(async move {
             let stream = TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
             Ok(Socket::Tcp(stream))
@@ -183,130 +201,114 @@ impl ClientBuilder {
     /// Does the handshake over a connected Unix stream (e.g. one end of
     /// [`UnixStream::pair`]).
     pub async fn handshake_unix(self, stream: UnixStream) -> Result<Client> {
-        self.bounded(async move { Ok(Socket::Unix(stream)) }).await
+        self.start(async move { Ok(Socket::Unix(stream)) }).await
     }
 
     /// Does the handshake over a connected TCP stream.
     pub async fn handshake_tcp(self, stream: TcpStream) -> Result<Client> {
-        self.bounded(async move { Ok(Socket::Tcp(stream)) }).await
+        self.start(async move { Ok(Socket::Tcp(stream)) }).await
     }
 
-    /// Connects and does the handshake within the connect timeout.
-    async fn bounded(self, connect: impl Future<Output = Result<Socket>>) -> Result<Client> {
-        let timeout = self.options.connect_timeout;
-        let work = async move {
-            let socket = connect.await?;
-            self.start(socket).await
-        };
-        match timeout {
-            Some(t) => ::tokio::time::timeout(t, work)
-                .await
-                .unwrap_or(Err(Error::Timeout(Expired::Connect))),
-            None => work.await,
-        }
-    }
-
-    async fn start(self, socket: Socket) -> Result<Client> {
+    /// Connects and does the handshake, both within the connect timeout:
+    /// `Expired::Connect` if connecting ran out of it, `Expired::Greeting` if the handshake
+    /// did.
+    async fn start(self, connect: impl Future<Output = Result<Socket>>) -> Result<Client> {
         let options = self.options;
+        let origin = std::time::Instant::now();
         let in_band = options.max_in_flight.clamp(1, TABLE - 4);
-        let config = Config::default()
-            .max_in_band(in_band)
-            .enforce_negotiation(options.negotiate)
-            .untagged_when_alone(options.untagged_when_alone);
-        let buffer = vec![0; options.initial_buffer.min(options.max_reply_size)];
-        let mut session = Session::with_config(buffer, config);
-        let server = handshake(&socket, &mut session, &options).await?;
-        let (events, first) = broadcast::channel(self.event_capacity);
+        let now = drive::now_since(origin);
+        let mut driver = drive::new_driver(&options, in_band, EventList::new(None), now);
+        let socket = match options.connect_timeout {
+            Some(t) => ::tokio::time::timeout(t, connect)
+                .await
+                .map_err(|_| Error::Timeout(Expired::Connect))??,
+            None => connect.await?,
+        };
+        handshake(&socket, &mut driver, origin, options.max_reply_size).await?;
+        let server = driver.server().cloned().ok_or(Error::Disconnected)?;
+        let first = Arc::new(Sub::new(options.max_queued_events));
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
-                router: Router::new(session, options.max_reply_size),
-                out: Vec::new(),
-                events: Some(events),
+                driver,
+                waiters: Vec::new(),
+                subscribers: vec![Arc::downgrade(&first)],
                 first: Some(first),
                 task: None,
-                timer: None,
-                rearm: false,
-                write_closed: false,
+                fds: None,
+                io_error: None,
+                ended: None,
             }),
             socket,
-            in_band: Arc::new(Semaphore::new(in_band)),
-            out_of_band: Arc::new(Semaphore::new(TABLE - in_band)),
+            room: Notify::new(),
             closing: AtomicBool::new(false),
-            closed: Arc::new(OnceLock::new()),
             server,
+            origin,
             command_timeout: options.command_timeout,
+            max_reply_size: options.max_reply_size,
+            event_capacity: options.max_queued_events,
         });
-        ::tokio::spawn(drive(Arc::clone(&inner)));
+        inner.run(&mut inner.lock(), None);
+        ::tokio::spawn(drive_task(Arc::clone(&inner)));
         Ok(Client {
             owner: Arc::new(Owner { inner }),
         })
     }
 }
 
-/// Reads the greeting and, if asked, negotiates.
+/// The driver's handshake, before the drive task starts: the greeting, and negotiation if
+/// configured, within the driver's handshake deadline (the connect timeout).
 async fn handshake(
     socket: &Socket,
-    session: &mut Session<Vec<u8>, TABLE>,
-    options: &Options,
-) -> Result<ServerInfo> {
-    let server = loop {
-        let mut greeting = None;
-        while let Some(item) = session.poll() {
-            if let Received::Greeting(g) = item {
-                greeting = Some(ServerInfo::from_view(&g));
-                break;
-            }
-        }
-        if let Some(server) = greeting {
-            break server;
-        }
-        read_some(socket, session).await?;
-    };
-    if !options.negotiate {
-        return Ok(server);
-    }
-    let oob = options.oob && session.oob_offered();
-    let mut out = [0u8; 96];
-    let sent = session
-        .negotiate(oob, None, &mut out)
-        .map_err(Error::Refused)?;
-    socket.write_all(&out[..sent.len]).await?;
+    driver: &mut StdDriver<EventList>,
+    origin: std::time::Instant,
+    limit: usize,
+) -> Result<()> {
+    let mut io_error = None;
     loop {
-        let mut outcome = None;
-        while let Some(item) = session.poll() {
-            if let Received::Reply(reply) = item
-                && reply.id == sent.id
-            {
-                outcome = Some(match reply.outcome {
-                    Outcome::Return(_) => Ok(()),
-                    Outcome::Error(e) => Err(Error::Qmp(QmpError::from_view(&e))),
-                    Outcome::Failed(_) => Err(Error::Disconnected),
-                });
-                break;
+        let now = drive::now_since(origin);
+        match driver.poll_io(now, Wait::Handshake, None) {
+            Io::Done(Done::Ready) => return Ok(()),
+            Io::Done(Done::TimedOut) => return Err(Error::Timeout(Expired::Greeting)),
+            Io::Done(Done::Closed(reason)) => {
+                return Err(drive::closed_error(Some(reason), io_error));
             }
-        }
-        if let Some(outcome) = outcome {
-            return outcome.map(|()| server);
-        }
-        read_some(socket, session).await?;
-    }
-}
-
-/// Reads once into the session (EOF: the session is told, and it fails what waits).
-async fn read_some(socket: &Socket, session: &mut Session<Vec<u8>, TABLE>) -> Result<()> {
-    loop {
-        socket.readable().await?;
-        match socket.try_read(session.read_buf()) {
-            Ok(0) => {
-                session.handle_eof();
-                return Err(Error::Disconnected);
+            Io::Done(Done::Completed(id)) => {
+                // The negotiation failed.
+                return Err(
+                    match drive::take_answer(driver, id, limit, || Error::Disconnected) {
+                        Some(Err(e)) => e,
+                        _ => Error::Disconnected,
+                    },
+                );
             }
-            Ok(n) => {
-                session.commit(n);
-                return Ok(());
+            Io::Done(_) => {}
+            Io::Write { bytes, .. } => match socket.write_some(bytes).await {
+                Ok(n) => driver.handle_written(n, drive::now_since(origin)),
+                Err(e) => {
+                    driver.handle_write_error(drive::link_error(&e), drive::now_since(origin));
+                    io_error = Some(e);
+                }
+            },
+            Io::Read { buf, until } => {
+                let read = socket.read_some(buf);
+                let read = match until {
+                    Some(at) => {
+                        let at = ::tokio::time::Instant::from_std(drive::std_instant(origin, at));
+                        ::tokio::time::timeout_at(at, read)
+                            .await
+                            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+                    }
+                    None => read.await,
+                };
+                let now = drive::now_since(origin);
+                match read {
+                    Ok(n) => driver.handle_read(n, now),
+                    Err(e) => {
+                        driver.handle_read_error(drive::link_error(&e), now);
+                        io_error = Some(e);
+                    }
+                }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(Error::Io(e)),
         }
     }
 }
@@ -331,6 +333,29 @@ impl Socket {
             Socket::Unix(s) => s.try_write(buf),
             Socket::Tcp(s) => s.try_write(buf),
         }
+    }
+
+    /// Writes the start of `bytes` with `fds` attached (`SCM_RIGHTS`), if the socket is
+    /// writable now.
+    fn try_send_with_fds(&self, bytes: &[u8], fds: &[OwnedFd]) -> io::Result<usize> {
+        let Socket::Unix(s) = self else {
+            return Err(unsupported_fds());
+        };
+        use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+        let fds: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+        s.try_io(Interest::WRITABLE, || {
+            let mut space = vec![
+                std::mem::MaybeUninit::<u8>::uninit();
+                rustix::cmsg_space!(ScmRights(fds.len()))
+            ];
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+                return Err(io::Error::other("too many file descriptors"));
+            }
+            let iov = [io::IoSlice::new(bytes)];
+            rustix::net::sendmsg(s.as_fd(), &iov, &mut control, SendFlags::NOSIGNAL)
+                .map_err(io::Error::from)
+        })
     }
 
     /// `try_read`, except that a read shorter than `buf` also clears the read readiness (as
@@ -372,25 +397,28 @@ impl Socket {
         }
     }
 
-    async fn readable(&self) -> io::Result<()> {
-        poll_fn(|cx| self.poll_read_ready(cx)).await
-    }
-
-    async fn write_all(&self, mut bytes: &[u8]) -> io::Result<()> {
-        while !bytes.is_empty() {
-            poll_fn(|cx| self.poll_write_ready(cx)).await?;
-            match self.try_write(bytes) {
-                Ok(n) => bytes = &bytes[n..],
+    async fn read_some(&self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            poll_fn(|cx| self.poll_read_ready(cx)).await?;
+            match self.read_drained(buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
+                other => return other,
             }
         }
-        Ok(())
+    }
+
+    async fn write_some(&self, bytes: &[u8]) -> io::Result<usize> {
+        loop {
+            poll_fn(|cx| self.poll_write_ready(cx)).await?;
+            match self.try_write(bytes) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                other => return other,
+            }
+        }
     }
 
     /// Shuts both directions down, so the peer sees the end at once.
     fn shutdown(&self) {
-        use std::os::fd::AsFd;
         let fd = match self {
             Socket::Unix(s) => s.as_fd(),
             Socket::Tcp(s) => s.as_fd(),
@@ -399,19 +427,56 @@ impl Socket {
     }
 }
 
-/// The caller's side of a command: its reply channel and the permit it holds until the
-/// session frees its slot.
-#[derive(Debug)]
-struct TaskWaiter {
-    reply: Option<oneshot::Sender<Answer>>,
-    deadline: Option<Instant>,
-    _permit: OwnedSemaphorePermit,
+fn unsupported_fds() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "file descriptors can only be passed over a Unix socket",
+    )
 }
 
-impl Waiter for TaskWaiter {
-    fn answer(&mut self, answer: Answer) {
-        if let Some(reply) = self.reply.take() {
-            let _ = reply.send(answer);
+/// One subscriber's queue.
+#[derive(Debug)]
+struct Sub {
+    state: Mutex<SubState>,
+}
+
+#[derive(Debug)]
+struct SubState {
+    events: EventQueue<EventList>,
+    ended: Option<Ended>,
+    waker: Option<Waker>,
+}
+
+impl Sub {
+    fn new(capacity: Option<usize>) -> Self {
+        Self {
+            state: Mutex::new(SubState {
+                events: EventQueue::new(EventList::new(capacity)),
+                ended: None,
+                waker: None,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SubState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, items: &[drive::Queued]) {
+        let mut st = self.lock();
+        for item in items {
+            drive::push_queued(&mut st.events, item);
+        }
+        if let Some(waker) = st.waker.take() {
+            waker.wake();
+        }
+    }
+
+    fn end(&self, ended: &Ended) {
+        let mut st = self.lock();
+        st.ended.get_or_insert_with(|| ended.clone());
+        if let Some(waker) = st.waker.take() {
+            waker.wake();
         }
     }
 }
@@ -419,39 +484,64 @@ impl Waiter for TaskWaiter {
 /// What the lock guards.
 #[derive(Debug)]
 struct State {
-    router: Router<TaskWaiter>,
-    /// Encoded commands not yet written (the reader task writes them when it can).
-    out: Vec<u8>,
-    /// `None` once closed: subscribers then see the end.
-    events: Option<broadcast::Sender<Event>>,
-    /// The first subscriber's receiver, made at connect time so it misses nothing.
-    first: Option<broadcast::Receiver<Event>>,
-    /// The reader task, to wake when bytes wait to be written, a deadline comes before the
-    /// timer, or the client closes.
+    driver: StdDriver<EventList>,
+    /// Who waits for which command's answer.
+    waiters: Vec<(CommandId, oneshot::Sender<Answer>)>,
+    subscribers: Vec<Weak<Sub>>,
+    /// The first subscriber's queue, made at connect time so it misses nothing.
+    first: Option<Arc<Sub>>,
+    /// The drive task, to wake when bytes wait to be written, a deadline may come before
+    /// its timer, or the client closes.
     task: Option<Waker>,
-    /// When the reader task's timer fires (`None`: not armed); it is only ever early.
-    timer: Option<Instant>,
-    /// The timer must be set again (to the earliest deadline).
-    rearm: bool,
-    /// A write failed because the peer went away: nothing more is written and new commands
-    /// fail at once, while the reader task still reads what the peer sent before it went
-    /// (replies, events) up to the end of the stream, which then fails what still waits.
-    write_closed: bool,
+    /// The file descriptors to send with the next command sent with an attachment.
+    fds: Option<Vec<OwnedFd>>,
+    /// The I/O error that ended the connection, if one did.
+    io_error: Option<io::Error>,
+    ended: Option<Ended>,
 }
 
-/// One connection, shared by every [`Client`] clone and the reader task.
+impl State {
+    fn closed_error(&self) -> Error {
+        self.ended
+            .as_ref()
+            .map_or(Error::Disconnected, Ended::error)
+    }
+
+    fn wake_task(&self) {
+        if let Some(task) = &self.task {
+            task.wake_by_ref();
+        }
+    }
+
+    fn fan_out(&mut self) {
+        if self.driver.events().is_ready(None) {
+            let items = drive::drain_events(&mut self.driver);
+            self.subscribers.retain(|sub| match sub.upgrade() {
+                Some(sub) => {
+                    sub.push(&items);
+                    true
+                }
+                None => false,
+            });
+        }
+    }
+}
+
+/// One connection, shared by every [`Client`] clone and the drive task.
 #[derive(Debug)]
 struct Inner {
     state: Mutex<State>,
     socket: Socket,
-    in_band: Arc<Semaphore>,
-    out_of_band: Arc<Semaphore>,
+    /// Notified when a command completes (room may have freed, the transmit buffer may
+    /// be empty), or the connection ends.
+    room: Notify,
     /// Set when the last handle went away or `close` was called.
     closing: AtomicBool,
-    /// Why the connection ended, for event streams (which do not keep it alive).
-    closed: Arc<OnceLock<Closed>>,
     server: ServerInfo,
+    origin: std::time::Instant,
     command_timeout: Option<Duration>,
+    max_reply_size: usize,
+    event_capacity: Option<usize>,
 }
 
 impl Inner {
@@ -459,192 +549,206 @@ impl Inner {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Writes what is queued, as far as the socket takes it now; the reader task is woken
-    /// for the rest.
-    fn flush(&self, st: &mut State) {
-        while !st.out.is_empty() {
-            match self.socket.try_write(&st.out) {
-                Ok(n) => {
-                    st.out.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if let Some(task) = &st.task {
-                        task.wake_by_ref();
+    fn now(&self) -> qmp_proto::Instant {
+        drive::now_since(self.origin)
+    }
+
+    /// Runs the driver as far as it goes without reading: writes what the socket takes now
+    /// (with `cx`, registering for writability when it takes no more; without, waking the
+    /// drive task for the rest) and delivers what completed.
+    fn run(&self, st: &mut State, mut cx: Option<&mut Context<'_>>) {
+        let mut freed = false;
+        loop {
+            let now = self.now();
+            match st.driver.poll_io(now, Wait::Idle, None) {
+                Io::Done(Done::Completed(id)) => {
+                    freed = true;
+                    let State {
+                        driver, io_error, ..
+                    } = &mut *st;
+                    let reason = driver.close_reason();
+                    let answer = drive::take_answer(driver, id, self.max_reply_size, || {
+                        drive::closed_error(reason, io_error.as_ref().map(copy_io))
+                    });
+                    if let Some(at) = st.waiters.iter().position(|w| w.0 == id)
+                        && let Some(answer) = answer
+                    {
+                        let _ = st.waiters.swap_remove(at).1.send(answer);
                     }
+                }
+                Io::Done(Done::Closed(reason)) => {
+                    st.fan_out();
+                    self.end(st, reason);
                     return;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.write_failed(st, &e);
-                    return;
+                Io::Done(_) => break,
+                Io::Write { bytes, attach } => {
+                    if let Some(cx) = cx.as_deref_mut() {
+                        match self.socket.poll_write_ready(cx) {
+                            Poll::Pending => break,
+                            Poll::Ready(Ok(())) => {}
+                            Poll::Ready(Err(e)) => {
+                                st.driver.handle_write_error(LinkError::Fatal, now);
+                                st.io_error = Some(e);
+                                continue;
+                            }
+                        }
+                    }
+                    let written = if attach {
+                        let fds = st.fds.take().unwrap_or_default();
+                        let written = self.socket.try_send_with_fds(bytes, &fds);
+                        if written.is_err() {
+                            st.fds = Some(fds);
+                        }
+                        written
+                    } else {
+                        self.socket.try_write(bytes)
+                    };
+                    match written {
+                        Ok(n) => st.driver.handle_written(n, now),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            if cx.is_none() {
+                                st.wake_task();
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            let kind = drive::link_error(&e);
+                            if kind == LinkError::Fatal {
+                                st.io_error = Some(e);
+                            }
+                            st.driver.handle_write_error(kind, now);
+                        }
+                    }
                 }
+                Io::Read { .. } => break,
             }
+        }
+        st.fan_out();
+        if freed || st.driver.queued_bytes() == 0 {
+            self.room.notify_waiters();
         }
     }
 
-    /// A write failed. A peer that went away may have sent replies and events that still
-    /// wait unread in the socket: stop writing, and let the reader task read up to the end
-    /// of the stream (as the blocking client does), where the connection closes. Any other
-    /// error closes it now (part of a command may be on the wire).
-    fn write_failed(&self, st: &mut State, e: &io::Error) {
-        if is_disconnect(e.kind()) {
-            st.write_closed = true;
-            st.out = Vec::new();
-            if let Some(task) = &st.task {
-                task.wake_by_ref();
-            }
-        } else {
-            self.close(st, Closed::from_io(e));
+    /// The connection ended (everything it brought was delivered): what still waits fails,
+    /// subscribers see the end, the socket is shut down.
+    fn end(&self, st: &mut State, reason: qmp_proto::CloseReason) {
+        if st.ended.is_some() {
+            return;
         }
-    }
-
-    /// Ends the connection: pending commands fail, permits are closed, event streams end.
-    fn close(&self, st: &mut State, why: Closed) {
-        let _ = self.closed.set(why.clone());
-        let events = st.events.take();
-        st.router.close(why, |e| {
-            if let Some(events) = &events {
-                let _ = events.send(Event::from_view(e));
-            }
-        });
-        drop(events);
-        st.first = None;
-        st.out = Vec::new();
-        self.in_band.close();
-        self.out_of_band.close();
+        let ended = Ended::new(reason, st.io_error.as_ref());
+        for (_, waiter) in st.waiters.drain(..) {
+            let _ = waiter.send(Err(ended.error()));
+        }
+        for sub in st.subscribers.drain(..).filter_map(|s| s.upgrade()) {
+            sub.end(&ended);
+        }
+        if let Some(first) = st.first.take() {
+            first.end(&ended);
+        }
+        st.ended = Some(ended);
+        st.fds = None;
         self.socket.shutdown();
+        self.room.notify_waiters();
         if let Some(task) = st.task.take() {
             task.wake();
         }
     }
 
-    /// The reader task's body: write what waits, read what came, route it, time out
-    /// commands whose deadline passed.
-    fn poll_drive(&self, cx: &mut Context<'_>, sleep: &mut Option<Pin<Box<Sleep>>>) -> Poll<()> {
+    /// Closes the connection on this side.
+    fn close(&self) {
+        self.closing.store(true, Ordering::Release);
+        let mut st = self.lock();
+        if st.ended.is_none() {
+            st.driver.close();
+            self.run(&mut st, None);
+        }
+    }
+
+    /// The drive task's body: write what waits, read what came, apply the time, deliver.
+    fn poll_drive(&self, cx: &mut Context<'_>, timer: &mut Timer) -> Poll<()> {
         let mut guard = self.lock();
         let st = &mut *guard;
-        if st.router.closed().is_some() {
-            return Poll::Ready(());
-        }
-        if self.closing.load(Ordering::Acquire) {
-            self.close(st, Closed::Local);
-            return Poll::Ready(());
+        if self.closing.load(Ordering::Acquire) && st.ended.is_none() {
+            st.driver.close();
         }
         if !st.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             st.task = Some(cx.waker().clone());
         }
-        self.poll_timer(st, cx, sleep);
-        while !st.out.is_empty() {
-            match self.socket.poll_write_ready(cx) {
-                Poll::Pending => break,
-                Poll::Ready(Err(e)) => {
-                    self.close(st, Closed::from_io(&e));
-                    return Poll::Ready(());
-                }
-                Poll::Ready(Ok(())) => match self.socket.try_write(&st.out) {
-                    Ok(n) => {
-                        st.out.drain(..n);
-                    }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                        ) => {}
-                    Err(e) => {
-                        self.write_failed(st, &e);
-                        if st.router.closed().is_some() {
-                            return Poll::Ready(());
-                        }
-                    }
-                },
-            }
-        }
         loop {
+            self.run(st, Some(cx));
+            if st.ended.is_some() {
+                return Poll::Ready(());
+            }
             match self.socket.poll_read_ready(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => {
-                    self.close(st, Closed::from_io(&e));
-                    return Poll::Ready(());
-                }
-                Poll::Ready(Ok(())) => {}
-            }
-            match self.socket.read_drained(st.router.read_buf()) {
-                Ok(0) => {
-                    self.close(st, Closed::Eof);
-                    return Poll::Ready(());
-                }
-                Ok(n) => {
-                    st.router.commit(n);
-                    let events = &st.events;
-                    st.router.route(|e| {
-                        if let Some(events) = events {
-                            let _ = events.send(Event::from_view(e));
+                Poll::Pending => {}
+                Poll::Ready(result) => {
+                    let now = self.now();
+                    match result.and_then(|()| self.socket.read_drained(st.driver.read_buf())) {
+                        Ok(n) => st.driver.handle_read(n, now),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => {
+                            let kind = drive::link_error(&e);
+                            if kind == LinkError::Fatal {
+                                st.io_error = Some(e);
+                            }
+                            st.driver.handle_read_error(kind, now);
                         }
-                    });
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                    ) => {}
-                Err(e) => {
-                    self.close(st, Closed::from_io(&e));
-                    return Poll::Ready(());
-                }
-            }
-        }
-    }
-}
-
-impl Inner {
-    /// Deadlines: one timer per connection, set to the earliest deadline of the commands
-    /// waiting. A command rarely moves it (callers wake the task only for a deadline before
-    /// the timer's), so a command costs no timer operation; when it fires, the commands due
-    /// are answered [`Error::Timeout`] and abandoned.
-    fn poll_timer(
-        &self,
-        st: &mut State,
-        cx: &mut Context<'_>,
-        sleep: &mut Option<Pin<Box<Sleep>>>,
-    ) {
-        loop {
-            if std::mem::take(&mut st.rearm) {
-                st.timer = st.router.waiting().filter_map(|w| w.deadline).min();
-                if let Some(at) = st.timer {
-                    match sleep {
-                        Some(sleep) => sleep.as_mut().reset(at),
-                        None => *sleep = Some(Box::pin(::tokio::time::sleep_until(at))),
                     }
+                    continue;
                 }
             }
-            let Some(timer) = sleep.as_mut().filter(|_| st.timer.is_some()) else {
-                return;
+            let Some(at) = st.driver.poll_timeout() else {
+                return Poll::Pending;
             };
-            if timer.as_mut().poll(cx).is_pending() {
-                return;
+            if timer.poll_until(cx, drive::std_instant(self.origin, at)) {
+                st.driver.handle_timeout(self.now());
+                continue;
             }
-            let now = Instant::now();
-            st.router.expire(|w| w.deadline.is_some_and(|d| d <= now));
-            st.rearm = true;
+            return Poll::Pending;
         }
     }
 }
 
-/// The reader task. If it is dropped unfinished (the runtime shut down), the connection is
+/// The drive task's one timer.
+#[derive(Default)]
+struct Timer {
+    sleep: Option<Pin<Box<Sleep>>>,
+    at: Option<std::time::Instant>,
+}
+
+impl Timer {
+    /// Whether `at` has come (else the task is woken when it does).
+    fn poll_until(&mut self, cx: &mut Context<'_>, at: std::time::Instant) -> bool {
+        let deadline = ::tokio::time::Instant::from_std(at);
+        if self.at != Some(at) {
+            self.at = Some(at);
+            match &mut self.sleep {
+                Some(sleep) => sleep.as_mut().reset(deadline),
+                None => self.sleep = Some(Box::pin(::tokio::time::sleep_until(deadline))),
+            }
+        }
+        let sleep = self.sleep.as_mut().expect("set above");
+        sleep.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn copy_io(e: &io::Error) -> io::Error {
+    io::Error::new(e.kind(), e.to_string())
+}
+
+/// The drive task. If it is dropped unfinished (the runtime shut down), the connection is
 /// closed so that nobody waits forever.
-async fn drive(inner: Arc<Inner>) {
+async fn drive_task(inner: Arc<Inner>) {
     struct Guard(Arc<Inner>);
     impl Drop for Guard {
         fn drop(&mut self) {
-            let mut st = self.0.lock();
-            if st.router.closed().is_none() {
-                self.0.close(&mut st, Closed::Local);
-            }
+            self.0.close();
         }
     }
     let guard = Guard(inner);
-    let mut sleep = None;
-    poll_fn(|cx| guard.0.poll_drive(cx, &mut sleep)).await;
+    let mut timer = Timer::default();
+    poll_fn(|cx| guard.0.poll_drive(cx, &mut timer)).await;
 }
 
 /// Closes the connection when the last [`Client`] clone goes.
@@ -655,29 +759,29 @@ struct Owner {
 
 impl Drop for Owner {
     fn drop(&mut self) {
-        self.inner.closing.store(true, Ordering::Release);
-        let mut st = self.inner.lock();
-        if st.router.closed().is_none() {
-            self.inner.close(&mut st, Closed::Local);
-        }
+        self.inner.close();
     }
 }
 
 /// An async QMP client: one connection, shared by every clone (`Clone + Send + Sync`).
 ///
-/// Method families:
+/// Method families (the same names as the blocking [`Client`](crate::Client)):
 /// - **Connecting**: [`Client::connect_unix`], [`Client::connect_tcp`], or
 ///   [`ClientBuilder`] for options; each reads the greeting and negotiates.
 /// - **Commands**, from any number of tasks at once, matched to their replies by id:
 ///   [`execute`](Self::execute) (typed, see [`Command`]), [`execute_raw`](Self::execute_raw)
 ///   (name + JSON arguments), [`execute_oob`](Self::execute_oob) and
-///   [`execute_oob_raw`](Self::execute_oob_raw) (`exec-oob`), [`hmp`](Self::hmp), and
+///   [`execute_oob_raw`](Self::execute_oob_raw) (`exec-oob`), [`hmp`](Self::hmp),
 ///   [`execute_timeout`](Self::execute_timeout) / [`execute_raw_timeout`](Self::execute_raw_timeout)
-///   with a deadline of their own. All are cancel-safe (see the [module docs](self)).
-/// - **Events**: [`events`](Self::events), one [`EventStream`] per subscriber.
+///   with a deadline of their own, and [`execute_with_fds`](Self::execute_with_fds) /
+///   [`execute_raw_with_fds`](Self::execute_raw_with_fds) with file descriptors attached.
+///   All are cancel-safe (see the [module docs](self)).
+/// - **Events**: [`subscribe`](Self::subscribe), one [`EventStream`] per subscriber;
+///   [`wait_event`](Self::wait_event).
 /// - **State**: [`server`](Self::server), [`oob_enabled`](Self::oob_enabled),
 ///   [`is_closed`](Self::is_closed), [`in_flight`](Self::in_flight),
-///   [`discarded_replies`](Self::discarded_replies), [`close`](Self::close).
+///   [`discarded_replies`](Self::discarded_replies),
+///   [`dropped_messages`](Self::dropped_messages), [`close`](Self::close).
 #[derive(Clone)]
 pub struct Client {
     owner: Arc<Owner>,
@@ -710,61 +814,69 @@ impl Client {
         &self.owner.inner
     }
 
-    /// What the server's greeting said.
+    /// What the server's greeting said, and what was negotiated.
     pub fn server(&self) -> &ServerInfo {
         &self.inner().server
     }
 
     /// Whether out-of-band execution was negotiated.
     pub fn oob_enabled(&self) -> bool {
-        self.inner().lock().router.session().oob_enabled()
+        self.inner().server.oob_enabled
     }
 
     /// Whether the connection is gone (every later command fails).
     pub fn is_closed(&self) -> bool {
-        self.inner().closed.get().is_some()
+        let st = self.inner().lock();
+        st.ended.is_some() || st.driver.is_closed()
     }
 
     /// Commands sent and not answered yet, abandoned ones still owed a reply included.
     pub fn in_flight(&self) -> usize {
-        self.inner().lock().router.session().in_flight()
+        self.inner().lock().driver.in_flight()
     }
 
-    /// Late replies to abandoned (cancelled or timed-out) commands, discarded by id so far.
+    /// Late replies to abandoned (cancelled) commands, discarded by id so far.
     pub fn discarded_replies(&self) -> u64 {
-        self.inner().lock().router.discarded()
+        self.inner().lock().driver.discarded_replies()
     }
 
-    /// Messages dropped as the protocol asks (replies matching no command, id-less errors,
-    /// malformed frames without a command to blame), so far.
+    /// Messages dropped as the protocol asks (replies matching no command, such as late
+    /// replies to commands that timed out, id-less errors, malformed frames without a
+    /// command to blame), so far.
     pub fn dropped_messages(&self) -> u64 {
-        self.inner().lock().router.dropped()
+        self.inner().lock().driver.dropped_messages()
     }
 
     /// Closes the connection now, for every clone: commands waiting fail with
     /// [`Error::Disconnected`], event streams end.
     pub fn close(&self) {
-        let inner = self.inner();
-        inner.closing.store(true, Ordering::Release);
-        let mut st = inner.lock();
-        if st.router.closed().is_none() {
-            inner.close(&mut st, Closed::Local);
-        }
+        self.inner().close();
     }
 
-    /// A new subscriber to the events (see [`EventStream`]).
-    pub fn events(&self) -> EventStream {
+    /// A new subscriber to the events (see [`EventStream`]): every event from now on (the
+    /// first subscriber also gets those received since the connection was made).
+    pub fn subscribe(&self) -> EventStream {
         let inner = self.inner();
         let mut st = inner.lock();
-        let receiver = st
-            .first
-            .take()
-            .or_else(|| st.events.as_ref().map(broadcast::Sender::subscribe));
-        EventStream {
-            inner: receiver.map(BroadcastStream::new),
-            closed: Arc::clone(&inner.closed),
-            ended: false,
-        }
+        let sub = match st.first.take() {
+            Some(first) => first,
+            None => {
+                let sub = Arc::new(Sub::new(inner.event_capacity));
+                match &st.ended {
+                    Some(ended) => sub.end(ended),
+                    None => st.subscribers.push(Arc::downgrade(&sub)),
+                }
+                sub
+            }
+        };
+        EventStream { sub, ended: false }
+    }
+
+    /// The next event called `name` to arrive within `timeout`, on a fresh subscription:
+    /// events that arrived before the call are not seen (subscribe first, and use
+    /// [`EventStream::wait_event`], not to miss one that comes early).
+    pub async fn wait_event(&self, name: &str, timeout: Duration) -> Result<Event> {
+        self.subscribe().wait_event(name, timeout).await
     }
 
     // ---- commands ----------------------------------------------------------------------
@@ -775,16 +887,16 @@ impl Client {
             .await
     }
 
-    /// [`execute`](Self::execute) with a deadline of its own (`None`: wait forever). When it
-    /// passes, the command is abandoned (its late reply is discarded) and this returns
-    /// [`Error::Timeout`].
+    /// [`execute`](Self::execute) with a deadline of its own (`None`: wait forever), which
+    /// also bounds waiting for room in flight. When it passes, this returns
+    /// [`Error::Timeout`] and the command's late reply is dropped.
     pub async fn execute_timeout<C: Command>(
         &self,
         command: &C,
         timeout: Option<Duration>,
     ) -> Result<C::Output> {
-        let json = self.call(false, C::NAME, command, timeout).await?;
-        serde_json::from_str(&json).map_err(Error::Decode)
+        let json = self.call(false, C::NAME, command, timeout, &[]).await?;
+        decode(&json)
     }
 
     /// Runs a command by name with JSON arguments (an object, or `Value::Null` for none) and
@@ -802,7 +914,7 @@ impl Client {
         arguments: &Value,
         timeout: Option<Duration>,
     ) -> Result<Value> {
-        let json = self.call(false, name, arguments, timeout).await?;
+        let json = self.call(false, name, arguments, timeout, &[]).await?;
         decode(&json)
     }
 
@@ -810,14 +922,41 @@ impl Client {
     /// Needs [`ClientBuilder::oob`] and a server that offers it.
     pub async fn execute_oob<C: Command>(&self, command: &C) -> Result<C::Output> {
         let timeout = self.inner().command_timeout;
-        let json = self.call(true, C::NAME, command, timeout).await?;
-        serde_json::from_str(&json).map_err(Error::Decode)
+        let json = self.call(true, C::NAME, command, timeout, &[]).await?;
+        decode(&json)
     }
 
     /// [`execute_raw`](Self::execute_raw), out of band.
     pub async fn execute_oob_raw(&self, name: &str, arguments: &Value) -> Result<Value> {
         let timeout = self.inner().command_timeout;
-        let json = self.call(true, name, arguments, timeout).await?;
+        let json = self.call(true, name, arguments, timeout, &[]).await?;
+        decode(&json)
+    }
+
+    /// Runs a typed command with file descriptors attached (`SCM_RIGHTS`, Unix sockets
+    /// only), as `getfd` and `add-fd` need: they travel with the command's first byte.
+    /// They are duplicated for the time it takes to send them; QEMU keeps its own copies,
+    /// so the caller still owns (and may close) its descriptors.
+    pub async fn execute_with_fds<C: Command>(
+        &self,
+        command: &C,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<C::Output> {
+        let timeout = self.inner().command_timeout;
+        let json = self.call(false, C::NAME, command, timeout, fds).await?;
+        decode(&json)
+    }
+
+    /// [`execute_raw`](Self::execute_raw) with file descriptors attached; see
+    /// [`execute_with_fds`](Self::execute_with_fds).
+    pub async fn execute_raw_with_fds(
+        &self,
+        name: &str,
+        arguments: &Value,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<Value> {
+        let timeout = self.inner().command_timeout;
+        let json = self.call(false, name, arguments, timeout, fds).await?;
         decode(&json)
     }
 
@@ -832,59 +971,70 @@ impl Client {
         name: &str,
         arguments: &A,
         timeout: Option<Duration>,
+        fds: &[BorrowedFd<'_>],
     ) -> Answer {
         let inner = self.inner();
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let semaphore = if oob {
-            &inner.out_of_band
-        } else {
-            &inner.in_band
-        };
-        // Cancelled while waiting here: nothing was sent.
-        let permit = match Arc::clone(semaphore).try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(TryAcquireError::Closed) => return Err(self.closed_error()),
-            Err(TryAcquireError::NoPermits) => {
-                let acquire = Arc::clone(semaphore).acquire_owned();
-                let acquired = match deadline {
-                    Some(deadline) => ::tokio::time::timeout_at(deadline, acquire)
-                        .await
-                        .map_err(|_| Error::Timeout(Expired::Command))?,
-                    None => acquire.await,
-                };
-                acquired.map_err(|_| self.closed_error())?
+        let attach = !fds.is_empty();
+        let mut fds = if attach {
+            if !matches!(inner.socket, Socket::Unix(_)) {
+                return Err(Error::Io(unsupported_fds()));
             }
+            Some(
+                fds.iter()
+                    .map(|fd| fd.try_clone_to_owned())
+                    .collect::<io::Result<Vec<_>>>()?,
+            )
+        } else {
+            None
+        };
+        let wait_until = timeout.map(|t| ::tokio::time::Instant::now() + t);
+        let options = SendOptions {
+            oob,
+            deadline: match timeout {
+                Some(t) => Deadline::At(inner.now() + t),
+                None => Deadline::Never,
+            },
+            attach,
         };
         let (reply, answer) = oneshot::channel();
-        let id = {
-            let mut guard = inner.lock();
-            let st = &mut *guard;
-            if st.write_closed {
-                return Err(Error::Disconnected);
+        let mut reply = Some(reply);
+        let id = loop {
+            let room = inner.room.notified();
+            let mut room = std::pin::pin!(room);
+            {
+                let mut st = inner.lock();
+                if st.ended.is_some() {
+                    return Err(st.closed_error());
+                }
+                room.as_mut().enable();
+                match st.driver.execute(name, arguments, options, inner.now()) {
+                    Ok(id) => {
+                        st.waiters.push((id, reply.take().expect("sent once")));
+                        if attach {
+                            st.fds = fds.take();
+                        }
+                        // Written now if the socket takes it; else by the drive task, which
+                        // also sets its timer to this command's deadline.
+                        inner.run(&mut st, None);
+                        st.wake_task();
+                        break id;
+                    }
+                    // No room: wait until a command completes, within the deadline.
+                    Err(SendError::QueueFull | SendError::TableFull | SendError::Busy) => {}
+                    Err(SendError::Closed) => return Err(st.closed_error()),
+                    Err(SendError::Encode(e)) => return Err(Error::Encode(e)),
+                    Err(e) => return Err(Error::Refused(e)),
+                }
             }
-            let queued = !st.out.is_empty();
-            let id = st.router.encode(oob, name, arguments, &mut st.out)?;
-            st.router.register(
-                id,
-                TaskWaiter {
-                    reply: Some(reply),
-                    deadline,
-                    _permit: permit,
-                },
-            );
-            // A deadline before the timer's: the reader task sets the timer again.
-            let earlier = deadline.is_some_and(|d| st.timer.is_none_or(|t| t > d));
-            if earlier {
-                st.timer = deadline;
-                st.rearm = true;
+            // Cancelled while waiting here: nothing was sent.
+            match wait_until {
+                Some(at) => {
+                    if ::tokio::time::timeout_at(at, room).await.is_err() {
+                        return Err(Error::Timeout(Expired::Command));
+                    }
+                }
+                None => room.await,
             }
-            if !queued {
-                inner.flush(st);
-            }
-            if earlier && let Some(task) = &st.task {
-                task.wake_by_ref();
-            }
-            id
         };
         // Cancelled from here on: the command is (or will be) on the wire; abandon it.
         let mut pending = InFlight {
@@ -894,22 +1044,15 @@ impl Client {
         };
         let answer = answer.await;
         pending.done = true;
-        answer.unwrap_or_else(|_| Err(self.closed_error()))
-    }
-
-    fn closed_error(&self) -> Error {
-        self.inner()
-            .closed
-            .get()
-            .map_or(Error::Disconnected, Closed::error)
+        answer.unwrap_or_else(|_| Err(inner.lock().closed_error()))
     }
 }
 
-fn decode(json: &str) -> Result<Value> {
+fn decode<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
     serde_json::from_str(json).map_err(Error::Decode)
 }
 
-/// A command on the wire whose caller may go away: if it does, the command is abandoned.
+/// A command sent whose caller may go away: if it does, the command is abandoned.
 struct InFlight<'a> {
     inner: &'a Inner,
     id: CommandId,
@@ -919,7 +1062,11 @@ struct InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.inner.lock().router.abandon(self.id);
+            let mut st = self.inner.lock();
+            st.waiters.retain(|w| w.0 != self.id);
+            st.driver.abandon(self.id);
+            // Abandoning may have dropped unwritten bytes (room for others).
+            self.inner.run(&mut st, None);
         }
     }
 }
@@ -927,13 +1074,13 @@ impl Drop for InFlight<'_> {
 /// One subscriber's events, in arrival order: a [`futures_core::Stream`] of
 /// `Result<Event, Error>` (also [`EventStream::next`] without `StreamExt`).
 ///
-/// Items: `Ok(event)`; `Err(Error::Lagged { missed })` when this subscriber fell more than
-/// the event capacity behind (the stream goes on with the events that followed); at the end,
-/// if the connection failed, its error once (`Err(Error::Disconnected)`, `Err(Error::Io(..))`),
-/// then `None`. A connection closed on this side just ends the stream.
+/// Items: `Ok(event)`; `Err(Error::Lagged { missed })` where events were dropped because
+/// this subscriber held its capacity of unread ones (the newest are dropped; the gap is
+/// reported once, in place, and the events after it follow); at the end, if the connection
+/// failed, its error once (`Err(Error::Disconnected)`, `Err(Error::Io(..))`), then `None`.
+/// A connection closed on this side just ends the stream.
 pub struct EventStream {
-    inner: Option<BroadcastStream<Event>>,
-    closed: Arc<OnceLock<Closed>>,
+    sub: Arc<Sub>,
     ended: bool,
 }
 
@@ -948,7 +1095,71 @@ impl fmt::Debug for EventStream {
 impl EventStream {
     /// The next item (see [`EventStream`]); `None` once the stream has ended.
     pub async fn next(&mut self) -> Option<Result<Event>> {
-        poll_fn(|cx| futures_core::Stream::poll_next(Pin::new(&mut *self), cx)).await
+        poll_fn(|cx| self.poll_take(cx, None)).await
+    }
+
+    /// The next event (or gap) within `timeout`: `Error::Timeout(Expired::Event)` if none
+    /// comes; the connection's error (or [`Error::Disconnected`]) once it has ended.
+    pub async fn next_event(&mut self, timeout: Duration) -> Result<Event> {
+        self.wait(None, timeout).await
+    }
+
+    /// The oldest event called `name`, waiting up to `timeout` for one to arrive; other
+    /// events stay queued in this subscription, in order. A gap is reported
+    /// ([`Error::Lagged`]) when no such event is queued before it.
+    pub async fn wait_event(&mut self, name: &str, timeout: Duration) -> Result<Event> {
+        self.wait(Some(name), timeout).await
+    }
+
+    /// Events waiting to be read.
+    pub fn queued(&self) -> usize {
+        self.sub.lock().events.len()
+    }
+
+    async fn wait(&mut self, name: Option<&str>, timeout: Duration) -> Result<Event> {
+        let next = poll_fn(|cx| self.poll_take(cx, name));
+        match ::tokio::time::timeout(timeout, next).await {
+            Err(_) => Err(Error::Timeout(Expired::Event)),
+            Ok(Some(item)) => item,
+            Ok(None) => Err(self
+                .sub
+                .lock()
+                .ended
+                .as_ref()
+                .map_or(Error::Disconnected, Ended::error)),
+        }
+    }
+
+    fn poll_take(
+        &mut self,
+        cx: &mut Context<'_>,
+        name: Option<&str>,
+    ) -> Poll<Option<Result<Event>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let mut st = self.sub.lock();
+        match st.events.take(name) {
+            Some(Ok(event)) => Poll::Ready(Some(Ok(event))),
+            Some(Err(lagged)) => Poll::Ready(Some(Err(Error::Lagged {
+                missed: lagged.missed,
+            }))),
+            None => match &st.ended {
+                Some(ended) => {
+                    let item =
+                        (ended.reason != qmp_proto::CloseReason::Local).then(|| Err(ended.error()));
+                    drop(st);
+                    self.ended = true;
+                    Poll::Ready(item)
+                }
+                None => {
+                    if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        st.waker = Some(cx.waker().clone());
+                    }
+                    Poll::Pending
+                }
+            },
+        }
     }
 }
 
@@ -956,25 +1167,7 @@ impl futures_core::Stream for EventStream {
     type Item = Result<Event>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.ended {
-            return Poll::Ready(None);
-        }
-        if let Some(inner) = &mut self.inner {
-            match Pin::new(inner).poll_next(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(event))) => return Poll::Ready(Some(Ok(event))),
-                Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(missed)))) => {
-                    return Poll::Ready(Some(Err(Error::Lagged { missed })));
-                }
-                Poll::Ready(None) => {}
-            }
-        }
-        self.ended = true;
-        self.inner = None;
-        Poll::Ready(match self.closed.get() {
-            Some(Closed::Local) | None => None,
-            Some(why) => Some(Err(why.error())),
-        })
+        self.poll_take(cx, None)
     }
 }
 

@@ -64,7 +64,7 @@ async fn many_tasks_share_one_connection() {
 #[::tokio::test]
 async fn dropped_futures_do_not_desynchronise_the_connection() {
     let (qmp, server) = connect(fake::echo).await;
-    let mut events = qmp.events();
+    let mut events = qmp.subscribe();
     let mut cancelled = 0;
     for round in 0..200u64 {
         // Nine at once: the ninth waits for a permit when it is dropped.
@@ -130,7 +130,7 @@ async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Out
 }
 
 #[::tokio::test]
-async fn a_command_timeout_abandons_and_the_next_command_works() {
+async fn a_command_timeout_fails_it_and_the_next_command_works() {
     let (qmp, server) = connect(fake::echo).await;
     let slow = qmp
         .execute_raw_timeout(
@@ -142,14 +142,15 @@ async fn a_command_timeout_abandons_and_the_next_command_works() {
     assert!(matches!(slow, Err(Error::Timeout(_))), "{slow:?}");
     assert_eq!(
         qmp.in_flight(),
-        1,
-        "the slot stays taken until the late reply"
+        0,
+        "the driver frees the slot at the deadline"
     );
     assert_eq!(
         qmp.execute_raw("echo", &json!({"x": 1})).await.unwrap(),
         json!({"x": 1})
     );
-    assert_eq!((qmp.in_flight(), qmp.discarded_replies()), (0, 1));
+    // The late reply came first, and was dropped as matching no command.
+    assert_eq!((qmp.in_flight(), qmp.dropped_messages()), (0, 1));
     drop(qmp);
     server.join().unwrap();
 }
@@ -183,33 +184,34 @@ async fn exec_oob_overtakes_in_band_commands() {
 }
 
 #[::tokio::test]
-async fn a_slow_subscriber_gets_lagged_then_the_rest() {
+async fn a_slow_subscriber_gets_the_events_then_the_gap_then_the_rest() {
     let (qmp, server) = connect_with(ClientBuilder::new().event_capacity(4), fake::echo).await;
-    let mut first = qmp.events();
-    let mut second = qmp.events();
-    qmp.execute_raw("emit", &json!({"n": 10})).await.unwrap();
-    for events in [&mut first, &mut second] {
-        match events.next().await {
-            Some(Err(Error::Lagged { missed: 6 })) => {}
-            other => panic!("{other:?}"),
-        }
-    }
-    let slow = &mut second;
-    let mut rest = Vec::new();
-    for _ in 0..4 {
-        let event = slow.next().await.unwrap().unwrap();
-        rest.push(event.data.unwrap()["seq"].as_u64().unwrap());
-    }
-    assert_eq!(rest, [6, 7, 8, 9]);
-    // `second` has caught up: the next three come through whole. `first` read nothing
-    // since its notice, so it holds four of seven: three more missed, then the last four.
-    qmp.execute_raw("emit", &json!({"n": 3})).await.unwrap();
+    let mut first = qmp.subscribe();
+    let mut second = qmp.subscribe();
     let seqs = |events: Vec<crate::Event>| -> Vec<u64> {
         events
             .into_iter()
             .map(|e| e.data.unwrap()["seq"].as_u64().unwrap())
             .collect()
     };
+    // The one overflow rule: each holds the first four, the newest six are dropped, and the
+    // gap is reported where it is.
+    qmp.execute_raw("emit", &json!({"n": 10})).await.unwrap();
+    for events in [&mut first, &mut second] {
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(events.next().await.unwrap().unwrap());
+        }
+        assert_eq!(seqs(held), [0, 1, 2, 3]);
+    }
+    let slow = &mut second;
+    match slow.next().await {
+        Some(Err(Error::Lagged { missed: 6 })) => {}
+        other => panic!("{other:?}"),
+    }
+    // `second` has caught up: the next three come through whole. `first` has not taken
+    // its gap yet, so it is still open and the three are dropped too: nine missed.
+    qmp.execute_raw("emit", &json!({"n": 3})).await.unwrap();
     let mut caught_up = Vec::new();
     for _ in 0..3 {
         caught_up.push(slow.next().await.unwrap().unwrap());
@@ -217,13 +219,11 @@ async fn a_slow_subscriber_gets_lagged_then_the_rest() {
     assert_eq!(seqs(caught_up), [10, 11, 12]);
     assert!(matches!(
         first.next().await,
-        Some(Err(Error::Lagged { missed: 3 }))
+        Some(Err(Error::Lagged { missed: 9 }))
     ));
-    let mut last = Vec::new();
-    for _ in 0..4 {
-        last.push(first.next().await.unwrap().unwrap());
-    }
-    assert_eq!(seqs(last), [9, 10, 11, 12]);
+    qmp.execute_raw("emit", &json!({"n": 1})).await.unwrap();
+    assert_eq!(seqs(vec![first.next().await.unwrap().unwrap()]), [13]);
+    assert_eq!(seqs(vec![slow.next().await.unwrap().unwrap()]), [13]);
     drop(qmp);
     server.join().unwrap();
     // The client was dropped: the streams just end.
@@ -239,7 +239,7 @@ async fn a_hang_up_fails_every_pending_command_and_ends_events_with_an_error() {
         fake::echo(server, command)
     })
     .await;
-    let mut events = qmp.events();
+    let mut events = qmp.subscribe();
     qmp.execute_raw("emit", &json!({"n": 1})).await.unwrap();
     let pending: Vec<_> = (0..5)
         .map(|_| {
@@ -267,7 +267,7 @@ async fn a_hang_up_fails_every_pending_command_and_ends_events_with_an_error() {
     assert!(events.next().await.is_none());
     // A subscriber that comes after the end gets the error too.
     assert!(matches!(
-        qmp.events().next().await,
+        qmp.subscribe().next().await,
         Some(Err(Error::Disconnected))
     ));
     server.join().unwrap();
@@ -286,9 +286,10 @@ async fn dropping_the_last_clone_closes_the_connection() {
         .unwrap();
 }
 
-/// A server that stops answering: the eight commands in flight time out (their slots stay
-/// taken, since the server still owes their replies), and a ninth, waiting for a permit,
-/// times out too instead of waiting forever. Once the server answers, all is well again.
+/// A server that stops answering: the eight commands in flight time out (the driver frees
+/// their slots at the deadline; their late replies will be dropped), and a ninth, waiting
+/// for room, times out too instead of waiting forever. Once the server answers, all is
+/// well again.
 #[::tokio::test]
 async fn deadlines_bound_the_wait_for_room_too() {
     let (release, held) = std::sync::mpsc::channel::<()>();
@@ -319,12 +320,14 @@ async fn deadlines_bound_the_wait_for_room_too() {
         let result = call.await.unwrap();
         assert!(matches!(result, Err(Error::Timeout(_))), "{result:?}");
     }
-    assert_eq!(qmp.in_flight(), 8);
+    assert_eq!(qmp.in_flight(), 0);
     release.send(()).unwrap();
-    // The eight late replies are discarded; then the next command goes through.
+    // The late replies (eight, or nine if the ninth got room as the others timed out) are
+    // dropped; then the next command goes through.
     let args = json!({"after": "stuck"});
     assert_eq!(qmp.execute_raw("echo", &args).await.unwrap(), args);
-    assert_eq!((qmp.in_flight(), qmp.discarded_replies()), (0, 8));
+    assert_eq!(qmp.in_flight(), 0);
+    assert!((8..=9).contains(&qmp.dropped_messages()), "{qmp:?}");
     drop(qmp);
     server.join().unwrap();
 }
@@ -349,7 +352,7 @@ async fn a_broken_pipe_still_delivers_what_the_peer_sent_before_it_went() {
         fake::echo(server, command)
     })
     .await;
-    let mut events = qmp.events();
+    let mut events = qmp.subscribe();
     let mut last = std::pin::pin!(qmp.execute_raw("last-words", &Value::Null));
     // Written on its first poll; then this thread waits (the reader task cannot run) until
     // the server has answered and hung up.

@@ -1574,8 +1574,8 @@ async fn tokio_script(seed: u64, qemu: &Path) -> Stats {
         }
     };
     // Two subscribers: the first drained as the session goes, the second only at the end.
-    let events = client.events();
-    let mut late = client.events();
+    let events = client.subscribe();
+    let mut late = client.subscribe();
     let mut s = TokioSession {
         client,
         events,

@@ -135,7 +135,7 @@ fn a_fleet_of_qemus_on_one_tokio_runtime() {
         let (wall, cpu) = (t.elapsed(), cpu_time() - cpu);
         let round_trips = n * ROUNDS;
 
-        let mut streams: Vec<EventStream> = clients.iter().map(Client::events).collect();
+        let mut streams: Vec<EventStream> = clients.iter().map(Client::subscribe).collect();
         let mut seen = 0;
         let t = Instant::now();
         for _ in 0..CYCLES {

@@ -789,7 +789,7 @@ impl Subject for Tokio {
         });
         match connected {
             Ok(client) => Ok(Tokio {
-                events: client.events(),
+                events: client.subscribe(),
                 client,
                 runtime,
             }),

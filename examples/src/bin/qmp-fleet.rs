@@ -370,7 +370,7 @@ async fn run(args: &Args, report: &mut Report) -> Result<(), String> {
     report.system_per_rt_us = per_rt(system_end.saturating_sub(system));
 
     // Stop and continue them all, collecting every STOP and RESUME.
-    let mut streams: Vec<EventStream> = clients.iter().map(Client::events).collect();
+    let mut streams: Vec<EventStream> = clients.iter().map(Client::subscribe).collect();
     let t = Instant::now();
     for _ in 0..args.cycles {
         on_all(&clients, |i, c| async move {
