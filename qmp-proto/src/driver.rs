@@ -104,7 +104,9 @@ impl ServerInfo {
     /// The longest package string kept.
     pub const PACKAGE_MAX: usize = 48;
 
-    fn from_greeting(g: &Greeting<'_>) -> Self {
+    /// What `g` says (for an adapter that reads the greeting itself); `oob_enabled` is
+    /// `false` until negotiated.
+    pub fn from_greeting(g: &Greeting<'_>) -> Self {
         let mut package = heapless::String::new();
         for c in g.version.package.chars().map_while(Result::ok) {
             if package.push(c).is_err() {

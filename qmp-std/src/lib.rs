@@ -157,10 +157,11 @@ pub mod tokio;
 #[cfg(all(test, feature = "tokio"))]
 mod tokio_tests;
 
-pub use client::{Client, ClientBuilder, DEFAULT_MAX_QUEUED_EVENTS, Handle, Options, ServerInfo};
+pub use client::{Client, ClientBuilder, DEFAULT_MAX_QUEUED_EVENTS, Handle, Options};
 pub use commands::{Command, EventKind};
 pub use error::{Error, QmpError, Result};
 pub use event::{Event, Timestamp};
+pub use qmp_proto::ServerInfo;
 pub use shared::{DEFAULT_SUBSCRIPTION_CAPACITY, SharedClient, SplitStream, Subscription};
 pub use stream::{FdStream, Plain, Stream};
 

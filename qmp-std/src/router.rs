@@ -16,7 +16,7 @@ use qmp_proto::{
     CommandId, EncodeError, Expired, Failure, Notice, Outcome, Received, SendError, Session,
 };
 
-use crate::client::{TABLE, is_disconnect};
+use crate::drive::{TABLE, is_disconnect};
 use crate::error::{Error, QmpError, Result};
 
 /// A command's outcome, as handed to its caller: the JSON text of its `return` value, or why

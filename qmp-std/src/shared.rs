@@ -16,12 +16,13 @@ use serde_json::Value;
 
 use qmp_proto::{Expired, SendError};
 
-use crate::client::{Client, ClientBuilder, Options, ServerInfo};
+use crate::client::{Client, ClientBuilder, ClientParts, Options};
 use crate::commands::{Command, HumanMonitorCommand};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::router::{Answer, Closed, Router, Waiter};
 use crate::stream::Stream;
+use qmp_proto::ServerInfo;
 
 /// How many events a [`Subscription`] holds before it starts dropping the oldest (and says
 /// so with [`Error::Lagged`]), unless [`SharedClient::subscribe_with_capacity`] says
@@ -289,6 +290,49 @@ impl<S: SplitStream> Client<S> {
     }
 }
 
+// TODO(#11): a bridge until the SharedClient runs the driver it is handed: a fresh session
+// brought to where the client's driver is (greeted, negotiated as it was), and the events
+// the driver queued.
+fn legacy_session<S>(
+    parts: &mut ClientParts<S>,
+) -> (
+    qmp_proto::Session<Vec<u8>, { crate::drive::TABLE }>,
+    ServerInfo,
+    Vec<Event>,
+) {
+    let options = &parts.options;
+    let config = crate::drive::driver_config(options, options.max_in_flight).session;
+    let size = options
+        .initial_buffer
+        .max(4096)
+        .min(options.max_reply_size.max(4096));
+    let mut session = qmp_proto::Session::with_config(vec![0; size], config);
+    let server = parts.driver.server().cloned().expect("greeted");
+    let greeting = serde_json::json!({"QMP": {
+        "version": {"qemu": {"major": server.version.major, "minor": server.version.minor,
+            "micro": server.version.micro}, "package": server.package.as_str()},
+        "capabilities": if server.oob_offered { vec!["oob"] } else { vec![] },
+    }});
+    let _ = session.feed(greeting.to_string().as_bytes());
+    while session.poll().is_some() {}
+    if parts.driver.state() == qmp_proto::State::Ready {
+        let mut out = [0u8; 128];
+        if let Ok(sent) = session.negotiate(server.oob_enabled, None, &mut out) {
+            let reply = format!(r#"{{"return": {{}}, "id": {}}}"#, sent.id.get());
+            let _ = session.feed(reply.as_bytes());
+            while session.poll().is_some() {}
+        }
+    }
+    let events = parts
+        .driver
+        .events_mut()
+        .store_mut()
+        .events
+        .drain(..)
+        .collect();
+    (session, server, events)
+}
+
 impl SharedClient {
     /// Connects to a QMP Unix socket with default [`Options`] and does the handshake.
     pub fn connect_unix(path: impl AsRef<Path>) -> Result<Self> {
@@ -302,22 +346,23 @@ impl SharedClient {
 
     /// Shares a connected client (built with [`ClientBuilder`] for other options).
     pub fn from_client<S: SplitStream>(client: Client<S>) -> Result<Self> {
-        let parts = client.into_parts();
-        if parts.closed {
+        let mut parts = client.into_parts();
+        if parts.driver.is_closed() {
             return Err(Error::Disconnected);
         }
+        let (session, server, events) = legacy_session(&mut parts);
         let mut reader = parts.stream.try_clone()?;
         // The blocking client bounds its reads with a read timeout; the reader thread blocks.
         reader.set_read_timeout(None)?;
         let closer = parts.stream.try_clone()?;
         let options: Options = parts.options;
         let first = Arc::new(Queue::new(DEFAULT_SUBSCRIPTION_CAPACITY));
-        for event in parts.events {
+        for event in events {
             first.push(event);
         }
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
-                router: Router::new(parts.session, options.max_reply_size),
+                router: Router::new(session, options.max_reply_size),
                 subscribers: vec![Arc::downgrade(&first)],
                 first: Some(first),
             }),
@@ -327,7 +372,7 @@ impl SharedClient {
                 let _ = closer.shutdown();
             }),
             closing: AtomicBool::new(false),
-            server: parts.server,
+            server,
             command_timeout: options.command_timeout,
         });
         let reader = {

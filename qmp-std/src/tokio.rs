@@ -88,11 +88,13 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use qmp_proto::{CommandId, Config, Expired, Outcome, Received, Session};
 
-use crate::client::{Options, ServerInfo, TABLE, is_disconnect};
+use crate::client::Options;
 use crate::commands::{Command, HumanMonitorCommand};
+use crate::drive::{TABLE, is_disconnect};
 use crate::error::{Error, QmpError, Result};
 use crate::event::Event;
 use crate::router::{Answer, Closed, Router, Waiter};
+use qmp_proto::ServerInfo;
 
 /// Events a subscriber may fall behind by before it is told it missed some.
 pub const DEFAULT_EVENT_CAPACITY: usize = 64;
@@ -253,7 +255,7 @@ async fn handshake(
         let mut greeting = None;
         while let Some(item) = session.poll() {
             if let Received::Greeting(g) = item {
-                greeting = Some(ServerInfo::from_view(&g));
+                greeting = Some(ServerInfo::from_greeting(&g));
                 break;
             }
         }
