@@ -757,7 +757,12 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
         match wait {
             Wait::Handshake => self.is_ready().then_some(Done::Ready),
             Wait::Command(id) => {
-                (!self.session.is_pending(id) && !self.holds(id)).then_some(Done::NotPending)
+                // A command dropped unwritten is no longer in the session, but its failure
+                // is still to come from `unsent`.
+                let owed = self.session.is_pending(id)
+                    || self.holds(id)
+                    || self.unsent.iter().any(|&u| u == id);
+                (!owed).then_some(Done::NotPending)
             }
             Wait::Event(name) => self.events.is_ready(name).then_some(Done::Event),
             Wait::Room { oob } => self.has_room(oob).then_some(Done::Room),

@@ -421,6 +421,24 @@ fn a_peer_gone_while_writing_still_has_its_last_words_read() {
 }
 
 #[test]
+fn a_command_dropped_unwritten_is_still_awaited_until_its_failure_is_taken() {
+    let (mut d, mut peer, mut now) = ready(config());
+    let a = d.execute("stop", &(), SendOptions::new(), now).unwrap();
+    peer.write_error = Some(LinkError::Closed);
+    peer.eof = true;
+    // Flushing drops it unwritten; waiting for it then yields its failure, not NotPending.
+    assert_eq!(
+        run(&mut d, &mut peer, &mut now, Wait::Flush, None),
+        Done::Flushed
+    );
+    assert_eq!(
+        run(&mut d, &mut peer, &mut now, Wait::Command(a), None),
+        Done::Completed(a)
+    );
+    assert_eq!(d.outcome(a), Some(Outcome::Failed(Failure::Disconnected)));
+}
+
+#[test]
 fn a_fatal_read_error_fails_everything_waiting() {
     let (mut d, mut peer, mut now) = ready(config());
     let a = d.execute("stop", &(), SendOptions::new(), now).unwrap();
