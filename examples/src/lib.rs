@@ -221,6 +221,13 @@ impl qmp_std::Stream for Connection {
             Connection::Tcp(s) => qmp_std::Stream::write_message(s, bytes),
         }
     }
+
+    fn write_some(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        match self {
+            Connection::Unix(s) => qmp_std::Stream::write_some(s, bytes),
+            Connection::Tcp(s) => qmp_std::Stream::write_some(s, bytes),
+        }
+    }
 }
 
 impl AsFd for Connection {

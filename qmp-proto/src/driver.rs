@@ -104,7 +104,9 @@ impl ServerInfo {
     /// The longest package string kept.
     pub const PACKAGE_MAX: usize = 48;
 
-    fn from_greeting(g: &Greeting<'_>) -> Self {
+    /// What `g` says (for an adapter that reads the greeting itself); `oob_enabled` is
+    /// `false` until negotiated.
+    pub fn from_greeting(g: &Greeting<'_>) -> Self {
         let mut package = heapless::String::new();
         for c in g.version.package.chars().map_while(Result::ok) {
             if package.push(c).is_err() {
@@ -767,7 +769,12 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
         match wait {
             Wait::Handshake => self.is_ready().then_some(Done::Ready),
             Wait::Command(id) => {
-                (!self.session.is_pending(id) && !self.holds(id)).then_some(Done::NotPending)
+                // A command dropped unwritten is no longer in the session, but its failure
+                // is still to come from `unsent`.
+                let owed = self.session.is_pending(id)
+                    || self.holds(id)
+                    || self.unsent.iter().any(|&u| u == id);
+                (!owed).then_some(Done::NotPending)
             }
             Wait::Event(name) => self.events.is_ready(name).then_some(Done::Event),
             Wait::Room { oob } => self.has_room(oob).then_some(Done::Room),

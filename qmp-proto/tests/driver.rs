@@ -473,6 +473,24 @@ fn a_peer_gone_while_writing_still_has_its_last_words_read() {
 }
 
 #[test]
+fn a_command_dropped_unwritten_is_still_awaited_until_its_failure_is_taken() {
+    let (mut d, mut peer, mut now) = ready(config());
+    let a = d.execute("stop", &(), SendOptions::new(), now).unwrap();
+    peer.write_error = Some(LinkError::Closed);
+    peer.eof = true;
+    // Flushing drops it unwritten; waiting for it then yields its failure, not NotPending.
+    assert_eq!(
+        run(&mut d, &mut peer, &mut now, Wait::Flush, None),
+        Done::Flushed
+    );
+    assert_eq!(
+        run(&mut d, &mut peer, &mut now, Wait::Command(a), None),
+        Done::Completed(a)
+    );
+    assert_eq!(d.outcome(a), Some(Outcome::Failed(Failure::Disconnected)));
+}
+
+#[test]
 fn a_fatal_read_error_fails_everything_waiting() {
     let (mut d, mut peer, mut now) = ready(config());
     let a = d.execute("stop", &(), SendOptions::new(), now).unwrap();
@@ -680,7 +698,7 @@ impl qmp_proto::EventStore for Names {
 #[test]
 fn push_with_applies_the_one_overflow_rule_to_events_stored_by_the_caller() {
     let mut queue = qmp_proto::EventQueue::new(Names::default());
-    let mut push = |queue: &mut qmp_proto::EventQueue<Names>, name: &str| {
+    let push = |queue: &mut qmp_proto::EventQueue<Names>, name: &str| {
         queue.push_with(|names| {
             names.0.len() < 2 && {
                 names.0.push(name.to_owned());

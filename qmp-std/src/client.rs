@@ -1,6 +1,9 @@
-//! The blocking client.
+//! The blocking client: a loop that moves bytes for [`qmp_proto::Driver`].
+//!
+//! Every protocol decision (the handshake, deadlines, waiting for room, stalls, the event
+//! queue and its overflow rule, what a failed write means) is the driver's; this file only
+//! writes and reads the stream, arms its read timeout, and turns outcomes into owned values.
 
-use std::collections::VecDeque;
 use std::collections::vec_deque;
 use std::fmt;
 use std::io;
@@ -15,20 +18,19 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use qmp_proto::commands::VersionTriple;
 use qmp_proto::{
-    CommandId, Config, EncodeError, Expired, Failure, Greeting, Instant, Message, Notice, Outcome,
-    RawJson, Received, SendError, Sent, Session, State,
+    CommandId, Deadline, Done, EncodeError, Expired, Failure, Instant, Io, Message, Outcome,
+    RawJson, SendError, SendOptions, ServerInfo, State, Wait,
 };
 
 use crate::commands::{Command, HumanMonitorCommand};
+use crate::drive::{
+    EventList, StdDriver, closed_error, failure_error, link_error, new_driver, now_since,
+    outcome_result,
+};
 use crate::error::{Error, QmpError, Result};
 use crate::event::{Event, owned_str};
 use crate::stream::{FdStream, Stream};
-
-/// Capacity of the in-flight table: QEMU's in-band queue of 8, plus out-of-band commands and
-/// abandoned ones still owed a reply.
-pub(crate) const TABLE: usize = 32;
 
 /// How many events the blocking [`Client`] queues by default before it drops new ones and
 /// reports the gap (see [`Options::max_queued_events`]): far more than QEMU sends while a
@@ -44,7 +46,8 @@ pub struct Options {
     pub connect_timeout: Option<Duration>,
     /// The longest the client waits without receiving a single byte while commands are in
     /// flight before it gives up on the connection with [`Error::Stalled`] (default `None`:
-    /// only the command timeout applies). Also bounds each blocking write.
+    /// only the command timeout applies). Also bounds each blocking write, with the command
+    /// timeout when unset.
     pub read_timeout: Option<Duration>,
     /// Default deadline of each command, from when it is sent (default 30 s; `None`: wait
     /// forever). A command that misses it fails with [`Error::Timeout`]; the connection
@@ -185,31 +188,22 @@ impl ClientBuilder {
         self.handshake_from(stream, std::time::Instant::now())
     }
 
+    /// The handshake, bounded (with connecting, which began at `start`) by the connect
+    /// timeout: the driver's handshake deadline counts from `start`.
     fn handshake_from<S: Stream>(self, stream: S, start: std::time::Instant) -> Result<Client<S>> {
         let options = self.options;
-        let config = Config::default()
-            .max_in_band(options.max_in_flight)
-            .enforce_negotiation(options.negotiate)
-            .untagged_when_alone(options.untagged_when_alone);
-        let buffer = vec![0; options.initial_buffer.min(options.max_reply_size)];
+        let events = EventList::new(options.max_queued_events);
+        let driver = new_driver(&options, options.max_in_flight, events, Instant::ZERO);
         let mut client = Client {
             stream,
-            session: Session::with_config(buffer, config),
-            out: vec![0; 4096],
+            driver,
             origin: start,
-            inbox: Inbox {
-                max_events: options.max_queued_events,
-                ..Inbox::default()
-            },
-            server: ServerInfo::default(),
-            broken: None,
-            write_closed: false,
+            finished: Vec::new(),
             io_error: None,
-            armed: None,
-            can_time_out: true,
-            last_activity: Instant::ZERO,
+            timer: ReadTimer::default(),
             options,
         };
+        // A blocking write is bounded too (it is retried while deadlines allow).
         let write_timeout = client
             .options
             .read_timeout
@@ -217,43 +211,32 @@ impl ClientBuilder {
         if write_timeout.is_some() {
             let _ = client.stream.set_write_timeout(write_timeout);
         }
-        let deadline = client.options.connect_timeout.map(|t| Instant::ZERO + t);
-        client.await_greeting(deadline)?;
-        if client.options.negotiate {
-            client.negotiate_by(deadline)?;
-        }
-        Ok(client)
-    }
-}
-
-/// What the server said about itself in its greeting.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub struct ServerInfo {
-    /// The QEMU version.
-    pub version: VersionTriple,
-    /// The distribution's package string (may be empty).
-    pub package: String,
-    /// The capabilities offered, e.g. `["oob"]`.
-    pub capabilities: Vec<String>,
-}
-
-impl ServerInfo {
-    pub(crate) fn from_view(g: &Greeting<'_>) -> Self {
-        Self {
-            version: VersionTriple {
-                major: g.version.major,
-                minor: g.version.minor,
-                micro: g.version.micro,
-            },
-            package: owned_str(g.version.package),
-            capabilities: g.capabilities.iter().map(owned_str).collect(),
+        match client.run(Wait::Handshake, None, None) {
+            Done::Ready => Ok(client),
+            Done::TimedOut => Err(Error::Timeout(Expired::Greeting)),
+            // The negotiation was refused (or failed).
+            Done::Completed(id) => {
+                let limit = client.options.max_reply_size;
+                let reason = client.driver.close_reason();
+                let io = &mut client.io_error;
+                let error = match client.driver.outcome(id) {
+                    Some(outcome) => {
+                        outcome_result(outcome, limit, || closed_error(reason, io.take()))
+                            .err()
+                            .unwrap_or(Error::Disconnected)
+                    }
+                    None => Error::Disconnected,
+                };
+                Err(error)
+            }
+            done => Err(client.ended(done)),
         }
     }
 }
 
 /// A command sent with [`Client::send`] (or a sibling), to be collected with
 /// [`Client::wait`], whose result decodes into `T`.
-#[must_use = "wait for the reply, or discard it with Client::discard"]
+#[must_use = "wait for the reply, or give up on it with Client::abandon"]
 pub struct Handle<T> {
     id: CommandId,
     _output: PhantomData<fn() -> T>,
@@ -279,114 +262,118 @@ impl<T> fmt::Debug for Handle<T> {
     }
 }
 
-/// A command outcome that arrived before anyone asked for it.
+/// A command outcome that arrived while another was waited for, copied out of the
+/// receive buffer until asked for.
 #[derive(Debug)]
-enum Done {
+enum Finished {
     Return(Box<str>),
     Error(QmpError),
     Failed(Failure),
 }
 
-/// Everything received and not yet handed out.
-#[derive(Debug, Default)]
-struct Inbox {
-    events: VecDeque<Event>,
-    done: Vec<(CommandId, Done)>,
-    greeting: Option<ServerInfo>,
-    dropped: u64,
-    /// [`Options::max_queued_events`].
-    max_events: Option<usize>,
-    /// Events dropped after the last queued one (the gap not yet reported).
-    lost: u64,
-    /// Events dropped since the start.
-    lost_total: u64,
+/// The read timeout set on the stream, re-armed only when it matters.
+#[derive(Debug, Clone, Copy)]
+struct ReadTimer {
+    /// The read timeout currently set on the stream.
+    armed: Option<Duration>,
+    /// The stream supports read timeouts.
+    can_time_out: bool,
 }
 
-impl Inbox {
-    fn dispatch(&mut self, item: Received<'_>) {
-        match item {
-            Received::Greeting(g) => self.greeting = Some(ServerInfo::from_view(&g)),
-            Received::Reply(reply) => {
-                let done = match reply.outcome {
-                    Outcome::Return(value) => Done::Return(value.as_json().into()),
-                    Outcome::Error(e) => Done::Error(QmpError::from_view(&e)),
-                    Outcome::Failed(f) => Done::Failed(f),
-                };
-                self.done.push((reply.id, done));
-            }
-            Received::Event(e) => {
-                let full = self.max_events.is_some_and(|max| self.events.len() >= max);
-                if self.lost > 0 || full {
-                    self.lost += 1;
-                    self.lost_total += 1;
-                } else {
-                    self.events.push_back(Event::from_view(&e));
-                }
-            }
-            Received::Notice(Notice::Discarded(_)) => {}
-            Received::Notice(_) => self.dropped += 1,
+impl Default for ReadTimer {
+    fn default() -> Self {
+        Self {
+            armed: None,
+            can_time_out: true,
         }
     }
 }
 
-/// Why the connection is gone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Broken {
-    Eof,
-    Stalled,
-    Io,
+impl ReadTimer {
+    /// Sets the stream's read timeout to about `wait`, skipping the system call when the one
+    /// already set is close enough: a little shorter only costs a spurious wake-up, and a
+    /// little longer (by at most 1/64 + 1 ms) only delays a timeout by as much.
+    fn arm<S: Stream>(&mut self, stream: &mut S, wait: Option<Duration>) {
+        if !self.can_time_out {
+            return;
+        }
+        let want = wait.map(|w| w.max(Duration::from_micros(1)));
+        let rearm = match (self.armed, want) {
+            (None, None) => false,
+            (None, Some(_)) => true,
+            (Some(armed), None) => armed < Duration::from_secs(1),
+            (Some(armed), Some(w)) => {
+                armed > w + w / 64 + Duration::from_millis(1) || armed < w / 4
+            }
+        };
+        if rearm {
+            match stream.set_read_timeout(want) {
+                Ok(true) => self.armed = want,
+                Ok(false) | Err(_) => self.can_time_out = false,
+            }
+        }
+    }
 }
 
-/// A blocking QMP client over a [`Stream`].
+/// Sends an attachment with the first bytes of a command ([`SendOptions::attach`]).
+type Attach<'f, S> = &'f mut dyn FnMut(&mut S, &[u8]) -> io::Result<usize>;
+
+/// A blocking QMP client over a [`Stream`]: it runs [`qmp_proto::Driver`], which makes
+/// every protocol decision, and moves the bytes.
 ///
-/// Method families:
+/// Method families (the same names mean the same in the shared and async clients):
 /// - **Connecting**: [`Client::connect_unix`], [`Client::connect_tcp`], [`Client::new`] (any
 ///   stream), or [`ClientBuilder`] for options; all read the greeting and negotiate.
 /// - **Commands**: [`execute`](Self::execute) (typed, see [`Command`]),
-///   [`execute_raw`](Self::execute_raw) (name + JSON arguments), [`hmp`](Self::hmp),
-///   [`execute_oob`](Self::execute_oob), [`execute_with_fds`](Self::execute_with_fds)
-///   (Unix sockets), and [`request`](Self::request) for a whole message of your own.
-/// - **Pipelining**: [`send`](Self::send) (and `send_*`) returns a [`Handle`]; collect
-///   replies with [`wait`](Self::wait) in any order.
-/// - **Events**: queued as they arrive, whatever the client is doing, and never dropped
-///   silently (beyond [`Options::max_queued_events`] a gap is reported):
-///   [`events`](Self::events) drains the queue, [`wait_event`](Self::wait_event) and
-///   [`next_event`](Self::next_event) wait for more. Against a peer that may flood
-///   events, bound the queue with [`Options::max_queued_events`]: a gap is then reported,
-///   not hidden.
+///   [`execute_raw`](Self::execute_raw) (name + JSON arguments),
+///   [`execute_timeout`](Self::execute_timeout) / [`execute_raw_timeout`](Self::execute_raw_timeout)
+///   (a deadline of their own), [`hmp`](Self::hmp), [`execute_oob`](Self::execute_oob) /
+///   [`execute_oob_raw`](Self::execute_oob_raw), [`execute_with_fds`](Self::execute_with_fds)
+///   / [`execute_raw_with_fds`](Self::execute_raw_with_fds) (Unix sockets), and
+///   [`request`](Self::request) for a whole message of your own. Each waits for its reply
+///   within its deadline ([`Options::command_timeout`] unless given), which also bounds
+///   waiting for room in flight.
+/// - **Pipelining**: [`send`](Self::send) (and `send_*`) writes a command and returns a
+///   [`Handle`]; collect replies with [`wait`](Self::wait) in any order, or give up on one
+///   with [`abandon`](Self::abandon) (its late reply is discarded by id and counted in
+///   [`discarded_replies`](Self::discarded_replies)).
+/// - **Events**: queued as they arrive, whatever the client is doing, in one bounded queue
+///   ([`Options::max_queued_events`]): when it is full, new events are dropped and the gap
+///   is reported where it is. [`events`](Self::events) drains the queue without I/O;
+///   [`next_event`](Self::next_event) and [`wait_event`](Self::wait_event) wait for more
+///   (a gap comes as [`Error::Lagged`]); [`events_lost`](Self::events_lost) counts drops.
+/// - **Getters**: [`server`](Self::server), [`options`](Self::options),
+///   [`oob_enabled`](Self::oob_enabled), [`is_negotiated`](Self::is_negotiated),
+///   [`is_closed`](Self::is_closed), [`in_flight`](Self::in_flight),
+///   [`dropped_messages`](Self::dropped_messages), [`buffer_capacity`](Self::buffer_capacity),
+///   [`stream`](Self::stream), and [`into_inner`](Self::into_inner) to get the stream back.
 ///
-/// Every wait is bounded: by the command's deadline ([`Options::command_timeout`]), by the
-/// read timeout, or by the timeout you pass. When the peer closes the connection or stalls,
-/// every command in flight fails with a typed [`Error`], and so does every later one.
+/// Every wait is bounded: by the command's deadline, by the read timeout (a peer silent
+/// that long while commands wait ends the connection with [`Error::Stalled`]), or by the
+/// timeout you pass. A command whose write is cut off (its deadline passed, or the write
+/// failed) is dropped and QEMU is resynchronised before the next one. When the peer closes
+/// the connection, every command in flight fails with a typed [`Error`] after the replies
+/// already received, and so does every later one.
 pub struct Client<S> {
     stream: S,
-    session: Session<Vec<u8>, TABLE>,
-    /// The encode buffer, reused for every command.
-    out: Vec<u8>,
-    /// `qmp_proto::Instant`s are microseconds since this.
+    driver: StdDriver<EventList>,
+    /// The driver's `Instant`s are microseconds since this.
     origin: std::time::Instant,
     options: Options,
-    inbox: Inbox,
-    server: ServerInfo,
-    broken: Option<Broken>,
-    /// Writing failed because the peer went away; reading goes on until EOF.
-    write_closed: bool,
+    /// Outcomes of commands that finished while another was waited for.
+    finished: Vec<(CommandId, Finished)>,
+    /// The I/O error that ended the connection, until reported.
     io_error: Option<io::Error>,
-    /// The read timeout currently set on the stream.
-    armed: Option<Duration>,
-    can_time_out: bool,
-    /// When a byte was last received or a command last sent.
-    last_activity: Instant,
+    timer: ReadTimer,
 }
 
 impl<S> fmt::Debug for Client<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("server", &self.server)
-            .field("state", &self.session.state())
-            .field("oob_enabled", &self.session.oob_enabled())
-            .field("in_flight", &self.session.in_flight())
-            .field("queued_events", &self.inbox.events.len())
+            .field("server", &self.driver.server())
+            .field("state", &self.driver.state())
+            .field("in_flight", &self.driver.in_flight())
+            .field("queued_events", &self.driver.events().len())
             .finish_non_exhaustive()
     }
 }
@@ -404,30 +391,6 @@ impl Client<TcpStream> {
     /// [`ClientBuilder::connect_tcp`].
     pub fn connect_tcp(addr: impl ToSocketAddrs) -> Result<Self> {
         ClientBuilder::new().connect_tcp(addr)
-    }
-}
-
-pub(crate) fn is_disconnect(kind: io::ErrorKind) -> bool {
-    matches!(
-        kind,
-        io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::UnexpectedEof
-            | io::ErrorKind::NotConnected
-            | io::ErrorKind::WriteZero
-    )
-}
-
-fn is_timeout(kind: io::ErrorKind) -> bool {
-    matches!(kind, io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
-}
-
-fn min_instant(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, None) => a,
-        (None, b) => b,
     }
 }
 
@@ -471,6 +434,10 @@ fn reply_value(message: &Message<'_>) -> Value {
     Value::Object(reply)
 }
 
+fn decode<T: DeserializeOwned>(json: &str) -> Result<T> {
+    serde_json::from_str(json).map_err(Error::Decode)
+}
+
 impl<S: Stream> Client<S> {
     /// Does the handshake over a connected stream with default [`Options`]; see
     /// [`ClientBuilder::handshake`].
@@ -478,9 +445,10 @@ impl<S: Stream> Client<S> {
         ClientBuilder::new().handshake(stream)
     }
 
-    /// What the server's greeting said.
+    /// What the server's greeting said, and whether `oob` was negotiated.
     pub fn server(&self) -> &ServerInfo {
-        &self.server
+        // The handshake ends after the greeting.
+        self.driver.server().expect("greeted")
     }
 
     /// The options in force.
@@ -491,37 +459,45 @@ impl<S: Stream> Client<S> {
     /// Changes the deadline given to commands sent from now on.
     pub fn set_command_timeout(&mut self, timeout: Option<Duration>) {
         self.options.command_timeout = timeout;
+        self.driver.set_command_timeout(timeout);
     }
 
     /// Whether out-of-band execution was negotiated.
     pub fn oob_enabled(&self) -> bool {
-        self.session.oob_enabled()
+        self.driver.server().is_some_and(|s| s.oob_enabled)
     }
 
     /// Whether capabilities negotiation completed (command mode).
     pub fn is_negotiated(&self) -> bool {
-        self.session.state() == State::Ready
+        self.driver.state() == State::Ready
     }
 
     /// Whether the connection is gone (every later command fails).
     pub fn is_closed(&self) -> bool {
-        self.session.state() == State::Closed || self.write_closed
+        self.driver.is_closed()
     }
 
-    /// Commands sent and not answered yet.
+    /// Commands sent and not finished (abandoned ones still owed a reply included).
     pub fn in_flight(&self) -> usize {
-        self.session.in_flight()
+        self.driver.in_flight()
     }
 
     /// Messages dropped as the protocol asks (late replies to commands that timed out, id-less
-    /// errors, malformed frames without a command to blame, …), since the start.
+    /// errors, malformed frames without a command to blame, replies to
+    /// [`request`](Self::request)s, …), since the start.
     pub fn dropped_messages(&self) -> u64 {
-        self.inbox.dropped
+        self.driver.dropped_messages()
+    }
+
+    /// Late replies to [`abandon`](Self::abandon)ed commands, discarded by id, since the
+    /// start.
+    pub fn discarded_replies(&self) -> u64 {
+        self.driver.discarded_replies()
     }
 
     /// The receive buffer's current size (it grows for large replies).
     pub fn buffer_capacity(&self) -> usize {
-        self.session.framer().capacity()
+        self.driver.receive_capacity()
     }
 
     /// The stream.
@@ -535,14 +511,14 @@ impl<S: Stream> Client<S> {
         &mut self.stream
     }
 
-    /// Gives back the stream.
+    /// Gives back the stream (bytes received and not yet handled are dropped).
     pub fn into_inner(self) -> S {
         self.stream
     }
 
     // ---- commands ----------------------------------------------------------------------
 
-    /// Runs a typed command and waits for its result.
+    /// Runs a typed command and waits for its result, within [`Options::command_timeout`].
     ///
     /// ```no_run
     /// use qmp_std::commands::{QueryStatus, RunState, Stop};
@@ -552,14 +528,36 @@ impl<S: Stream> Client<S> {
     /// # Ok::<(), qmp_std::Error>(())
     /// ```
     pub fn execute<C: Command>(&mut self, command: &C) -> Result<C::Output> {
-        let handle = self.send(command)?;
+        self.execute_timeout(command, self.options.command_timeout)
+    }
+
+    /// [`execute`](Self::execute) with a deadline of its own (`None`: wait forever), which
+    /// also bounds waiting for room in flight. When it passes, this returns
+    /// [`Error::Timeout`]`(`[`Expired::Command`]`)` and a late reply is dropped.
+    pub fn execute_timeout<C: Command>(
+        &mut self,
+        command: &C,
+        timeout: Option<Duration>,
+    ) -> Result<C::Output> {
+        let handle = self.send_as(C::NAME, command, false, timeout, None)?;
         self.wait(handle)
     }
 
     /// Runs a command by name with JSON arguments (an object, or `Value::Null` for none) and
     /// returns its result as JSON.
     pub fn execute_raw(&mut self, name: &str, arguments: &Value) -> Result<Value> {
-        let handle = self.send_raw(name, arguments)?;
+        self.execute_raw_timeout(name, arguments, self.options.command_timeout)
+    }
+
+    /// [`execute_raw`](Self::execute_raw) with a deadline of its own; see
+    /// [`execute_timeout`](Self::execute_timeout).
+    pub fn execute_raw_timeout(
+        &mut self,
+        name: &str,
+        arguments: &Value,
+        timeout: Option<Duration>,
+    ) -> Result<Value> {
+        let handle = self.send_as(name, arguments, false, timeout, None)?;
         self.wait(handle)
     }
 
@@ -582,80 +580,69 @@ impl<S: Stream> Client<S> {
         self.execute(&HumanMonitorCommand::new(command_line))
     }
 
-    /// Capabilities negotiation, for a client built with [`Options::negotiate`] off.
+    /// Capabilities negotiation, for a client built with [`Options::negotiate`] off (with
+    /// `oob` when [`Options::oob`] asks for it and the server offers it).
     pub fn negotiate(&mut self) -> Result<()> {
-        let deadline = self.command_deadline();
-        self.negotiate_by(deadline)
+        let at = self.deadline(self.options.command_timeout);
+        let now = self.now();
+        let options = SendOptions::new().deadline(at.map_or(Deadline::Never, Deadline::At));
+        let id = match self.driver.negotiate(options, now) {
+            Ok(id) => id,
+            Err(e) => return Err(self.send_error(e)),
+        };
+        // A successful negotiation's outcome is consumed by the driver.
+        self.wait_id(id, |_| Ok(())).or_else(|e| match e {
+            Error::UnknownHandle if self.is_negotiated() => Ok(()),
+            e => Err(e),
+        })
     }
 
     /// Sends a whole message of your own, exactly as given (any envelope, any `id` of any
     /// JSON type, or none), and returns the whole reply message whose `id` equals it
     /// (`{"return": …, "id": …}` or `{"error": {…}, "id": …}`), within the command timeout.
     ///
-    /// The session does not track such messages: use an id that is not a small positive
+    /// The driver does not track such messages: use an id that is not a small positive
     /// integer (the client numbers its own commands 1, 2, 3, …), and negotiate with
-    /// [`Client::negotiate`] rather than through here.
+    /// [`Client::negotiate`] rather than through here. Replies that match no command are
+    /// counted in [`dropped_messages`](Self::dropped_messages), this one's too.
     pub fn request(&mut self, message: &Value) -> Result<Value> {
         if !message.is_object() {
             return Err(Error::Encode(EncodeError::ArgumentsNotObject));
         }
-        if self.is_closed() {
-            return Err(self.closed_error());
-        }
-        let len = loop {
-            match qmp_proto::encode_json(message, &mut self.out) {
-                Ok(len) => break len,
-                Err(EncodeError::BufferTooSmall { needed }) => self.grow_out(needed),
-                Err(e) => return Err(Error::Encode(e)),
-            }
-        };
-        if let Err(e) = self.stream.write_message(&self.out[..len]) {
-            return Err(self.write_failed(None, e));
-        }
-        let want = message.get("id").cloned();
-        let deadline = self.command_deadline();
-        self.touch();
+        let deadline = self.deadline(self.options.command_timeout);
         loop {
-            let mut found = None;
-            while let Some(item) = self.session.poll() {
-                match item {
-                    Received::Notice(Notice::UnmatchedReply(m))
-                        if id_matches(m.id(), want.as_ref()) =>
+            match self.driver.send_message(message) {
+                Ok(()) => break,
+                Err(SendError::Busy) => self.flush(),
+                Err(e) => return Err(self.send_error(e)),
+            }
+        }
+        let want = message.get("id");
+        loop {
+            match self.run(Wait::Untracked, deadline, None) {
+                Done::Untracked => {
+                    if let Some(reply) = self.driver.untracked()
+                        && id_matches(reply.id(), want)
                     {
-                        found = Some(reply_value(&m));
-                        break;
+                        return Ok(reply_value(&reply));
                     }
-                    Received::Notice(Notice::UntaggedError(e)) if want.is_none() => {
-                        let mut reply = Map::new();
-                        reply.insert("error".into(), error_value(&e));
-                        found = Some(Value::Object(reply));
-                        break;
-                    }
-                    other => self.inbox.dispatch(other),
                 }
+                Done::TimedOut => return Err(Error::Timeout(Expired::Command)),
+                done => return Err(self.ended(done)),
             }
-            if let Some(reply) = found {
-                return Ok(reply);
-            }
-            if self.session.state() == State::Closed {
-                return Err(self.closed_error());
-            }
-            if deadline.is_some_and(|d| self.now() >= d) {
-                return Err(Error::Timeout(Expired::Command));
-            }
-            self.read_more(deadline);
         }
     }
 
     // ---- pipelining --------------------------------------------------------------------
 
-    /// Sends a typed command without waiting; collect its result with
+    /// Writes a typed command without waiting for its reply; collect its result with
     /// [`wait`](Self::wait). Replies to other commands that arrive meanwhile are kept until
     /// asked for.
     ///
     /// With [`Options::max_in_flight`] commands already in flight, this first waits for one
-    /// of them to finish. A handle dropped without [`wait`](Self::wait) or
-    /// [`discard`](Self::discard) leaves its outcome stored in the client.
+    /// of them to finish, within the command's own deadline. A handle dropped without
+    /// [`wait`](Self::wait) or [`abandon`](Self::abandon) leaves its outcome stored in the
+    /// client.
     ///
     /// Pipelining pays only with [`Options::oob`] negotiated (the default, when the server
     /// offers it): QEMU's monitor then reads and queues the next commands in its I/O thread
@@ -664,67 +651,66 @@ impl<S: Stream> Client<S> {
     /// runs, so it never holds more than one and pipelined commands go no faster than
     /// sequential ones.
     pub fn send<C: Command>(&mut self, command: &C) -> Result<Handle<C::Output>> {
-        self.send_as(false, C::NAME, command)
+        self.send_as(C::NAME, command, false, self.options.command_timeout, None)
     }
 
     /// [`send`](Self::send) by name with JSON arguments.
     pub fn send_raw(&mut self, name: &str, arguments: &Value) -> Result<Handle<Value>> {
-        self.send_as(false, name, arguments)
+        self.send_as(name, arguments, false, self.options.command_timeout, None)
     }
 
     /// [`send`](Self::send), out of band (see [`execute_oob`](Self::execute_oob)).
     pub fn send_oob<C: Command>(&mut self, command: &C) -> Result<Handle<C::Output>> {
-        self.send_as(true, C::NAME, command)
+        self.send_as(C::NAME, command, true, self.options.command_timeout, None)
     }
 
     /// [`send_raw`](Self::send_raw), out of band.
     pub fn send_oob_raw(&mut self, name: &str, arguments: &Value) -> Result<Handle<Value>> {
-        self.send_as(true, name, arguments)
+        self.send_as(name, arguments, true, self.options.command_timeout, None)
     }
 
     /// Waits for the result of a command sent with [`send`](Self::send) or a sibling.
     pub fn wait<T: DeserializeOwned>(&mut self, handle: Handle<T>) -> Result<T> {
-        self.wait_id(handle.id, |json| {
-            serde_json::from_str(json).map_err(Error::Decode)
-        })
+        self.wait_id(handle.id, decode)
     }
 
-    /// Gives up on a sent command: its reply, when it comes, is dropped.
-    pub fn discard<T>(&mut self, handle: Handle<T>) {
-        match self.inbox.done.iter().position(|(id, _)| *id == handle.id) {
+    /// Gives up on a sent command: its outcome is never yielded, and its reply, when it
+    /// comes, is discarded by id (counted in [`discarded_replies`](Self::discarded_replies)).
+    pub fn abandon<T>(&mut self, handle: Handle<T>) {
+        match self.finished.iter().position(|(id, _)| *id == handle.id) {
             Some(pos) => {
-                self.inbox.done.swap_remove(pos);
+                self.finished.swap_remove(pos);
             }
             None => {
-                self.session.abandon(handle.id);
+                self.driver.abandon(handle.id);
             }
         }
     }
 
     // ---- events ------------------------------------------------------------------------
 
-    /// Drains the events received so far, oldest first, without reading the stream.
+    /// Drains the events received so far, oldest first, without reading the stream (bytes
+    /// already read are handled first).
     ///
     /// With [`Options::max_queued_events`], events dropped because the queue was full came
     /// after the drained ones; [`events_lost`](Self::events_lost) counts them (this does not
     /// report the gap as an error, and new events are queued again from now on).
     pub fn events(&mut self) -> vec_deque::Drain<'_, Event> {
-        while let Some(item) = self.session.poll() {
-            self.inbox.dispatch(item);
-        }
-        self.inbox.lost = 0;
-        self.inbox.events.drain(..)
+        self.handle_buffered();
+        let queue = self.driver.events_mut();
+        queue.clear_gap();
+        queue.store_mut().events.drain(..)
     }
 
     /// Events dropped since the start because the queue was full (see
     /// [`Options::max_queued_events`]).
     pub fn events_lost(&self) -> u64 {
-        self.inbox.lost_total
+        self.driver.events().lost_total()
     }
 
     /// Events received and not yet taken.
     pub fn queued_events(&self) -> usize {
-        self.inbox.events.len()
+        self.driver.events().len()
     }
 
     /// The oldest queued event, or the next to arrive within `timeout` ([`Error::Timeout`]
@@ -732,7 +718,7 @@ impl<S: Stream> Client<S> {
     /// queued events are taken, a gap left by a full queue is reported once as
     /// [`Error::Lagged`] (see [`Options::max_queued_events`]).
     pub fn next_event(&mut self, timeout: Duration) -> Result<Event> {
-        self.wait_event_where(timeout, |_| true)
+        self.wait_event_named(None, timeout)
     }
 
     /// The oldest queued event called `name`, or the next to arrive within `timeout`
@@ -740,371 +726,231 @@ impl<S: Stream> Client<S> {
     /// queued events matches and events were dropped after them because the queue was
     /// full, the gap is reported once as [`Error::Lagged`].
     pub fn wait_event(&mut self, name: &str, timeout: Duration) -> Result<Event> {
-        self.wait_event_where(timeout, |e| e.name == name)
+        self.wait_event_named(Some(name), timeout)
     }
 
-    fn wait_event_where(
-        &mut self,
-        timeout: Duration,
-        mut matches: impl FnMut(&Event) -> bool,
-    ) -> Result<Event> {
+    fn wait_event_named(&mut self, name: Option<&str>, timeout: Duration) -> Result<Event> {
         let deadline = self.now() + timeout;
-        let mut scanned = 0;
-        loop {
-            if let Some(pos) = self
-                .inbox
-                .events
-                .iter()
-                .skip(scanned)
-                .position(&mut matches)
-            {
-                return Ok(self.inbox.events.remove(scanned + pos).expect("in range"));
-            }
-            scanned = self.inbox.events.len();
-            while let Some(item) = self.session.poll() {
-                self.inbox.dispatch(item);
-            }
-            if self.inbox.events.len() > scanned {
-                continue;
-            }
-            if self.inbox.lost > 0 {
-                let missed = std::mem::take(&mut self.inbox.lost);
-                return Err(Error::Lagged { missed });
-            }
-            if self.session.state() == State::Closed {
-                return Err(self.closed_error());
-            }
-            if self.now() >= deadline {
-                return Err(Error::Timeout(Expired::Event));
-            }
-            self.read_more(Some(deadline));
+        match self.run(Wait::Event(name), Some(deadline), None) {
+            Done::Event => match self.driver.take_event(name) {
+                Some(Ok(event)) => Ok(event),
+                Some(Err(lagged)) => Err(Error::Lagged {
+                    missed: lagged.missed,
+                }),
+                None => Err(Error::Timeout(Expired::Event)),
+            },
+            Done::TimedOut => Err(Error::Timeout(Expired::Event)),
+            done => Err(self.ended(done)),
         }
     }
 
     // ---- internals ---------------------------------------------------------------------
 
     fn now(&self) -> Instant {
-        let micros = self.origin.elapsed().as_micros();
-        Instant::from_micros(u64::try_from(micros).unwrap_or(u64::MAX))
+        now_since(self.origin)
     }
 
-    fn command_deadline(&self) -> Option<Instant> {
-        self.options.command_timeout.map(|t| self.now() + t)
+    /// The instant `timeout` from now.
+    fn deadline(&self, timeout: Option<Duration>) -> Option<Instant> {
+        timeout.map(|t| self.now() + t)
     }
 
-    fn grow_out(&mut self, needed: usize) {
-        let len = needed.max(self.out.len() * 2);
-        self.out.resize(len, 0);
-    }
-
-    fn await_greeting(&mut self, deadline: Option<Instant>) -> Result<()> {
-        loop {
-            while let Some(item) = self.session.poll() {
-                self.inbox.dispatch(item);
-            }
-            if let Some(server) = self.inbox.greeting.take() {
-                self.server = server;
-                return Ok(());
-            }
-            if self.session.state() == State::Closed {
-                return Err(self.closed_error());
-            }
-            if deadline.is_some_and(|d| self.now() >= d) {
-                return Err(Error::Timeout(Expired::Greeting));
-            }
-            self.read_more(deadline);
-        }
-    }
-
-    fn negotiate_by(&mut self, deadline: Option<Instant>) -> Result<()> {
-        let oob = self.options.oob && self.session.oob_offered();
-        let sent = self.encode(|session, out| session.negotiate(oob, deadline, out))?;
-        self.transmit(sent)?;
-        self.wait_id(sent.id, |_| Ok(()))
-    }
-
+    /// Queues a command with a deadline `timeout` from now (waiting for room until then),
+    /// then writes it out.
     fn send_as<A: Serialize + ?Sized, T>(
         &mut self,
-        oob: bool,
         name: &str,
         arguments: &A,
+        oob: bool,
+        timeout: Option<Duration>,
+        attach: Option<Attach<'_, S>>,
     ) -> Result<Handle<T>> {
-        let sent = self.encode_command(oob, name, arguments)?;
-        self.transmit(sent)?;
-        Ok(Handle::new(sent.id))
-    }
-
-    fn encode_command<A: Serialize + ?Sized>(
-        &mut self,
-        oob: bool,
-        name: &str,
-        arguments: &A,
-    ) -> Result<Sent> {
-        if self.write_closed {
-            return Err(self.closed_error());
-        }
-        let deadline = self.command_deadline();
-        self.encode(|session, out| {
-            if oob {
-                session.execute_oob(name, arguments, deadline, out)
-            } else {
-                session.execute(name, arguments, deadline, out)
-            }
-        })
-    }
-
-    /// Encodes into the reuse buffer, growing it, and waiting for room in flight if needed.
-    fn encode(
-        &mut self,
-        mut encode: impl FnMut(&mut Session<Vec<u8>, TABLE>, &mut [u8]) -> Result<Sent, SendError>,
-    ) -> Result<Sent> {
-        loop {
-            match encode(&mut self.session, &mut self.out) {
-                Ok(sent) => return Ok(sent),
-                Err(SendError::Encode(EncodeError::BufferTooSmall { needed })) => {
-                    self.grow_out(needed)
+        let at = self.deadline(timeout);
+        let options = SendOptions::new()
+            .oob(oob)
+            .deadline(at.map_or(Deadline::Never, Deadline::At))
+            .attach(attach.is_some());
+        let id = loop {
+            let now = self.now();
+            match self.driver.execute(name, arguments, options, now) {
+                Ok(id) => break id,
+                Err(SendError::QueueFull | SendError::TableFull) => {
+                    match self.run(Wait::Room { oob }, at, None) {
+                        Done::Room => {}
+                        Done::TimedOut => return Err(Error::Timeout(Expired::Command)),
+                        done => return Err(self.ended(done)),
+                    }
                 }
-                Err(SendError::QueueFull | SendError::TableFull) => self.make_room(),
-                Err(SendError::Closed) => return Err(self.closed_error()),
-                Err(SendError::Encode(e)) => return Err(Error::Encode(e)),
-                Err(e) => return Err(Error::Refused(e)),
+                Err(SendError::Busy) => self.flush(),
+                Err(e) => return Err(self.send_error(e)),
             }
-        }
+        };
+        // Written out now, as a blocking client's `send` promises; a cut-off write fails the
+        // command, which its `wait` reports.
+        self.run(Wait::Flush, None, attach);
+        Ok(Handle::new(id))
     }
 
-    /// Reads until a command in flight finishes (or the connection closes).
-    fn make_room(&mut self) {
-        let before = self.session.in_flight();
-        loop {
-            while let Some(item) = self.session.poll() {
-                self.inbox.dispatch(item);
-            }
-            if self.session.in_flight() < before || self.session.state() == State::Closed {
-                return;
-            }
-            self.read_more(None);
-        }
-    }
-
-    /// Notes that bytes moved, for the read timeout (the clock is read only when one is
-    /// set).
-    fn touch(&mut self) {
-        if self.options.read_timeout.is_some() {
-            self.last_activity = self.now();
-        }
-    }
-
-    fn transmit(&mut self, sent: Sent) -> Result<()> {
-        match self.stream.write_message(&self.out[..sent.len]) {
-            Ok(()) => {
-                self.touch();
-                Ok(())
-            }
-            Err(e) => Err(self.write_failed(Some(sent.id), e)),
-        }
-    }
-
-    /// A write failed: the command will get no reply. A peer that went away still gets its
-    /// last words read; anything else leaves half a command on the wire, so the connection
-    /// is given up.
-    fn write_failed(&mut self, id: Option<CommandId>, e: io::Error) -> Error {
-        if let Some(id) = id {
-            self.session.abandon(id);
-        }
-        if is_disconnect(e.kind()) {
-            self.write_closed = true;
-            Error::Disconnected
-        } else if is_timeout(e.kind()) {
-            self.break_connection(Broken::Stalled);
-            Error::Stalled
-        } else {
-            self.break_connection(Broken::Io);
-            Error::Io(e)
-        }
-    }
-
-    fn break_connection(&mut self, why: Broken) {
-        if self.broken.is_none() {
-            self.broken = Some(why);
-        }
-        self.session.handle_eof();
-    }
-
-    fn closed_error(&mut self) -> Error {
-        match self.broken {
-            Some(Broken::Stalled) => Error::Stalled,
-            Some(Broken::Io) => match self.io_error.take() {
-                Some(e) => Error::Io(e),
-                None => Error::Disconnected,
-            },
-            _ => Error::Disconnected,
-        }
-    }
-
-    fn failure_error(&mut self, failure: Failure) -> Error {
-        match failure {
-            Failure::TooLarge { size } => Error::TooLarge {
-                size,
-                limit: self.options.max_reply_size,
-            },
-            Failure::Malformed(e) => Error::Malformed(e),
-            Failure::TimedOut => Error::Timeout(Expired::Command),
-            _ => self.closed_error(),
-        }
+    /// Writes out what is queued.
+    fn flush(&mut self) {
+        self.run(Wait::Flush, None, None);
     }
 
     /// Waits for command `id`'s outcome, decoding a result straight from the receive buffer.
     fn wait_id<T>(&mut self, id: CommandId, decode: impl FnOnce(&str) -> Result<T>) -> Result<T> {
-        loop {
-            if let Some(pos) = self.inbox.done.iter().position(|(done, _)| *done == id) {
-                return match self.inbox.done.swap_remove(pos).1 {
-                    Done::Return(json) => decode(&json),
-                    Done::Error(e) => Err(Error::Qmp(e)),
-                    Done::Failed(f) => Err(self.failure_error(f)),
-                };
+        let limit = self.options.max_reply_size;
+        if let Some(pos) = self.finished.iter().position(|(done, _)| *done == id) {
+            return match self.finished.swap_remove(pos).1 {
+                Finished::Return(json) => decode(&json),
+                Finished::Error(e) => Err(Error::Qmp(e)),
+                Finished::Failed(f) => {
+                    let reason = self.driver.close_reason();
+                    Err(failure_error(f, limit, || {
+                        closed_error(reason, self.io_error.take())
+                    }))
+                }
+            };
+        }
+        match self.run(Wait::Command(id), None, None) {
+            Done::Completed(done) if done == id => {
+                let reason = self.driver.close_reason();
+                let io = &mut self.io_error;
+                match self.driver.outcome(id) {
+                    Some(outcome) => {
+                        outcome_result(outcome, limit, || closed_error(reason, io.take()))
+                            .and_then(decode)
+                    }
+                    None => Err(Error::UnknownHandle),
+                }
             }
-            let mut failed = None;
-            while let Some(item) = self.session.poll() {
-                if let Received::Reply(reply) = item
-                    && reply.id == id
-                {
-                    match reply.outcome {
-                        Outcome::Return(value) => return decode(value.as_json()),
-                        Outcome::Error(e) => return Err(Error::Qmp(QmpError::from_view(&e))),
-                        Outcome::Failed(f) => {
-                            failed = Some(f);
-                            break;
+            Done::NotPending => Err(Error::UnknownHandle),
+            done => Err(self.ended(done)),
+        }
+    }
+
+    /// Handles what was already read, without I/O.
+    fn handle_buffered(&mut self) {
+        let now = self.now();
+        while let Some(done) = self.driver.poll_wait(now, Wait::Idle, None) {
+            match done {
+                Done::Completed(id) => self.keep(id),
+                _ => break,
+            }
+        }
+    }
+
+    /// Copies out the outcome of command `id`, which finished while another was awaited.
+    fn keep(&mut self, id: CommandId) {
+        let finished = match self.driver.outcome(id) {
+            Some(Outcome::Return(value)) => Finished::Return(value.as_json().into()),
+            Some(Outcome::Error(e)) => Finished::Error(QmpError::from_view(&e)),
+            Some(Outcome::Failed(f)) => Finished::Failed(f),
+            None => return,
+        };
+        self.finished.push((id, finished));
+    }
+
+    /// The error for a wait that ended without what it waited for.
+    fn ended(&mut self, done: Done) -> Error {
+        match done {
+            Done::Closed(reason) => closed_error(Some(reason), self.io_error.take()),
+            Done::TimedOut => Error::Timeout(Expired::Command),
+            _ => closed_error(self.driver.close_reason(), self.io_error.take()),
+        }
+    }
+
+    /// The error for a command the driver refused to queue.
+    fn send_error(&mut self, e: SendError) -> Error {
+        match e {
+            SendError::Closed => closed_error(self.driver.close_reason(), self.io_error.take()),
+            SendError::Encode(e) => Error::Encode(e),
+            e => Error::Refused(e),
+        }
+    }
+
+    /// The I/O loop: runs the driver until `wait` is over, writing and reading as it says,
+    /// with reads bounded by its deadlines. Commands that finish meanwhile (other than the
+    /// one waited for) are kept for their own `wait`. `attach` sends the first bytes of a
+    /// command queued with an attachment.
+    fn run(
+        &mut self,
+        wait: Wait<'_>,
+        deadline: Option<Instant>,
+        mut attach: Option<Attach<'_, S>>,
+    ) -> Done {
+        loop {
+            let now = now_since(self.origin);
+            match self.driver.poll_io(now, wait, deadline) {
+                Io::Write {
+                    bytes,
+                    attach: first,
+                } => {
+                    let written = match (&mut attach, first) {
+                        (Some(send), true) => send(&mut self.stream, bytes),
+                        _ => self.stream.write_some(bytes),
+                    };
+                    let now = now_since(self.origin);
+                    match written {
+                        Ok(n) => self.driver.handle_written(n, now),
+                        Err(e) => {
+                            let kind = link_error(&e);
+                            if kind == qmp_proto::LinkError::Fatal {
+                                self.io_error = Some(e);
+                            }
+                            self.driver.handle_write_error(kind, now);
                         }
                     }
                 }
-                self.inbox.dispatch(item);
+                Io::Read { buf, until } => {
+                    self.timer.arm(
+                        &mut self.stream,
+                        until.map(|u| u.saturating_duration_since(now)),
+                    );
+                    let read = self.stream.read(buf);
+                    let now = now_since(self.origin);
+                    match read {
+                        Ok(n) => self.driver.handle_read(n, now),
+                        Err(e) => {
+                            let kind = link_error(&e);
+                            if kind == qmp_proto::LinkError::Fatal {
+                                self.io_error = Some(e);
+                            }
+                            self.driver.handle_read_error(kind, now);
+                        }
+                    }
+                }
+                Io::Done(Done::Completed(id))
+                    if wait != Wait::Command(id) && wait != Wait::Handshake =>
+                {
+                    self.keep(id);
+                }
+                Io::Done(done) => return done,
             }
-            if let Some(f) = failed {
-                return Err(self.failure_error(f));
-            }
-            if !self.session.is_pending(id) {
-                return Err(Error::UnknownHandle);
-            }
-            self.read_more(None);
-        }
-    }
-
-    /// When the connection counts as stalled, if commands are waiting.
-    fn stall_deadline(&self) -> Option<Instant> {
-        let timeout = self.options.read_timeout?;
-        (self.session.in_flight() > 0).then(|| self.last_activity + timeout)
-    }
-
-    /// Deadlines that passed now take effect.
-    fn expire(&mut self, now: Instant) {
-        self.session.handle_timeout(now);
-        if self.stall_deadline().is_some_and(|at| at <= now) {
-            self.break_connection(Broken::Stalled);
-        }
-    }
-
-    /// Reads once into the session's buffer, blocking at most until the nearest deadline
-    /// (a command's, the stall deadline, or `until`). Outcomes (bytes, EOF, errors,
-    /// timeouts) all surface through the session's `poll`.
-    fn read_more(&mut self, until: Option<Instant>) {
-        if self.session.state() == State::Closed {
-            return;
-        }
-        let now = self.now();
-        let wake = min_instant(
-            min_instant(self.session.poll_timeout(), until),
-            self.stall_deadline(),
-        );
-        if wake.is_some_and(|w| w <= now) {
-            self.expire(now);
-            return;
-        }
-        self.arm(wake.map(|w| w.saturating_duration_since(now)));
-        self.grow_if_full();
-        let room = self.session.read_buf();
-        match self.stream.read(room) {
-            Ok(0) => self.break_connection(Broken::Eof),
-            Ok(n) => {
-                self.session.commit(n);
-                self.touch();
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if is_timeout(e.kind()) => {
-                let now = self.now();
-                self.expire(now);
-            }
-            Err(e) if is_disconnect(e.kind()) => self.break_connection(Broken::Eof),
-            Err(e) => {
-                self.io_error = Some(e);
-                self.break_connection(Broken::Io);
-            }
-        }
-    }
-
-    /// Sets the stream's read timeout to about `wait`, skipping the system call when the one
-    /// already set is close enough: a little shorter only costs a spurious wake-up, and a
-    /// little longer (by at most 1/64 + 1 ms) only delays a timeout by as much.
-    fn arm(&mut self, wait: Option<Duration>) {
-        if !self.can_time_out {
-            return;
-        }
-        let want = wait.map(|w| w.max(Duration::from_micros(1)));
-        let rearm = match (self.armed, want) {
-            (None, None) => false,
-            (None, Some(_)) => true,
-            (Some(armed), None) => armed < Duration::from_secs(1),
-            (Some(armed), Some(w)) => {
-                armed > w + w / 64 + Duration::from_millis(1) || armed < w / 4
-            }
-        };
-        if rearm {
-            match self.stream.set_read_timeout(want) {
-                Ok(true) => self.armed = want,
-                Ok(false) | Err(_) => self.can_time_out = false,
-            }
-        }
-    }
-
-    /// Doubles the receive buffer, up to the maximum reply size, when one message fills it.
-    fn grow_if_full(&mut self) {
-        if !self.session.framer().is_full() {
-            return;
-        }
-        let max = self.options.max_reply_size;
-        let buffer = self.session.framer_mut().buffer_mut();
-        if buffer.len() < max {
-            let len = buffer.len().saturating_mul(2).min(max);
-            buffer.resize(len, 0);
         }
     }
 }
 
-/// A client taken apart, for [`SharedClient`](crate::SharedClient).
+/// A client taken apart, for [`SharedClient`](crate::SharedClient): the driver goes on
+/// over the same stream.
 pub(crate) struct ClientParts<S> {
     pub(crate) stream: S,
-    pub(crate) session: Session<Vec<u8>, TABLE>,
+    /// The driver, mid-connection (queued events and all).
+    pub(crate) driver: StdDriver<EventList>,
     pub(crate) options: Options,
-    pub(crate) server: ServerInfo,
-    /// Events received and not yet taken.
-    pub(crate) events: VecDeque<Event>,
-    /// Whether the connection is gone.
-    pub(crate) closed: bool,
+    /// The driver's `Instant`s are microseconds since this.
+    pub(crate) origin: std::time::Instant,
 }
 
 impl<S: Stream> Client<S> {
     /// Takes the client apart: the outcomes of commands sent and not waited for are dropped,
     /// and the stream's read timeout is left as it was.
     pub(crate) fn into_parts(mut self) -> ClientParts<S> {
-        while let Some(item) = self.session.poll() {
-            self.inbox.dispatch(item);
-        }
+        self.flush();
         ClientParts {
-            closed: self.is_closed(),
             stream: self.stream,
-            session: self.session,
+            driver: self.driver,
             options: self.options,
-            server: self.server,
-            events: self.inbox.events,
+            origin: self.origin,
         }
     }
 }
@@ -1132,6 +978,18 @@ impl<S: FdStream> Client<S> {
         self.wait(handle)
     }
 
+    /// [`execute_raw`](Self::execute_raw) with file descriptors attached; see
+    /// [`execute_with_fds`](Self::execute_with_fds).
+    pub fn execute_raw_with_fds(
+        &mut self,
+        name: &str,
+        arguments: &Value,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<Value> {
+        let handle = self.send_raw_with_fds(name, arguments, fds)?;
+        self.wait(handle)
+    }
+
     /// [`send`](Self::send) with file descriptors attached; see
     /// [`execute_with_fds`](Self::execute_with_fds).
     pub fn send_with_fds<C: Command>(
@@ -1139,21 +997,21 @@ impl<S: FdStream> Client<S> {
         command: &C,
         fds: &[BorrowedFd<'_>],
     ) -> Result<Handle<C::Output>> {
-        let sent = self.encode_command(false, C::NAME, command)?;
-        let bytes = &self.out[..sent.len];
-        let result = self.stream.send_with_fds(bytes, fds).and_then(|n| {
-            if n < bytes.len() {
-                self.stream.write_message(&bytes[n..])
-            } else {
-                Ok(())
-            }
-        });
-        match result {
-            Ok(()) => {
-                self.touch();
-                Ok(Handle::new(sent.id))
-            }
-            Err(e) => Err(self.write_failed(Some(sent.id), e)),
-        }
+        let timeout = self.options.command_timeout;
+        let mut send = |stream: &mut S, bytes: &[u8]| stream.send_with_fds(bytes, fds);
+        self.send_as(C::NAME, command, false, timeout, Some(&mut send))
+    }
+
+    /// [`send_raw`](Self::send_raw) with file descriptors attached; see
+    /// [`execute_with_fds`](Self::execute_with_fds).
+    pub fn send_raw_with_fds(
+        &mut self,
+        name: &str,
+        arguments: &Value,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<Handle<Value>> {
+        let timeout = self.options.command_timeout;
+        let mut send = |stream: &mut S, bytes: &[u8]| stream.send_with_fds(bytes, fds);
+        self.send_as(name, arguments, false, timeout, Some(&mut send))
     }
 }

@@ -1,6 +1,3 @@
-// TODO(#11): remove once every client runs on the driver. The clients move onto the driver one by one; until they all do, parts are unused.
-#![allow(dead_code)]
-
 //! What every std client needs to run [`qmp_proto::Driver`]: heap buffers that grow to a
 //! limit, owned events, the time, and the translation of I/O errors and command outcomes
 //! into this crate's types. No protocol decision is made here: the driver makes them all.

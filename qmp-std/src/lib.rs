@@ -1,25 +1,32 @@
 //! A blocking QEMU Monitor Protocol (QMP) client over std streams.
 //!
-//! Built on the sans-IO core [`qmp_proto`]: the client reads straight into the session's
-//! buffer, encodes each command into one reused buffer and writes it with one system call,
-//! and decodes results straight from the received bytes into your types.
+//! Built on the sans-IO core [`qmp_proto`]: [`Client`] is a loop around
+//! [`qmp_proto::Driver`], which makes every protocol decision (the handshake, command
+//! deadlines, waiting for room in flight, stalls, the event queue and its overflow rule, what
+//! a failed write means); the client only writes the bytes the driver queued, reads into its
+//! receive buffer with the read timeout armed to the driver's next deadline, and decodes
+//! results straight from the received bytes into your types.
 //!
 //! - [`Client`] over any [`Stream`] (Unix socket, TCP, or your own), with
 //!   [`Client::connect_unix`] / [`Client::connect_tcp`] and [`ClientBuilder`] for options
 //!   (timeouts, maximum reply size, out-of-band execution).
 //! - Typed commands through [`Command`] (the common ones are in [`commands`]), raw ones by
 //!   name with [`serde_json::Value`] arguments, `exec-oob`, HMP, fd passing over Unix sockets.
-//! - Pipelining: [`Client::send`] several commands, [`Client::wait`] for each in any order.
+//! - Pipelining: [`Client::send`] several commands, [`Client::wait`] for each in any order,
+//!   or [`Client::abandon`] one (its late reply is discarded by id).
 //! - Events are queued as they arrive and never lost silently: [`Client::events`],
-//!   [`Client::wait_event`]. The queue is bounded ([`Options::max_queued_events`]); a peer
-//!   that floods past it causes a reported gap: [`Error::Lagged`], [`Client::events_lost`].
-//! - Every wait is bounded; a closed or stalled peer gives each waiting command a typed
-//!   [`Error`].
+//!   [`Client::next_event`], [`Client::wait_event`]. The queue is bounded
+//!   ([`Options::max_queued_events`]); when it is full new events are dropped and the gap is
+//!   reported where it is: [`Error::Lagged`], [`Client::events_lost`].
+//! - Every wait is bounded, waiting for room in flight by the command's own deadline; a
+//!   closed or stalled peer gives each waiting command a typed [`Error`]. A command whose
+//!   write is cut off is dropped, and QEMU told to drop the fragment, before the next one.
 //! - [`SharedClient`]: one connection shared by many threads (`Clone + Send + Sync`), a
 //!   reader thread routing replies to their callers and events to every [`Subscription`].
 //! - With the `tokio` feature, `qmp_std::tokio::Client`: the async twin, shared by many
-//!   tasks, with cancel-safe commands and event streams. Both share one core with
-//!   [`Client`]: the same `qmp_proto::Session`.
+//!   tasks, with cancel-safe commands and event streams. All share one core with
+//!   [`Client`] and the same verbs (`execute`, `execute_timeout`, `send`/`wait`, `abandon`,
+//!   `next_event`, `wait_event`, …).
 //!
 //! # Talking to QEMU
 //! ```no_run
@@ -156,10 +163,11 @@ pub mod tokio;
 #[cfg(all(test, feature = "tokio"))]
 mod tokio_tests;
 
-pub use client::{Client, ClientBuilder, DEFAULT_MAX_QUEUED_EVENTS, Handle, Options, ServerInfo};
+pub use client::{Client, ClientBuilder, DEFAULT_MAX_QUEUED_EVENTS, Handle, Options};
 pub use commands::{Command, EventKind};
 pub use error::{Error, QmpError, Result};
 pub use event::{Event, Timestamp};
+pub use qmp_proto::ServerInfo;
 pub use shared::{DEFAULT_SUBSCRIPTION_CAPACITY, SharedClient, SplitStream, Subscription};
 pub use stream::{FdStream, Plain, Stream};
 

@@ -39,7 +39,7 @@ use serde_json::Value;
 
 use qmp_proto::{
     CloseReason, CommandId, Deadline, Done, EventQueue, Expired, LinkError, SendError, SendOptions,
-    ServerInfo, State as SessionState, Wait,
+    ServerInfo,
 };
 
 use crate::client::{Client, ClientBuilder, Options};
@@ -395,73 +395,6 @@ impl<S: SplitStream> Client<S> {
     }
 }
 
-/// A driver that takes over the connection of a blocking client that has done its
-/// handshake: it is given the handshake the server already went through, so its state
-/// (the greeting, what was negotiated) is the client's.
-// TODO(#11): once the blocking client runs on the driver, it hands its own driver over.
-fn take_over(
-    parts: &mut crate::client::ClientParts<impl SplitStream>,
-    now: qmp_proto::Instant,
-) -> Result<StdDriver<EventList>> {
-    if parts.session.in_flight() > 0 {
-        return Err(Error::Refused(SendError::Busy));
-    }
-    let negotiated = parts.session.state() == SessionState::Ready;
-    let mut options = parts.options.clone();
-    options.negotiate = negotiated;
-    options.oob = parts.session.oob_enabled();
-    let in_band = options.max_in_flight.clamp(1, drive::TABLE - 4);
-    let mut driver = drive::new_driver(&options, in_band, EventList::new(None), now);
-    let server = &parts.server;
-    let greeting = serde_json::json!({"QMP": {
-        "version": {
-            "qemu": {
-                "major": server.version.major,
-                "minor": server.version.minor,
-                "micro": server.version.micro,
-            },
-            "package": server.package,
-        },
-        "capabilities": server.capabilities,
-    }});
-    let mut transcript = format!("{greeting}\r\n").into_bytes();
-    while !transcript.is_empty() {
-        let n = driver.feed(&transcript, now);
-        transcript.drain(..n);
-        while driver.poll().is_some() {}
-    }
-    if negotiated {
-        // The driver queued `qmp_capabilities`: the server already had it, and said yes.
-        let mut sent = Vec::new();
-        while let Some(bytes) = driver.poll_transmit() {
-            sent.extend_from_slice(bytes);
-            let n = bytes.len();
-            driver.handle_written(n, now);
-        }
-        let reply = match qmp_proto::find_id(&sent) {
-            Some(id) => format!("{{\"return\": {{}}, \"id\": {}}}\r\n", id.as_json()),
-            None => "{\"return\": {}}\r\n".to_owned(),
-        };
-        let _ = driver.feed(reply.as_bytes(), now);
-    }
-    if driver.poll_wait(now, Wait::Handshake, None) != Some(Done::Ready) {
-        return Err(Error::Disconnected);
-    }
-    // Bytes the client read past its last message (part of the next one) go on from here.
-    let pending = parts.session.framer().buffered();
-    let _ = parts.session.read_buf(); // moves them to the front
-    let mut leftover = &parts.session.framer_mut().buffer_mut()[..pending];
-    while !leftover.is_empty() {
-        let n = driver.feed(leftover, now);
-        leftover = &leftover[n..];
-        if !leftover.is_empty() {
-            // Only events can come of them (no command is in flight); they are queued.
-            while driver.poll().is_some() {}
-        }
-    }
-    Ok(driver)
-}
-
 impl SharedClient {
     /// Connects to a QMP Unix socket with default [`Options`] and does the handshake.
     pub fn connect_unix(path: impl AsRef<Path>) -> Result<Self> {
@@ -476,21 +409,24 @@ impl SharedClient {
     /// Shares a connected client (built with [`ClientBuilder`] for other options); see
     /// [`Client::into_shared`].
     pub fn from_client<S: SplitStream>(client: Client<S>) -> Result<Self> {
-        let mut parts = client.into_parts();
-        if parts.closed {
+        let parts = client.into_parts();
+        let driver = parts.driver;
+        if driver.is_closed() {
             return Err(Error::Disconnected);
         }
-        let origin = Instant::now();
-        let driver = take_over(&mut parts, drive::now_since(origin))?;
+        // Outcomes of commands the blocking client sent would have no one to go to.
+        if driver.in_flight() > 0 {
+            return Err(Error::Refused(SendError::Busy));
+        }
+        let origin = parts.origin;
         let server = driver.server().cloned().ok_or(Error::Disconnected)?;
         let mut reader = parts.stream.try_clone()?;
         // The reader thread's read timeout follows the driver's deadlines.
         reader.set_read_timeout(None)?;
         let closer = parts.stream.try_clone()?;
         let options: Options = parts.options;
+        // Events the client queued and nobody took go to the first subscriber.
         let first = Arc::new(Queue::new(DEFAULT_SUBSCRIPTION_CAPACITY));
-        let events: Vec<_> = parts.events.into_iter().map(Ok).collect();
-        first.push(&events);
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
                 driver,

@@ -40,6 +40,15 @@ pub trait Stream: Read + Write {
         self.write_all(bytes)?;
         self.flush()
     }
+
+    /// Writes a prefix of `bytes` (as much as the stream takes at once, at least one byte
+    /// unless it fails) and returns how many went; what the client's I/O loop calls. The
+    /// default is `write` then `flush`; sockets override it to send without `SIGPIPE`.
+    fn write_some(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let n = self.write(bytes)?;
+        self.flush()?;
+        Ok(n)
+    }
 }
 
 /// A [`Stream`] that can pass file descriptors along with bytes (`SCM_RIGHTS` over a Unix
@@ -81,6 +90,9 @@ impl<S: Stream + ?Sized> Stream for &mut S {
     fn write_message(&mut self, bytes: &[u8]) -> io::Result<()> {
         (**self).write_message(bytes)
     }
+    fn write_some(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        (**self).write_some(bytes)
+    }
 }
 
 impl<S: FdStream + ?Sized> FdStream for &mut S {
@@ -99,11 +111,26 @@ impl<S: Stream + ?Sized> Stream for Box<S> {
     fn write_message(&mut self, bytes: &[u8]) -> io::Result<()> {
         (**self).write_message(bytes)
     }
+    fn write_some(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        (**self).write_some(bytes)
+    }
 }
 
 impl<S: FdStream + ?Sized> FdStream for Box<S> {
     fn send_with_fds(&mut self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
         (**self).send_with_fds(bytes, fds)
+    }
+}
+
+/// One `send(2)` with `MSG_NOSIGNAL` (retried when interrupted).
+fn send_some(socket: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
+    loop {
+        match rustix::net::send(socket, bytes, SendFlags::NOSIGNAL) {
+            Ok(0) if !bytes.is_empty() => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => return Ok(n),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
@@ -129,6 +156,9 @@ impl Stream for UnixStream {
     }
     fn write_message(&mut self, bytes: &[u8]) -> io::Result<()> {
         send_all(self.as_fd(), bytes)
+    }
+    fn write_some(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        send_some(self.as_fd(), bytes)
     }
 }
 
@@ -166,5 +196,8 @@ impl Stream for TcpStream {
     }
     fn write_message(&mut self, bytes: &[u8]) -> io::Result<()> {
         send_all(self.as_fd(), bytes)
+    }
+    fn write_some(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        send_some(self.as_fd(), bytes)
     }
 }

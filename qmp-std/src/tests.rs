@@ -141,7 +141,7 @@ fn negotiates_oob_and_exposes_the_greeting() {
     let server_info = client.server();
     assert_eq!(server_info.version.to_string(), "7.2.22");
     assert_eq!(server_info.package, "Debian 1:7.2+dfsg-7+deb12u18+b3");
-    assert_eq!(server_info.capabilities, ["oob"]);
+    assert!(server_info.oob_offered && server_info.oob_enabled);
     let version = client.execute(&QueryVersion).unwrap();
     assert_eq!((version.qemu.minor, version.package.as_str()), (2, "pkg"));
     server.join().unwrap();
@@ -651,5 +651,36 @@ fn a_bounded_event_queue_reports_the_flood_it_dropped() {
         client.next_event(Duration::ZERO),
         Err(Error::Timeout(_))
     ));
+    server.join().unwrap();
+}
+
+#[test]
+fn a_command_waiting_for_room_behind_abandoned_ones_fails_at_its_own_deadline() {
+    // Every in-flight slot holds an abandoned command the server never answers.
+    let (client, server) = connect(quick().max_in_flight(2), |q| {
+        q.handshake();
+        q.expect("stop");
+        q.expect("cont");
+        // Then silence, until the client goes away.
+        while q.try_recv().is_some() {}
+    });
+    let mut client = client.unwrap();
+    let a = client.send(&Stop).unwrap();
+    let b = client.send(&Cont).unwrap();
+    client.abandon(a);
+    client.abandon(b);
+    client.set_command_timeout(Some(Duration::from_millis(200)));
+    let start = Instant::now();
+    let result = client.execute(&QueryStatus);
+    let took = start.elapsed();
+    assert!(
+        matches!(result, Err(Error::Timeout(qmp_proto::Expired::Command))),
+        "{result:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_secs(1),
+        "{took:?}"
+    );
+    drop(client);
     server.join().unwrap();
 }

@@ -64,7 +64,7 @@ fn basic_session<S: Stream>(client: &mut Client<S>) {
     assert!(client.is_negotiated());
     let version = client.execute(&QueryVersion).unwrap();
     assert_eq!(version.qemu, client.server().version);
-    assert_eq!(version.package, client.server().package);
+    assert_eq!(version.package, client.server().package.as_str());
     assert_eq!(
         client.execute(&QueryStatus).unwrap().status,
         RunState::Running
@@ -80,7 +80,7 @@ fn basic_session<S: Stream>(client: &mut Client<S>) {
 fn unix_socket_greeting_and_negotiation() {
     let qemu = start(Monitor::Unix);
     let mut client = connect(&qemu, builder());
-    assert!(client.server().capabilities.iter().any(|c| c == "oob"));
+    assert!(client.server().oob_offered);
     // Offered, so negotiated by default (as QEMU's own Python client does).
     assert!(client.oob_enabled());
     basic_session(&mut client);
