@@ -137,7 +137,7 @@ fuzz_target!(|input: &[u8]| {
     };
 
     let mut chunked = new();
-    let storage_capacity = chunked.buffer_mut().capacity();
+    let storage_capacity = chunked.get_ref().capacity();
     let mut rng = Chunks(u64::from_le_bytes(
         *input.first_chunk::<8>().unwrap_or(&[0; 8]),
     ));

@@ -223,7 +223,7 @@ impl<const N: usize> Driver<N> {
     fn check_memory(&mut self) {
         let framer = self.session.framer();
         assert!(framer.buffered() <= framer.capacity());
-        let buf = self.session.framer_mut().buffer_mut();
+        let buf = self.session.framer().get_ref();
         assert_eq!((buf.len(), buf.capacity()), self.storage);
         assert!(self.session.in_flight() <= N);
     }

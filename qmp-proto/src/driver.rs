@@ -1,54 +1,4 @@
-//! The driver: the one client loop every adapter runs, above [`Session`].
-//!
-//! # Design notes
-//! [`Session`] knows the protocol message by message. A *client* needs more: the handshake
-//! as one step, bytes queued for writing and what a failed write means, the deadlines of the
-//! greeting, of commands and of waiting for room, a peer that stalls, one event queue with
-//! one overflow rule, and the outcome of a command kept until its caller takes it. Written
-//! in each adapter, that logic drifted apart (four handshakes, two overflow rules, three
-//! timeout schemes). The [`Driver`] holds it once; an adapter only moves bytes and passes
-//! the time in, in the quinn-proto manner:
-//!
-//! ```text
-//! loop {
-//!     match driver.poll_io(now, wait, deadline) {
-//!         Io::Write(bytes)      => { n = link.write(bytes)?;  driver.handle_written(n, now) }
-//!         Io::Read { buf, until } => { n = link.read(buf)?;  driver.handle_read(n, now) }
-//!                                   // blocking at most until `until`
-//!         Io::Done(done)        => return done,
-//!     }
-//! }
-//! ```
-//!
-//! A blocking client runs that loop with blocking reads bounded by `until`; an async one
-//! awaits the same calls; a client whose reads and writes happen elsewhere (a reader thread,
-//! a reactor) calls the pieces directly: [`poll_transmit`](Driver::poll_transmit) +
-//! [`handle_written`](Driver::handle_written), [`read_buf`](Driver::read_buf) +
-//! [`handle_read`](Driver::handle_read) (or [`feed`](Driver::feed)),
-//! [`poll_timeout`](Driver::poll_timeout) + [`handle_timeout`](Driver::handle_timeout), and
-//! [`poll`](Driver::poll) for what completed.
-//!
-//! The rules it applies, the same for every client:
-//! - **Handshake**: the greeting is awaited (bytes before it that are not QMP, such as boot
-//!   noise on a serial line, are skipped), then `qmp_capabilities` goes out by itself, with
-//!   `oob` when the server offers it and the configuration asks for it. The greeting and the
-//!   negotiation share one deadline ([`DriverConfig::handshake_timeout`]); when it passes,
-//!   [`Done::TimedOut`] — the usual cause is another client holding the monitor, which QEMU
-//!   serves one at a time.
-//! - **Commands** have a deadline each ([`Deadline`]); one that passes fails the command
-//!   with [`Failure::TimedOut`]. When QEMU's queue or the in-flight table is full, waiting
-//!   for room ([`Wait::Room`]) is bounded by the deadline of the command to be sent.
-//! - **Writes**: bytes wait in the transmit buffer until written. A command cut off midway
-//!   (its deadline passed during the write, or the write failed) is dropped from the buffer
-//!   and the byte `0x01` is sent before the next command: QEMU then drops the fragment with
-//!   an id-less error and runs the next command whole. A peer that went away while we wrote
-//!   ([`LinkError::Closed`]) still has its last words read, up to the end of the stream.
-//! - **Stalls**: with [`DriverConfig::stall_timeout`], a peer that sends nothing for that
-//!   long while commands wait ends the connection ([`CloseReason::Stalled`]).
-//! - **Events** go into one [`EventQueue`] (drop the newest, report the gap where it is).
-//! - **The end**: every command still waiting fails with [`Failure::Disconnected`], in
-//!   order, after the replies and events already received; then [`Done::Closed`] with the
-//!   reason, for every later wait.
+//! The driver: the one client loop every adapter runs, above the session (see [`Driver`]).
 
 use core::fmt;
 use core::time::Duration;
@@ -82,7 +32,7 @@ pub trait Buffer: AsRef<[u8]> + AsMut<[u8]> {
 impl<const N: usize> Buffer for [u8; N] {}
 impl Buffer for &mut [u8] {}
 
-/// The byte that makes QEMU drop a half-written command (see the [driver](self) notes).
+/// The byte that makes QEMU drop a half-written command (see [`Driver`], "Writes").
 pub const RESYNC: u8 = 0x01;
 
 /// What the server said about itself in its greeting, and what was negotiated.
@@ -391,8 +341,57 @@ struct Queued {
     attach: bool,
 }
 
-/// A QMP client's protocol, whole, for any transport: see the [module](self) for the loop,
-/// the rules it applies, and why it exists.
+/// A QMP client's protocol, whole, for any transport: the one loop every client runs.
+///
+/// # Design notes
+/// [`Session`] knows the protocol message by message. A *client* needs more: the handshake
+/// as one step, bytes queued for writing and what a failed write means, the deadlines of the
+/// greeting, of commands and of waiting for room, a peer that stalls, one event queue with
+/// one overflow rule, and the outcome of a command kept until its caller takes it. Written
+/// in each adapter, that logic drifted apart (four handshakes, two overflow rules, three
+/// timeout schemes). The [`Driver`] holds it once; an adapter only moves bytes and passes
+/// the time in, in the quinn-proto manner:
+///
+/// ```text
+/// loop {
+///     match driver.poll_io(now, wait, deadline) {
+///         Io::Write(bytes)      => { n = link.write(bytes)?;  driver.handle_written(n, now) }
+///         Io::Read { buf, until } => { n = link.read(buf)?;  driver.handle_read(n, now) }
+///                                   // blocking at most until `until`
+///         Io::Done(done)        => return done,
+///     }
+/// }
+/// ```
+///
+/// A blocking client runs that loop with blocking reads bounded by `until`; an async one
+/// awaits the same calls; a client whose reads and writes happen elsewhere (a reader thread,
+/// a reactor) calls the pieces directly: [`poll_transmit`](Driver::poll_transmit) +
+/// [`handle_written`](Driver::handle_written), [`read_buf`](Driver::read_buf) +
+/// [`handle_read`](Driver::handle_read) (or [`feed`](Driver::feed)),
+/// [`poll_timeout`](Driver::poll_timeout) + [`handle_timeout`](Driver::handle_timeout), and
+/// [`poll`](Driver::poll) for what completed.
+///
+/// The rules it applies, the same for every client:
+/// - **Handshake**: the greeting is awaited (bytes before it that are not QMP, such as boot
+///   noise on a serial line, are skipped), then `qmp_capabilities` goes out by itself, with
+///   `oob` when the server offers it and the configuration asks for it. The greeting and the
+///   negotiation share one deadline ([`DriverConfig::handshake_timeout`]); when it passes,
+///   [`Done::TimedOut`] — the usual cause is another client holding the monitor, which QEMU
+///   serves one at a time.
+/// - **Commands** have a deadline each ([`Deadline`]); one that passes fails the command
+///   with [`Failure::TimedOut`]. When QEMU's queue or the in-flight table is full, waiting
+///   for room ([`Wait::Room`]) is bounded by the deadline of the command to be sent.
+/// - **Writes**: bytes wait in the transmit buffer until written. A command cut off midway
+///   (its deadline passed during the write, or the write failed) is dropped from the buffer
+///   and the byte `0x01` is sent before the next command: QEMU then drops the fragment with
+///   an id-less error and runs the next command whole. A peer that went away while we wrote
+///   ([`LinkError::Closed`]) still has its last words read, up to the end of the stream.
+/// - **Stalls**: with [`DriverConfig::stall_timeout`], a peer that sends nothing for that
+///   long while commands wait ends the connection ([`CloseReason::Stalled`]).
+/// - **Events** go into one [`EventQueue`] (drop the newest, report the gap where it is).
+/// - **The end**: every command still waiting fails with [`Failure::Disconnected`], in
+///   order, after the replies and events already received; then [`Done::Closed`] with the
+///   reason, for every later wait.
 ///
 /// `R` and `T` are the receive and transmit buffers ([`Buffer`]), `Q` the event storage
 /// ([`EventStore`]), `N` the in-flight table's size.

@@ -65,7 +65,14 @@ pub trait EventStore {
     }
 }
 
-/// A bounded event queue over `S`, with the one overflow rule (see the [module](self)).
+/// A bounded event queue over `S`, with the one overflow rule every client shares:
+///
+/// **Drop the newest, report the gap where it is.** When an event does not fit, it is
+/// counted, not stored, and so is every later one until the caller has taken the stored
+/// events up to that point; then [`EventQueue::take`] yields [`Lagged`] `{ missed }` exactly
+/// where the gap is, once, and storing resumes. An event too large for the receive buffer
+/// is counted the same way. So a caller always learns of a loss, and where in the order it
+/// happened.
 #[derive(Debug, Default)]
 pub struct EventQueue<S> {
     store: S,

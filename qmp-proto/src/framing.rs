@@ -285,8 +285,8 @@ impl fmt::Debug for Frame<'_> {
 ///
 /// `B` is any byte storage: an array (`[u8; 4096]`), a borrowed slice, or (with std) a
 /// `Vec<u8>`. The buffer never grows by itself; a message larger than it is reported as
-/// [`FrameError::TooLarge`]. An owner that can grow storage may do so through
-/// [`Framer::buffer_mut`] when [`Framer::is_full`] says so.
+/// [`FrameError::TooLarge`]. [`Driver`](crate::Driver) grows storage that can grow
+/// ([`Buffer`](crate::Buffer)) when [`Framer::is_full`] says so.
 ///
 /// Call order: put bytes in with [`Framer::feed`] (or [`Framer::read_buf`] then
 /// [`Framer::commit`]), then call [`Framer::next_frame`] until it returns `None`, then put in
@@ -380,9 +380,15 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Framer<B> {
         self.base + self.end as u64
     }
 
-    /// The storage, e.g. to grow a `Vec<u8>`. Shrinking it below the bytes it holds, or
-    /// replacing their contents, corrupts the stream.
-    pub fn buffer_mut(&mut self) -> &mut B {
+    /// The storage, read only (e.g. to check a `Vec`'s capacity).
+    pub fn get_ref(&self) -> &B {
+        &self.buf
+    }
+
+    /// The storage, to grow it ([`crate::Driver`] does, through [`crate::Buffer`]).
+    /// Shrinking it below the bytes it holds, or replacing their contents, corrupts the
+    /// stream: so it is not public.
+    pub(crate) fn buffer_mut(&mut self) -> &mut B {
         self.forget_last();
         &mut self.buf
     }
@@ -508,7 +514,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Framer<B> {
     /// Like [`Framer::next_frame`], but returns where the frame lies in the buffer (see
     /// [`Framer::frame_at`]), so the caller keeps no borrow of the framer.
     #[must_use]
-    pub fn next_frame_range(&mut self) -> Option<Result<(usize, usize), FrameError>> {
+    pub(crate) fn next_frame_range(&mut self) -> Option<Result<(usize, usize), FrameError>> {
         self.broken = None;
         loop {
             let bytes = &self.buf.as_ref()[..self.end];
@@ -652,7 +658,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Framer<B> {
     /// The bytes of a frame returned by [`Framer::next_frame_range`], until the next call that
     /// takes `&mut self`.
     #[must_use]
-    pub fn frame_at(&self, range: (usize, usize)) -> Frame<'_> {
+    pub(crate) fn frame_at(&self, range: (usize, usize)) -> Frame<'_> {
         let (start, end) = range;
         let bytes = self.buf.as_ref().get(start..end).unwrap_or(&[]);
         let (last, spans) = self.last;

@@ -441,8 +441,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
         &self.framer
     }
 
-    /// The framer, e.g. to grow its buffer through [`Framer::buffer_mut`].
-    pub fn framer_mut(&mut self) -> &mut Framer<B> {
+    /// The framer, mutably (for the driver, which grows its buffer).
+    pub(crate) fn framer_mut(&mut self) -> &mut Framer<B> {
         &mut self.framer
     }
 

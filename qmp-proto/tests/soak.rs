@@ -641,7 +641,7 @@ impl Driver<'_> {
     fn check_memory(&mut self) {
         let framer = self.session.framer();
         assert!(framer.buffered() <= framer.capacity());
-        let buf = self.session.framer_mut().buffer_mut();
+        let buf = self.session.framer().get_ref();
         assert_eq!((buf.len(), buf.capacity()), self.shape, "the buffer grew");
     }
 
