@@ -176,6 +176,11 @@ impl Model {
                     }
                     Outcome::Failed(Failure::Disconnected) => assert!(self.eof),
                     Outcome::Failed(f) => {
+                        if matches!(f, Failure::Malformed(_) | Failure::Unframed(_)) {
+                            // A broken message taken for the reply may have been noise: ids
+                            // come back, as after a timeout.
+                            self.may_untag &= owed.tagged;
+                        }
                         let _ = f.to_string();
                     }
                     Outcome::Return(v) => {
