@@ -234,8 +234,11 @@ pub enum Outcome<'a> {
 /// Without an id, such a message fails the one command sent without an id
 /// ([`Config::untagged_when_alone`]), if there is one in flight, but only when it reads as
 /// a reply: a top-level `return` or `error` key was seen (before the break, for one that
-/// cannot be framed) and no `event` key. Anything else (an event, or a message broken
-/// before any telling key) is a [`Notice`], and the commands in flight keep waiting.
+/// cannot be framed) and no `event` key, and it was not merely cut off by the end of its
+/// line (a line end inside a string, or the next line opening an object: QEMU ends every
+/// message it sends, so that is noise on the line, and the real reply may still come).
+/// Anything else (an event, or a message broken before any telling key) is a [`Notice`],
+/// and the commands in flight keep waiting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
@@ -833,9 +836,21 @@ impl<const N: usize> Protocol<N> {
             (_, Some(broken)) => (Failure::Unframed(error), broken),
             (_, None) => return Received::Notice(Notice::Framing(error)),
         };
+        // A message whose line ended inside it (a line end in a string, or the next line
+        // opening a new object) was cut off: QEMU ends every message, so that is noise on the
+        // line, and the real reply may still come. Only an id read whole blames it on a
+        // command.
+        let cut_off = matches!(
+            error,
+            FrameError::Truncated { .. }
+                | FrameError::ControlCharInString {
+                    byte: b'\r' | b'\n',
+                    ..
+                }
+        );
         let pending = match id {
             Some(id) => self.take_u64(id.as_u64()),
-            None if reply => self.take_untagged(),
+            None if reply && !cut_off => self.take_untagged(),
             None => None,
         };
         match pending {

@@ -1025,3 +1025,25 @@ fn after_a_broken_reply_to_an_untagged_command_ids_come_back() {
         "the stray reply is not taken for the next command's: {got:?}"
     );
 }
+
+#[test]
+fn a_reply_cut_off_by_its_line_end_is_noise_and_the_real_reply_still_counts() {
+    // QEMU ends every message: a reply-looking fragment whose line ended inside it (a line
+    // end in a string, or the next line opening an object) is noise on the line.
+    for noise in [
+        &b"{\"return\": {\"status\": \"ru\r\n"[..],
+        &b"{\"return\": {\"status\": \r\n"[..],
+    ] {
+        let mut s = ready_untagged(false);
+        let (a, wire) = send_bytes(&mut s, "query-status", false);
+        assert_eq!(wire, r#"{"execute":"query-status"}"#);
+        let mut stream = noise.to_vec();
+        stream.extend_from_slice(b"{\"return\": {\"status\": \"running\"}}\r\n");
+        let got = feed_all(&mut s, &stream);
+        assert!(
+            matches!(&got[..], [Got::Notice(_), r] if *r == Got::Return { id: a, value: r#"{"status": "running"}"#.into() }),
+            "{:?}: {got:?}",
+            String::from_utf8_lossy(noise)
+        );
+    }
+}
