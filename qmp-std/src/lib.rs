@@ -167,6 +167,7 @@ pub use client::{Client, ClientBuilder, DEFAULT_MAX_QUEUED_EVENTS, Handle, Optio
 pub use commands::{Command, EventKind};
 pub use error::{Error, QmpError, Result};
 pub use event::{Event, Timestamp};
+pub use qmp_proto::ErrorClass;
 pub use qmp_proto::ServerInfo;
 pub use shared::{DEFAULT_SUBSCRIPTION_CAPACITY, SharedClient, SplitStream, Subscription};
 pub use stream::{FdStream, Plain, Stream};
