@@ -21,6 +21,20 @@
 //! [`events::BlockJobCompleted`] are defined here with owned data, the others are the
 //! core's.
 //!
+//! The core's borrowing ones are refused at compile time:
+//!
+//! ```compile_fail
+//! fn version<S: qmp_std::Stream>(qmp: &mut qmp_std::Client<S>) {
+//!     // `qmp_proto::commands::QueryVersion` returns `VersionInfo<'de>`, borrowed.
+//!     let _ = qmp.execute(&qmp_std::qmp_proto::commands::QueryVersion);
+//! }
+//! ```
+//! ```
+//! fn version<S: qmp_std::Stream>(qmp: &mut qmp_std::Client<S>) {
+//!     let _ = qmp.execute(&qmp_std::commands::QueryVersion);
+//! }
+//! ```
+//!
 //! Commands that need `Vec`, `String` or open-ended values are defined here only:
 //! [`QueryCommands`], [`QueryCpusFast`], [`QueryFdsets`], [`QomList`], [`QomGet`],
 //! [`BlockdevAdd`], [`QueryBlock`], [`QueryNamedBlockNodes`], [`QueryMigrate`].
