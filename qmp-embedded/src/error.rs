@@ -2,6 +2,7 @@
 
 use core::fmt;
 
+pub use qmp_proto::ErrorClass;
 use qmp_proto::{DeserializeError, Expired, FrameError, MessageError, QmpError, SendError};
 
 /// Why a client call failed. `E` is the link's error type (`embedded_io::ErrorType::Error`).
@@ -151,59 +152,6 @@ impl<E: core::error::Error + 'static> core::error::Error for Error<E> {
     }
 }
 
-/// A QMP error class. The set is open (later QEMUs may add classes); unknown ones are
-/// [`ErrorClass::Other`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[non_exhaustive]
-pub enum ErrorClass {
-    /// `GenericError`: most failures.
-    GenericError,
-    /// `CommandNotFound`: no such command, or not allowed in this state (e.g. before
-    /// negotiation).
-    CommandNotFound,
-    /// `DeviceNotActive`.
-    DeviceNotActive,
-    /// `DeviceNotFound`.
-    DeviceNotFound,
-    /// `KVMMissingCap`.
-    KvmMissingCap,
-    /// A class this crate does not know.
-    Other,
-}
-
-impl ErrorClass {
-    const NAMES: [(&'static str, ErrorClass); 5] = [
-        ("GenericError", Self::GenericError),
-        ("CommandNotFound", Self::CommandNotFound),
-        ("DeviceNotActive", Self::DeviceNotActive),
-        ("DeviceNotFound", Self::DeviceNotFound),
-        ("KVMMissingCap", Self::KvmMissingCap),
-    ];
-
-    /// The class QEMU names `name` (an unescaped string).
-    pub fn from_name(name: &str) -> Self {
-        Self::NAMES
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map_or(Self::Other, |(_, c)| *c)
-    }
-
-    /// The name QEMU uses (`"Other"` for unknown classes).
-    pub fn as_str(&self) -> &'static str {
-        Self::NAMES
-            .iter()
-            .find(|(_, c)| c == self)
-            .map_or("Other", |(n, _)| n)
-    }
-}
-
-impl fmt::Display for ErrorClass {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// A QMP error reply, copied out of the receive buffer: its class, and its description
 /// unescaped and cut to [`ServerError::DESC_CAPACITY`] bytes (at a character boundary).
 ///
@@ -222,12 +170,8 @@ impl ServerError {
 
     /// Copies `error` (a view into a frame).
     pub fn new(error: &QmpError<'_>) -> Self {
-        let class = match error.class.as_plain() {
-            Some(name) => ErrorClass::from_name(name),
-            None => ErrorClass::Other,
-        };
         let mut this = Self {
-            class,
+            class: error.error_class(),
             truncated: false,
             len: 0,
             desc: [0; Self::DESC_CAPACITY],

@@ -6,11 +6,21 @@
 //! optional members and enum values were checked against the `query-qmp-schema` reply of the
 //! real QEMU 7.2 and its `qapi/*.json`.
 //!
+//! [`Command`] and [`EventKind`] are the only command and event traits of the project:
+//! `qmp-std` and `qmp-embedded` take these. An output may borrow from the reply
+//! ([`VersionInfo<'de>`](VersionInfo), `&'de str`), which suits decoding straight from a
+//! receive buffer; a client that hands results back after the buffer is reused (`qmp-std`)
+//! takes the commands whose output owns its data, `for<'de> C::Output<'de>: DeserializeOwned`
+//! (the same type whatever `'de`, such as [`StatusInfo`] or [`Empty`]), and returns
+//! `C::Output<'static>`.
+//!
 //! Only commands whose arguments *and* result fit without allocation live here (borrowed
 //! `&str`, no vectors, no open-ended values). Commands that return lists (`query-commands`,
 //! `query-fdsets`, `qom-list`, …), any value (`qom-get`), or take open-ended nested options
-//! (`blockdev-add`) are in `qmp-std`, which also has owned forms of the results below that
-//! borrow strings.
+//! (`blockdev-add`) are in `qmp-std`, which also has command types with owned outputs for the
+//! few here whose results borrow strings ([`QueryVersion`], [`QueryName`],
+//! [`HumanMonitorCommand`], and the events [`DeviceDeleted`](events::DeviceDeleted) and
+//! [`BlockJobCompleted`](events::BlockJobCompleted)).
 //!
 //! Outputs ignore members they do not know, and enums have an `Unknown` variant for values a
 //! newer QEMU may add, so a typed result keeps working across versions.
@@ -49,7 +59,9 @@ use serde::{Deserialize, Serialize, Serializer};
 pub trait Command: Serialize {
     /// The command's name, e.g. `query-status`.
     const NAME: &'static str;
-    /// What its `return` value deserializes into, possibly borrowing from the reply.
+    /// What its `return` value deserializes into, possibly borrowing from the reply. A type
+    /// that does not mention `'de` (an owned output) makes the command usable with clients
+    /// that return owned results, such as `qmp-std`'s.
     type Output<'de>: Deserialize<'de>;
 }
 
@@ -60,7 +72,8 @@ pub trait Command: Serialize {
 pub trait EventKind {
     /// The event's name, e.g. `SHUTDOWN`.
     const NAME: &'static str;
-    /// What its `data` member deserializes into, possibly borrowing from the message.
+    /// What its `data` member deserializes into, possibly borrowing from the message (an
+    /// owned type, not mentioning `'de`, also decodes from owned events such as `qmp-std`'s).
     type Data<'de>: Deserialize<'de>;
 }
 

@@ -124,8 +124,8 @@ pub use json::{
     UnescapeError,
 };
 pub use message::{
-    Capabilities, ErrorReply, Event, Greeting, Message, MessageError, QmpError, Return, Timestamp,
-    Version, find_id,
+    Capabilities, ErrorClass, ErrorReply, Event, Greeting, Message, MessageError, QmpError, Return,
+    Timestamp, Version, find_id,
 };
 pub use scan::MAX_SUPPORTED_DEPTH;
 pub use session::{

@@ -101,9 +101,86 @@ pub struct QmpError<'a> {
     pub desc: JsonStr<'a>,
 }
 
+impl QmpError<'_> {
+    /// The error class as an [`ErrorClass`]; [`ErrorClass::Other`] for a class this crate
+    /// does not know ([`class`](Self::class) still has its name).
+    ///
+    /// ```
+    /// use qmp_proto::{ErrorClass, Message};
+    /// let frame = br#"{"error": {"class": "CommandNotFound", "desc": "no"}, "id": 1}"#;
+    /// let Ok(Message::Error(reply)) = Message::parse(frame) else { panic!() };
+    /// assert_eq!(reply.error.error_class(), ErrorClass::CommandNotFound);
+    /// ```
+    pub fn error_class(&self) -> ErrorClass {
+        ErrorClass::NAMES
+            .iter()
+            .find(|(name, _)| self.class == *name)
+            .map_or(ErrorClass::Other, |(_, class)| *class)
+    }
+}
+
 impl fmt::Display for QmpError<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.class, self.desc)
+    }
+}
+
+/// A QMP error class (the `class` of an error reply). The set is open (later QEMUs may add
+/// classes); unknown ones are [`ErrorClass::Other`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum ErrorClass {
+    /// `GenericError`: most failures.
+    GenericError,
+    /// `CommandNotFound`: no such command, or not allowed in this state (e.g. before
+    /// negotiation).
+    CommandNotFound,
+    /// `DeviceNotActive`.
+    DeviceNotActive,
+    /// `DeviceNotFound`.
+    DeviceNotFound,
+    /// `KVMMissingCap`.
+    KvmMissingCap,
+    /// A class this crate does not know.
+    Other,
+}
+
+impl ErrorClass {
+    const NAMES: [(&'static str, ErrorClass); 5] = [
+        ("GenericError", Self::GenericError),
+        ("CommandNotFound", Self::CommandNotFound),
+        ("DeviceNotActive", Self::DeviceNotActive),
+        ("DeviceNotFound", Self::DeviceNotFound),
+        ("KVMMissingCap", Self::KvmMissingCap),
+    ];
+
+    /// The class QEMU names `name` (an unescaped string).
+    ///
+    /// ```
+    /// use qmp_proto::ErrorClass;
+    /// assert_eq!(ErrorClass::from_name("KVMMissingCap"), ErrorClass::KvmMissingCap);
+    /// assert_eq!(ErrorClass::from_name("SomethingNew"), ErrorClass::Other);
+    /// ```
+    pub fn from_name(name: &str) -> Self {
+        Self::NAMES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(Self::Other, |(_, c)| *c)
+    }
+
+    /// The name QEMU uses (`"Other"` for unknown classes).
+    pub fn as_str(&self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(_, c)| c == self)
+            .map_or("Other", |(n, _)| n)
+    }
+}
+
+impl fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -527,18 +527,26 @@ impl<S: Stream> Client<S> {
     /// assert_eq!(qmp.execute(&QueryStatus)?.status, RunState::Paused);
     /// # Ok::<(), qmp_std::Error>(())
     /// ```
-    pub fn execute<C: Command>(&mut self, command: &C) -> Result<C::Output> {
+    pub fn execute<C>(&mut self, command: &C) -> Result<C::Output<'static>>
+    where
+        C: Command,
+        for<'de> C::Output<'de>: DeserializeOwned,
+    {
         self.execute_timeout(command, self.options.command_timeout)
     }
 
     /// [`execute`](Self::execute) with a deadline of its own (`None`: wait forever), which
     /// also bounds waiting for room in flight. When it passes, this returns
     /// [`Error::Timeout`]`(`[`Expired::Command`]`)` and a late reply is dropped.
-    pub fn execute_timeout<C: Command>(
+    pub fn execute_timeout<C>(
         &mut self,
         command: &C,
         timeout: Option<Duration>,
-    ) -> Result<C::Output> {
+    ) -> Result<C::Output<'static>>
+    where
+        C: Command,
+        for<'de> C::Output<'de>: DeserializeOwned,
+    {
         let handle = self.send_as(C::NAME, command, false, timeout, None)?;
         self.wait(handle)
     }
@@ -564,7 +572,11 @@ impl<S: Stream> Client<S> {
     /// Runs a typed command out of band (`exec-oob`): its reply may overtake in-band ones.
     /// Needs [`Options::oob`] and a server that offers it, and a command QEMU allows out of
     /// band (in 7.2: `migrate-recover`, `migrate-pause`, `yank`, `query-yank`).
-    pub fn execute_oob<C: Command>(&mut self, command: &C) -> Result<C::Output> {
+    pub fn execute_oob<C>(&mut self, command: &C) -> Result<C::Output<'static>>
+    where
+        C: Command,
+        for<'de> C::Output<'de>: DeserializeOwned,
+    {
         let handle = self.send_oob(command)?;
         self.wait(handle)
     }
@@ -650,7 +662,11 @@ impl<S: Stream> Client<S> {
     /// against QEMU 7.2; BENCHMARKS.md). Without `oob` QEMU stops reading while a command
     /// runs, so it never holds more than one and pipelined commands go no faster than
     /// sequential ones.
-    pub fn send<C: Command>(&mut self, command: &C) -> Result<Handle<C::Output>> {
+    pub fn send<C>(&mut self, command: &C) -> Result<Handle<C::Output<'static>>>
+    where
+        C: Command,
+        for<'de> C::Output<'de>: DeserializeOwned,
+    {
         self.send_as(C::NAME, command, false, self.options.command_timeout, None)
     }
 
@@ -660,7 +676,11 @@ impl<S: Stream> Client<S> {
     }
 
     /// [`send`](Self::send), out of band (see [`execute_oob`](Self::execute_oob)).
-    pub fn send_oob<C: Command>(&mut self, command: &C) -> Result<Handle<C::Output>> {
+    pub fn send_oob<C>(&mut self, command: &C) -> Result<Handle<C::Output<'static>>>
+    where
+        C: Command,
+        for<'de> C::Output<'de>: DeserializeOwned,
+    {
         self.send_as(C::NAME, command, true, self.options.command_timeout, None)
     }
 
@@ -969,11 +989,15 @@ impl<S: FdStream> Client<S> {
     /// qmp.execute(&Closefd { fdname: "null" })?;
     /// # Ok::<(), qmp_std::Error>(())
     /// ```
-    pub fn execute_with_fds<C: Command>(
+    pub fn execute_with_fds<C>(
         &mut self,
         command: &C,
         fds: &[BorrowedFd<'_>],
-    ) -> Result<C::Output> {
+    ) -> Result<C::Output<'static>>
+    where
+        C: Command,
+        for<'de> C::Output<'de>: DeserializeOwned,
+    {
         let handle = self.send_with_fds(command, fds)?;
         self.wait(handle)
     }
@@ -992,11 +1016,15 @@ impl<S: FdStream> Client<S> {
 
     /// [`send`](Self::send) with file descriptors attached; see
     /// [`execute_with_fds`](Self::execute_with_fds).
-    pub fn send_with_fds<C: Command>(
+    pub fn send_with_fds<C>(
         &mut self,
         command: &C,
         fds: &[BorrowedFd<'_>],
-    ) -> Result<Handle<C::Output>> {
+    ) -> Result<Handle<C::Output<'static>>>
+    where
+        C: Command,
+        for<'de> C::Output<'de>: DeserializeOwned,
+    {
         let timeout = self.options.command_timeout;
         let mut send = |stream: &mut S, bytes: &[u8]| stream.send_with_fds(bytes, fds);
         self.send_as(C::NAME, command, false, timeout, Some(&mut send))

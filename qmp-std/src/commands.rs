@@ -1,17 +1,70 @@
-//! Typed commands and events: the [`Command`] and [`EventKind`] traits and the commands
-//! people use most, with field names from QEMU 7.2's schema.
+//! Typed commands and events, with field names from QEMU 7.2's schema.
 //!
-//! The commands whose arguments and results need no allocation are defined once, in
-//! [`qmp_proto::commands`] (shared with `no_std` users) and re-exported here; this module
-//! gives each of them a [`Command`] impl whose output is owned ([`VersionInfo`] with a
-//! `String` instead of the borrowed one, and so on). Commands that need `Vec`, `String` or
-//! open-ended values are defined here: [`QueryCommands`], [`QueryCpusFast`],
-//! [`QueryFdsets`], [`QomList`], [`QomGet`], [`BlockdevAdd`], [`QueryBlock`],
-//! [`QueryNamedBlockNodes`], [`QueryMigrate`].
+//! There is one [`Command`] trait and one [`EventKind`] trait, the core's
+//! ([`qmp_proto::commands::Command`], [`qmp_proto::commands::EventKind`]), re-exported here
+//! and at the crate root. The clients take any command whose output owns its data, that is
+//! whose [`Command::Output`] is [`DeserializeOwned`] whatever its lifetime parameter:
+//!
+//! ```text
+//! fn execute<C>(&mut self, command: &C) -> Result<C::Output<'static>>
+//! where
+//!     C: Command,
+//!     for<'de> C::Output<'de>: DeserializeOwned,
+//! ```
+//!
+//! Most of the core's commands already have owned outputs ([`QueryStatus`] →
+//! [`StatusInfo`], [`Stop`] → [`Empty`], …) and are re-exported from
+//! [`qmp_proto::commands`] as they are. Three of them return borrowed strings there, so this
+//! module has its own command types of the same names whose outputs are owned:
+//! [`QueryVersion`] (→ [`VersionInfo`] with a `String`), [`QueryName`] (→ [`NameInfo`]) and
+//! [`HumanMonitorCommand`] (→ `String`). Likewise for events: [`events::DeviceDeleted`] and
+//! [`events::BlockJobCompleted`] are defined here with owned data, the others are the
+//! core's.
+//!
+//! The core's borrowing ones are refused at compile time:
+//!
+//! ```compile_fail
+//! fn version<S: qmp_std::Stream>(qmp: &mut qmp_std::Client<S>) {
+//!     // `qmp_proto::commands::QueryVersion` returns `VersionInfo<'de>`, borrowed.
+//!     let _ = qmp.execute(&qmp_std::qmp_proto::commands::QueryVersion);
+//! }
+//! ```
+//! ```
+//! fn version<S: qmp_std::Stream>(qmp: &mut qmp_std::Client<S>) {
+//!     let _ = qmp.execute(&qmp_std::commands::QueryVersion);
+//! }
+//! ```
+//!
+//! Commands that need `Vec`, `String` or open-ended values are defined here only:
+//! [`QueryCommands`], [`QueryCpusFast`], [`QueryFdsets`], [`QomList`], [`QomGet`],
+//! [`BlockdevAdd`], [`QueryBlock`], [`QueryNamedBlockNodes`], [`QueryMigrate`].
+//!
+//! A command this crate does not define implements the same trait:
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//!
+//! /// `query-iothreads`, which this crate does not define.
+//! #[derive(Serialize)]
+//! struct QueryIothreads;
+//!
+//! #[derive(Deserialize)]
+//! struct IothreadInfo {
+//!     id: String,
+//!     #[serde(rename = "thread-id")]
+//!     thread_id: i64,
+//! }
+//!
+//! impl qmp_std::Command for QueryIothreads {
+//!     const NAME: &'static str = "query-iothreads";
+//!     type Output<'de> = Vec<IothreadInfo>;
+//! }
+//! ```
 //!
 //! Results ignore members they do not know, and optional or version-dependent members are
 //! `Option`s or default to zero, so they keep decoding on newer QEMUs.
 
+#[cfg(doc)]
 use serde::de::DeserializeOwned;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
@@ -19,92 +72,62 @@ use serde_json::{Map, Value};
 
 use qmp_proto::commands as proto;
 
+pub use proto::{Command, EventKind};
+
 pub use proto::{
-    AddFd, AddfdInfo, BlockdevDel, Closefd, Cont, DeviceAdd, DeviceDel, Empty, Getfd,
-    HumanMonitorCommand, ImageFormat, JobType, KvmInfo, Migrate, MigratePause, MigrateRecover,
-    MigrationStatus, ObjectAdd, ObjectDel, Prop, QmpCapabilities, QmpCapability, QomSet, QueryKvm,
-    QueryName, QueryStatus, QueryVersion, Quit, RemoveFd, RunState, Screendump, ShutdownCause,
-    StatusInfo, Stop, SystemPowerdown, SystemReset, VersionTriple,
+    AddFd, AddfdInfo, BlockdevDel, Closefd, Cont, DeviceAdd, DeviceDel, Empty, Getfd, ImageFormat,
+    JobType, KvmInfo, Migrate, MigratePause, MigrateRecover, MigrationStatus, ObjectAdd, ObjectDel,
+    Prop, QmpCapabilities, QmpCapability, QomSet, QueryKvm, QueryStatus, Quit, RemoveFd, RunState,
+    Screendump, ShutdownCause, StatusInfo, Stop, SystemPowerdown, SystemReset, VersionTriple,
 };
 
-/// A QMP command for [`Client::execute`](crate::Client::execute): its name, its arguments
-/// (the value itself serializes to the `arguments` object, or to nothing for a unit struct),
-/// and the owned type its result decodes into.
-///
-/// ```
-/// use serde::{Deserialize, Serialize};
-///
-/// /// `query-iothreads`, which this crate does not define.
-/// #[derive(Serialize)]
-/// struct QueryIothreads;
-///
-/// #[derive(Deserialize)]
-/// struct IothreadInfo {
-///     id: String,
-///     #[serde(rename = "thread-id")]
-///     thread_id: i64,
-/// }
-///
-/// impl qmp_std::Command for QueryIothreads {
-///     const NAME: &'static str = "query-iothreads";
-///     type Output = Vec<IothreadInfo>;
-/// }
-/// ```
-pub trait Command: Serialize {
-    /// The command's name, e.g. `query-status`.
-    const NAME: &'static str;
-    /// What its `return` value decodes into.
-    type Output: DeserializeOwned;
+/// `query-version`: the QEMU version, owned (the core's
+/// [`qmp_proto::commands::QueryVersion`] borrows the package string from the reply).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct QueryVersion;
+
+impl Command for QueryVersion {
+    const NAME: &'static str = <proto::QueryVersion as Command>::NAME;
+    type Output<'de> = VersionInfo;
 }
 
-/// A QMP event type: its name and the owned type its `data` decodes into (see
-/// [`Event::data_as`](crate::Event::data_as)).
-pub trait EventKind {
-    /// The event's name, e.g. `SHUTDOWN`.
-    const NAME: &'static str;
-    /// What its `data` member decodes into.
-    type Data: DeserializeOwned;
+/// `query-name`: the guest name given with `-name`, if any, owned (the core's
+/// [`qmp_proto::commands::QueryName`] borrows it from the reply).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct QueryName;
+
+impl Command for QueryName {
+    const NAME: &'static str = <proto::QueryName as Command>::NAME;
+    type Output<'de> = NameInfo;
 }
 
-macro_rules! proto_commands {
-    ($($ty:ty => $out:ty;)*) => {$(
-        impl Command for $ty {
-            const NAME: &'static str = <$ty as proto::Command>::NAME;
-            type Output = $out;
+/// `human-monitor-command`: run an HMP command line and return its output text as a
+/// `String` (the core's [`qmp_proto::commands::HumanMonitorCommand`] returns a `&str`
+/// borrowed from the reply). See also [`Client::hmp`](crate::Client::hmp).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct HumanMonitorCommand<'a> {
+    /// The HMP command line, e.g. `info status`.
+    #[serde(rename = "command-line")]
+    pub command_line: &'a str,
+    /// The CPU to make current for the command.
+    #[serde(rename = "cpu-index", skip_serializing_if = "Option::is_none")]
+    pub cpu_index: Option<i64>,
+}
+
+impl<'a> HumanMonitorCommand<'a> {
+    /// Runs `command_line` with no CPU selected.
+    pub fn new(command_line: &'a str) -> Self {
+        Self {
+            command_line,
+            cpu_index: None,
         }
-    )*};
+    }
 }
 
-proto_commands! {
-    QmpCapabilities<'_> => Empty;
-    QueryVersion => VersionInfo;
-    QueryStatus => StatusInfo;
-    QueryName => NameInfo;
-    QueryKvm => KvmInfo;
-    Stop => Empty;
-    Cont => Empty;
-    SystemReset => Empty;
-    SystemPowerdown => Empty;
-    Quit => Empty;
-    MigratePause => Empty;
-    MigrateRecover<'_> => Empty;
-    HumanMonitorCommand<'_> => String;
-    Getfd<'_> => Empty;
-    Closefd<'_> => Empty;
-    AddFd<'_> => AddfdInfo;
-    RemoveFd => Empty;
-    DeviceAdd<'_> => Empty;
-    DeviceDel<'_> => Empty;
-    ObjectAdd<'_> => Empty;
-    ObjectDel<'_> => Empty;
-    BlockdevDel<'_> => Empty;
-    Migrate<'_> => Empty;
-    Screendump<'_> => Empty;
-}
-
-impl<T: Serialize> Command for QomSet<'_, T> {
-    const NAME: &'static str = "qom-set";
-    type Output = Empty;
+impl Command for HumanMonitorCommand<'_> {
+    const NAME: &'static str = <proto::HumanMonitorCommand<'_> as Command>::NAME;
+    /// The output text (QEMU ends lines with `\r\n`; it is empty for many commands).
+    type Output<'de> = String;
 }
 
 /// The result of [`QueryVersion`] (QAPI `VersionInfo`).
@@ -132,7 +155,7 @@ macro_rules! no_argument_commands {
 
         impl Command for $ty {
             const NAME: &'static str = $name;
-            type Output = $out;
+            type Output<'de> = $out;
         }
     )*};
 }
@@ -232,7 +255,7 @@ pub struct QomList<'a> {
 
 impl Command for QomList<'_> {
     const NAME: &'static str = "qom-list";
-    type Output = Vec<ObjectPropertyInfo>;
+    type Output<'de> = Vec<ObjectPropertyInfo>;
 }
 
 /// One element of [`QomList`]'s result (QAPI `ObjectPropertyInfo`).
@@ -266,7 +289,7 @@ pub struct QomGet<'a> {
 
 impl Command for QomGet<'_> {
     const NAME: &'static str = "qom-get";
-    type Output = Value;
+    type Output<'de> = Value;
 }
 
 /// `blockdev-add`: add a block node. The options depend on the driver and nest, so beyond
@@ -323,7 +346,7 @@ impl Serialize for BlockdevAdd {
 
 impl Command for BlockdevAdd {
     const NAME: &'static str = "blockdev-add";
-    type Output = Empty;
+    type Output<'de> = Empty;
 }
 
 /// `query-named-block-nodes`: the named block nodes (the graph `blockdev-add` builds).
@@ -336,7 +359,7 @@ pub struct QueryNamedBlockNodes {
 
 impl Command for QueryNamedBlockNodes {
     const NAME: &'static str = "query-named-block-nodes";
-    type Output = Vec<BlockDeviceInfo>;
+    type Output<'de> = Vec<BlockDeviceInfo>;
 }
 
 /// One element of [`QueryBlock`]'s result (QAPI `BlockInfo`).
@@ -578,45 +601,36 @@ pub struct MigrationStats {
     pub dirty_sync_missed_zero_copy: i64,
 }
 
-/// Event types; each implements [`EventKind`], with owned data.
+/// Event types; each implements [`EventKind`] with owned data. Most are the core's
+/// ([`qmp_proto::commands::events`]); [`DeviceDeleted`](events::DeviceDeleted) and
+/// [`BlockJobCompleted`](events::BlockJobCompleted) are defined here because the core's data
+/// types for them borrow strings from the message.
 pub mod events {
     use serde::{Deserialize, Serialize};
 
-    use super::{Empty, EventKind, JobType};
+    use super::{EventKind, JobType};
     use qmp_proto::commands::events as proto;
 
-    pub use proto::{MigrationData, ShutdownData};
+    pub use proto::{
+        Migration, MigrationData, Powerdown, Reset, Resume, Shutdown, ShutdownData, Stop,
+    };
 
-    macro_rules! event_kinds {
-        ($($(#[$doc:meta])* $ty:ident => $data:ty;)*) => {$(
-            $(#[$doc])*
-            #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-            pub struct $ty;
+    /// `DEVICE_DELETED`: a device finished unplugging.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+    pub struct DeviceDeleted;
 
-            impl EventKind for $ty {
-                const NAME: &'static str = <proto::$ty as qmp_proto::commands::EventKind>::NAME;
-                type Data = $data;
-            }
-        )*};
+    impl EventKind for DeviceDeleted {
+        const NAME: &'static str = <proto::DeviceDeleted as EventKind>::NAME;
+        type Data<'de> = DeviceDeletedData;
     }
 
-    event_kinds! {
-        /// `STOP`: the guest was paused (no data).
-        Stop => Empty;
-        /// `RESUME`: the guest resumed (no data).
-        Resume => Empty;
-        /// `POWERDOWN`: a power-down was requested of the guest (no data).
-        Powerdown => Empty;
-        /// `SHUTDOWN`: the guest shut down, or QEMU is exiting.
-        Shutdown => ShutdownData;
-        /// `RESET`: the guest was reset.
-        Reset => ShutdownData;
-        /// `DEVICE_DELETED`: a device finished unplugging.
-        DeviceDeleted => DeviceDeletedData;
-        /// `BLOCK_JOB_COMPLETED`: a block job ended.
-        BlockJobCompleted => BlockJobCompletedData;
-        /// `MIGRATION`: the migration status changed.
-        Migration => MigrationData;
+    /// `BLOCK_JOB_COMPLETED`: a block job ended.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+    pub struct BlockJobCompleted;
+
+    impl EventKind for BlockJobCompleted {
+        const NAME: &'static str = <proto::BlockJobCompleted as EventKind>::NAME;
+        type Data<'de> = BlockJobCompletedData;
     }
 
     /// The data of `DEVICE_DELETED`.

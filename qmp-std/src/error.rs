@@ -3,7 +3,7 @@
 use std::fmt;
 use std::io;
 
-use qmp_proto::{EncodeError, Expired, FrameError, MessageError, SendError};
+use qmp_proto::{EncodeError, ErrorClass, Expired, FrameError, MessageError, SendError};
 
 /// An error reply from the server: `{"error": {"class": …, "desc": …}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -16,6 +16,18 @@ pub struct QmpError {
 }
 
 impl QmpError {
+    /// The class as an [`ErrorClass`], for matching; [`ErrorClass::Other`] for a class this
+    /// crate does not know ([`class`](Self::class) still has its name).
+    ///
+    /// ```
+    /// use qmp_std::{ErrorClass, QmpError};
+    /// let e = QmpError { class: "CommandNotFound".into(), desc: "no".into() };
+    /// assert_eq!(e.error_class(), ErrorClass::CommandNotFound);
+    /// ```
+    pub fn error_class(&self) -> ErrorClass {
+        ErrorClass::from_name(&self.class)
+    }
+
     pub(crate) fn from_view(e: &qmp_proto::QmpError<'_>) -> Self {
         Self {
             class: crate::event::owned_str(e.class),

@@ -41,16 +41,24 @@ impl Event {
     ///
     /// Fails with [`Error::Decode`] if the data does not fit `E::Data`; check the name first
     /// with [`Event::is`].
-    pub fn data_as<E: EventKind>(&self) -> Result<E::Data> {
+    ///
+    /// `E` is any [`EventKind`] whose data owns its strings (decodes whatever its lifetime
+    /// parameter), such as those in [`commands::events`](crate::commands::events).
+    pub fn data_as<E>(&self) -> Result<E::Data<'static>>
+    where
+        E: EventKind,
+        for<'de> E::Data<'de>: DeserializeOwned,
+    {
         let result = match &self.data {
-            Some(data) => E::Data::deserialize(data),
-            None => E::Data::deserialize(&Value::Object(Default::default())),
+            Some(data) => E::Data::<'static>::deserialize(data),
+            None => E::Data::<'static>::deserialize(&Value::Object(Default::default())),
         };
         result.map_err(Error::Decode)
     }
 }
 
 use serde::Deserialize as _;
+use serde::de::DeserializeOwned;
 
 /// A borrowed, still-escaped JSON string as an owned `String`.
 pub(crate) fn owned_str(s: qmp_proto::JsonStr<'_>) -> String {

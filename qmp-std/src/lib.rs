@@ -12,6 +12,11 @@
 //!   (timeouts, maximum reply size, out-of-band execution).
 //! - Typed commands through [`Command`] (the common ones are in [`commands`]), raw ones by
 //!   name with [`serde_json::Value`] arguments, `exec-oob`, HMP, fd passing over Unix sockets.
+//!   There is one `Command` trait, the core's ([`qmp_proto::commands::Command`], re-exported
+//!   here, like [`EventKind`]): the clients take any command whose output owns its data
+//!   (`for<'de> C::Output<'de>: DeserializeOwned`) and return `C::Output<'static>`. The core
+//!   commands whose outputs borrow from the reply (`query-version`, `query-name`,
+//!   `human-monitor-command`) have owned twins of the same names in [`commands`].
 //! - Pipelining: [`Client::send`] several commands, [`Client::wait`] for each in any order,
 //!   or [`Client::abandon`] one (its late reply is discarded by id).
 //! - Events are queued as they arrive and never lost silently: [`Client::events`],
@@ -167,11 +172,15 @@ pub use client::{Client, ClientBuilder, DEFAULT_MAX_QUEUED_EVENTS, Handle, Optio
 pub use commands::{Command, EventKind};
 pub use error::{Error, QmpError, Result};
 pub use event::{Event, Timestamp};
+pub use qmp_proto::ErrorClass;
 pub use qmp_proto::ServerInfo;
 pub use shared::{DEFAULT_SUBSCRIPTION_CAPACITY, SharedClient, SplitStream, Subscription};
 pub use stream::{FdStream, Plain, Stream};
 
 /// The sans-IO core this client is built on.
 pub use qmp_proto;
+/// serde, re-exported for the `for<'de> C::Output<'de>: serde::de::DeserializeOwned` bound
+/// of code generic over commands, and for deriving your own commands' arguments and outputs.
+pub use serde;
 /// serde_json, re-exported for [`serde_json::Value`] and `json!`.
 pub use serde_json;

@@ -43,6 +43,8 @@ use qmp_proto::{
 };
 
 use crate::client::{Client, ClientBuilder, Options};
+use serde::de::DeserializeOwned;
+
 use crate::commands::{Command, HumanMonitorCommand};
 use crate::drive::{self, Answer, Ended, EventList, StdDriver};
 use crate::error::{Error, Result};
@@ -538,18 +540,26 @@ impl SharedClient {
     // ---- commands ----------------------------------------------------------------------
 
     /// Runs a typed command and waits for its result (within the command timeout).
-    pub fn execute<C: Command>(&self, command: &C) -> Result<C::Output> {
+    pub fn execute<C>(&self, command: &C) -> Result<C::Output<'static>>
+    where
+        C: Command,
+        for<'de> C::Output<'de>: DeserializeOwned,
+    {
         self.execute_timeout(command, self.inner().command_timeout)
     }
 
     /// [`execute`](Self::execute) with a deadline of its own (`None`: wait forever), which
     /// also bounds waiting for room in flight. When it passes, this returns
     /// [`Error::Timeout`] and the command's late reply is discarded.
-    pub fn execute_timeout<C: Command>(
+    pub fn execute_timeout<C>(
         &self,
         command: &C,
         timeout: Option<Duration>,
-    ) -> Result<C::Output> {
+    ) -> Result<C::Output<'static>>
+    where
+        C: Command,
+        for<'de> C::Output<'de>: DeserializeOwned,
+    {
         let json = self.call(false, C::NAME, command, timeout, &[])?;
         decode(&json)
     }
@@ -573,7 +583,11 @@ impl SharedClient {
     }
 
     /// Runs a typed command out of band (`exec-oob`); needs [`Options::oob`].
-    pub fn execute_oob<C: Command>(&self, command: &C) -> Result<C::Output> {
+    pub fn execute_oob<C>(&self, command: &C) -> Result<C::Output<'static>>
+    where
+        C: Command,
+        for<'de> C::Output<'de>: DeserializeOwned,
+    {
         let json = self.call(true, C::NAME, command, self.inner().command_timeout, &[])?;
         decode(&json)
     }
@@ -588,11 +602,15 @@ impl SharedClient {
     /// Runs a typed command with file descriptors attached (`SCM_RIGHTS`, Unix sockets
     /// only), as `getfd` and `add-fd` need: they travel with the command's first byte.
     /// QEMU duplicates them, so the caller still owns (and may close) its copies.
-    pub fn execute_with_fds<C: Command>(
+    pub fn execute_with_fds<C>(
         &self,
         command: &C,
         fds: &[BorrowedFd<'_>],
-    ) -> Result<C::Output> {
+    ) -> Result<C::Output<'static>>
+    where
+        C: Command,
+        for<'de> C::Output<'de>: DeserializeOwned,
+    {
         let json = self.call(false, C::NAME, command, self.inner().command_timeout, fds)?;
         decode(&json)
     }

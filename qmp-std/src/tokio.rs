@@ -94,6 +94,8 @@ use qmp_proto::{
 };
 
 use crate::client::Options;
+use serde::de::DeserializeOwned;
+
 use crate::commands::{Command, HumanMonitorCommand};
 use crate::drive::{self, Answer, Ended, EventList, StdDriver, TABLE};
 use crate::error::{Error, Result};
@@ -882,7 +884,11 @@ impl Client {
     // ---- commands ----------------------------------------------------------------------
 
     /// Runs a typed command and waits for its result (within the command timeout).
-    pub async fn execute<C: Command>(&self, command: &C) -> Result<C::Output> {
+    pub async fn execute<C>(&self, command: &C) -> Result<C::Output<'static>>
+    where
+        C: Command,
+        for<'de> C::Output<'de>: DeserializeOwned,
+    {
         self.execute_timeout(command, self.inner().command_timeout)
             .await
     }
@@ -890,11 +896,15 @@ impl Client {
     /// [`execute`](Self::execute) with a deadline of its own (`None`: wait forever), which
     /// also bounds waiting for room in flight. When it passes, this returns
     /// [`Error::Timeout`] and the command's late reply is dropped.
-    pub async fn execute_timeout<C: Command>(
+    pub async fn execute_timeout<C>(
         &self,
         command: &C,
         timeout: Option<Duration>,
-    ) -> Result<C::Output> {
+    ) -> Result<C::Output<'static>>
+    where
+        C: Command,
+        for<'de> C::Output<'de>: DeserializeOwned,
+    {
         let json = self.call(false, C::NAME, command, timeout, &[]).await?;
         decode(&json)
     }
@@ -920,7 +930,11 @@ impl Client {
 
     /// Runs a typed command out of band (`exec-oob`); its reply may overtake in-band ones.
     /// Needs [`ClientBuilder::oob`] and a server that offers it.
-    pub async fn execute_oob<C: Command>(&self, command: &C) -> Result<C::Output> {
+    pub async fn execute_oob<C>(&self, command: &C) -> Result<C::Output<'static>>
+    where
+        C: Command,
+        for<'de> C::Output<'de>: DeserializeOwned,
+    {
         let timeout = self.inner().command_timeout;
         let json = self.call(true, C::NAME, command, timeout, &[]).await?;
         decode(&json)
@@ -937,11 +951,15 @@ impl Client {
     /// only), as `getfd` and `add-fd` need: they travel with the command's first byte.
     /// They are duplicated for the time it takes to send them; QEMU keeps its own copies,
     /// so the caller still owns (and may close) its descriptors.
-    pub async fn execute_with_fds<C: Command>(
+    pub async fn execute_with_fds<C>(
         &self,
         command: &C,
         fds: &[BorrowedFd<'_>],
-    ) -> Result<C::Output> {
+    ) -> Result<C::Output<'static>>
+    where
+        C: Command,
+        for<'de> C::Output<'de>: DeserializeOwned,
+    {
         let timeout = self.inner().command_timeout;
         let json = self.call(false, C::NAME, command, timeout, fds).await?;
         decode(&json)

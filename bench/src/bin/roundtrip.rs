@@ -565,7 +565,7 @@ struct SchemaIgnored;
 
 impl qmp_std::Command for SchemaIgnored {
     const NAME: &'static str = "query-qmp-schema";
-    type Output = serde::de::IgnoredAny;
+    type Output<'de> = serde::de::IgnoredAny;
 }
 
 fn memory(socket: &Path) -> Result<String> {

@@ -14,6 +14,7 @@ use qmp_std::commands::{
     BlockInfo, CpuInfoFast, QueryBlock, QueryCpusFast, QueryKvm, QueryName, QueryStatus,
     QueryVersion,
 };
+use qmp_std::serde::de::DeserializeOwned;
 use qmp_std::{Client, Command, Error, Options};
 
 const USAGE: &str = "\
@@ -122,10 +123,14 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Option<Ad
 
 /// A query's answer; a QMP error (the command missing from this QEMU, say) is shown in its
 /// place, anything else (the connection failing) ends the report.
-fn query<C: Command>(
+fn query<C>(
     client: &mut Client<Connection>,
     command: &C,
-) -> Result<Result<C::Output, String>, String> {
+) -> Result<Result<C::Output<'static>, String>, String>
+where
+    C: Command,
+    for<'de> C::Output<'de>: DeserializeOwned,
+{
     match client.execute(command) {
         Ok(output) => Ok(Ok(output)),
         Err(Error::Qmp(e)) => Ok(Err(format!("(unavailable: {})", e.desc))),
