@@ -152,6 +152,7 @@ mod error;
 mod event;
 #[cfg(test)]
 mod fake;
+mod hub;
 mod shared;
 #[cfg(test)]
 mod shared_tests;
