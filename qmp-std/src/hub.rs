@@ -312,6 +312,21 @@ pub(crate) fn send_options(
     }
 }
 
+/// How a client sharing one connection shows itself in `{:?}`.
+pub(crate) fn fmt_client(
+    f: &mut fmt::Formatter<'_>,
+    name: &str,
+    server: &qmp_proto::ServerInfo,
+    in_flight: usize,
+    closed: bool,
+) -> fmt::Result {
+    f.debug_struct(name)
+        .field("server", server)
+        .field("in_flight", &in_flight)
+        .field("closed", &closed)
+        .finish_non_exhaustive()
+}
+
 /// A copy of an I/O error, to hand to more than one caller.
 pub(crate) fn copy_io(e: &io::Error) -> io::Error {
     io::Error::new(e.kind(), e.to_string())

@@ -262,11 +262,13 @@ pub struct SharedClient {
 
 impl fmt::Debug for SharedClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SharedClient")
-            .field("server", &self.inner().server)
-            .field("in_flight", &self.in_flight())
-            .field("closed", &self.is_closed())
-            .finish_non_exhaustive()
+        hub::fmt_client(
+            f,
+            "SharedClient",
+            self.server(),
+            self.in_flight(),
+            self.is_closed(),
+        )
     }
 }
 
@@ -343,36 +345,7 @@ impl SharedClient {
         &self.owner.inner
     }
 
-    /// What the server's greeting said, and what was negotiated.
-    pub fn server(&self) -> &ServerInfo {
-        &self.inner().server
-    }
-
-    /// Whether out-of-band execution was negotiated.
-    pub fn oob_enabled(&self) -> bool {
-        self.inner().server.oob_enabled
-    }
-
-    /// Whether the connection is gone (every later command fails).
-    pub fn is_closed(&self) -> bool {
-        self.inner().lock().is_closed()
-    }
-
-    /// Commands sent and not answered yet, abandoned ones still owed a reply included.
-    pub fn in_flight(&self) -> usize {
-        self.inner().lock().driver.in_flight()
-    }
-
-    /// Late replies to abandoned (timed-out) commands, discarded by id so far.
-    pub fn discarded_replies(&self) -> u64 {
-        self.inner().lock().driver.discarded_replies()
-    }
-
-    /// Messages dropped as the protocol asks (replies matching no command, id-less errors,
-    /// malformed frames without a command to blame), so far.
-    pub fn dropped_messages(&self) -> u64 {
-        self.inner().lock().driver.dropped_messages()
-    }
+    hub_getters!();
 
     /// Closes the connection now, for every handle: waiting commands fail with
     /// [`Error::Disconnected`], subscriptions end.

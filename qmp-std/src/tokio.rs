@@ -675,11 +675,13 @@ pub struct Client {
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Client")
-            .field("server", &self.inner().server)
-            .field("in_flight", &self.in_flight())
-            .field("closed", &self.is_closed())
-            .finish_non_exhaustive()
+        hub::fmt_client(
+            f,
+            "Client",
+            self.server(),
+            self.in_flight(),
+            self.is_closed(),
+        )
     }
 }
 
@@ -700,37 +702,7 @@ impl Client {
         &self.owner.inner
     }
 
-    /// What the server's greeting said, and what was negotiated.
-    pub fn server(&self) -> &ServerInfo {
-        &self.inner().server
-    }
-
-    /// Whether out-of-band execution was negotiated.
-    pub fn oob_enabled(&self) -> bool {
-        self.inner().server.oob_enabled
-    }
-
-    /// Whether the connection is gone (every later command fails).
-    pub fn is_closed(&self) -> bool {
-        self.inner().lock().hub.is_closed()
-    }
-
-    /// Commands sent and not answered yet, abandoned ones still owed a reply included.
-    pub fn in_flight(&self) -> usize {
-        self.inner().lock().hub.driver.in_flight()
-    }
-
-    /// Late replies to abandoned (cancelled) commands, discarded by id so far.
-    pub fn discarded_replies(&self) -> u64 {
-        self.inner().lock().hub.driver.discarded_replies()
-    }
-
-    /// Messages dropped as the protocol asks (replies matching no command, such as late
-    /// replies to commands that timed out, id-less errors, malformed frames without a
-    /// command to blame), so far.
-    pub fn dropped_messages(&self) -> u64 {
-        self.inner().lock().hub.driver.dropped_messages()
-    }
+    hub_getters!(.hub);
 
     /// Closes the connection now, for every clone: commands waiting fail with
     /// [`Error::Disconnected`], event streams end.
