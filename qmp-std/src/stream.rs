@@ -147,20 +147,28 @@ fn send_all(socket: BorrowedFd<'_>, mut bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-impl Stream for UnixStream {
-    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
-        UnixStream::set_read_timeout(self, timeout).map(|()| true)
-    }
-    fn set_write_timeout(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
-        UnixStream::set_write_timeout(self, timeout).map(|()| true)
-    }
-    fn write_message(&mut self, bytes: &[u8]) -> io::Result<()> {
-        send_all(self.as_fd(), bytes)
-    }
-    fn write_some(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        send_some(self.as_fd(), bytes)
-    }
+/// [`Stream`] for std sockets: their own timeouts, and writes through `send(2)` with
+/// `MSG_NOSIGNAL`.
+macro_rules! socket_stream {
+    ($($socket:ident),*) => {$(
+        impl Stream for $socket {
+            fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
+                $socket::set_read_timeout(self, timeout).map(|()| true)
+            }
+            fn set_write_timeout(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
+                $socket::set_write_timeout(self, timeout).map(|()| true)
+            }
+            fn write_message(&mut self, bytes: &[u8]) -> io::Result<()> {
+                send_all(self.as_fd(), bytes)
+            }
+            fn write_some(&mut self, bytes: &[u8]) -> io::Result<usize> {
+                send_some(self.as_fd(), bytes)
+            }
+        }
+    )*};
 }
+
+socket_stream!(UnixStream, TcpStream);
 
 impl FdStream for UnixStream {
     fn send_with_fds(&mut self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
@@ -184,20 +192,5 @@ impl FdStream for UnixStream {
                 Err(e) => return Err(e.into()),
             }
         }
-    }
-}
-
-impl Stream for TcpStream {
-    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
-        TcpStream::set_read_timeout(self, timeout).map(|()| true)
-    }
-    fn set_write_timeout(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
-        TcpStream::set_write_timeout(self, timeout).map(|()| true)
-    }
-    fn write_message(&mut self, bytes: &[u8]) -> io::Result<()> {
-        send_all(self.as_fd(), bytes)
-    }
-    fn write_some(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        send_some(self.as_fd(), bytes)
     }
 }
