@@ -49,6 +49,45 @@ pub(crate) fn failure<E>(outcome: Option<Outcome<'_>>, reported: &mut bool) -> E
     }
 }
 
+/// Expands, inside [`client!`]'s `impl`, a typed `execute` and its raw twin, in band or out
+/// of band (`oob`), so that both pairs read alike.
+macro_rules! execute_pair {
+    (
+        [$($async:tt)?] [$($await:tt)*] oob: $oob:literal;
+        $(#[$typed_doc:meta])* fn $typed:ident;
+        $(#[$raw_doc:meta])* fn $raw:ident;
+    ) => {
+        $(#[$typed_doc])*
+        pub $($async)? fn $typed<'a, T, A>(
+            &'a mut self,
+            name: &str,
+            arguments: &A,
+        ) -> Result<T, $crate::Error<L::Error>>
+        where
+            T: serde::Deserialize<'a>,
+            A: serde::Serialize + ?Sized,
+        {
+            let id = self.command(name, arguments, $oob) $($await)* ?;
+            self.decode(id)
+        }
+
+        $(#[$raw_doc])*
+        pub $($async)? fn $raw<A>(
+            &mut self,
+            name: &str,
+            arguments: &A,
+        ) -> Result<qmp_proto::RawJson<'_>, $crate::Error<L::Error>>
+        where
+            A: serde::Serialize + ?Sized,
+        {
+            let id = self.command(name, arguments, $oob) $($await)* ?;
+            self.raw(id)
+        }
+    };
+}
+
+pub(crate) use execute_pair;
+
 /// Defines a client type and its methods; `$($async)?` and `$($await)*` are `async` and
 /// `.await` for the async client, nothing for the blocking one. The link traits `Read` and
 /// `Write` resolve where the macro is invoked.
@@ -209,69 +248,31 @@ macro_rules! client {
                 self.info()
             }
 
-            /// Runs `name` with `arguments` (a struct or map, or `&()` for none) and
-            /// deserializes its `return` value into `T`, which may borrow from the receive
-            /// buffer (`&str` fields, as long as the strings have no escapes) or own its
-            /// data (`heapless::String`, numbers; escaped strings are unescaped through the
-            /// transmit buffer).
-            ///
-            /// Events that arrive meanwhile are queued for
-            /// [`next_event`](Self::next_event).
-            pub $($async)? fn execute<'a, T, A>(
-                &'a mut self,
-                name: &str,
-                arguments: &A,
-            ) -> Result<T, $crate::Error<L::Error>>
-            where
-                T: serde::Deserialize<'a>,
-                A: serde::Serialize + ?Sized,
-            {
-                let id = self.command(name, arguments, false) $($await)* ?;
-                self.decode(id)
+            $crate::client::execute_pair! {
+                [$($async)?] [$($await)*] oob: false;
+                /// Runs `name` with `arguments` (a struct or map, or `&()` for none) and
+                /// deserializes its `return` value into `T`, which may borrow from the receive
+                /// buffer (`&str` fields, as long as the strings have no escapes) or own its
+                /// data (`heapless::String`, numbers; escaped strings are unescaped through the
+                /// transmit buffer).
+                ///
+                /// Events that arrive meanwhile are queued for
+                /// [`next_event`](Self::next_event).
+                fn execute;
+                /// Runs `name` with `arguments` and returns its `return` value as raw JSON (its
+                /// bytes via [`RawJson::as_json`](qmp_proto::RawJson::as_json)), borrowed from
+                /// the receive buffer. Use it, and drop the result, for commands whose return
+                /// value (`{}`) does not matter.
+                fn execute_raw;
             }
 
-            /// Runs `name` with `arguments` and returns its `return` value as raw JSON (its
-            /// bytes via [`RawJson::as_json`](qmp_proto::RawJson::as_json)), borrowed from
-            /// the receive buffer. Use it, and drop the result, for commands whose return
-            /// value (`{}`) does not matter.
-            pub $($async)? fn execute_raw<A>(
-                &mut self,
-                name: &str,
-                arguments: &A,
-            ) -> Result<qmp_proto::RawJson<'_>, $crate::Error<L::Error>>
-            where
-                A: serde::Serialize + ?Sized,
-            {
-                let id = self.command(name, arguments, false) $($await)* ?;
-                self.raw(id)
-            }
-
-            /// Like [`execute`](Self::execute), out of band (`exec-oob`): needs `oob`
-            /// negotiated.
-            pub $($async)? fn execute_oob<'a, T, A>(
-                &'a mut self,
-                name: &str,
-                arguments: &A,
-            ) -> Result<T, $crate::Error<L::Error>>
-            where
-                T: serde::Deserialize<'a>,
-                A: serde::Serialize + ?Sized,
-            {
-                let id = self.command(name, arguments, true) $($await)* ?;
-                self.decode(id)
-            }
-
-            /// Like [`execute_raw`](Self::execute_raw), out of band (`exec-oob`).
-            pub $($async)? fn execute_oob_raw<A>(
-                &mut self,
-                name: &str,
-                arguments: &A,
-            ) -> Result<qmp_proto::RawJson<'_>, $crate::Error<L::Error>>
-            where
-                A: serde::Serialize + ?Sized,
-            {
-                let id = self.command(name, arguments, true) $($await)* ?;
-                self.raw(id)
+            $crate::client::execute_pair! {
+                [$($async)?] [$($await)*] oob: true;
+                /// Like [`execute`](Self::execute), out of band (`exec-oob`): needs `oob`
+                /// negotiated.
+                fn execute_oob;
+                /// Like [`execute_raw`](Self::execute_raw), out of band (`exec-oob`).
+                fn execute_oob_raw;
             }
 
             /// Runs one of the core's typed commands ([`qmp_proto::commands`]), e.g.

@@ -245,6 +245,17 @@ mod tests {
             .expect("the connect ignored its timeout (still blocked after 20 s)")
     }
 
+    /// A connect that gave up at its timeout, and not much later.
+    fn assert_timed_out(result: Result<(), Error>, elapsed: Duration) {
+        eprintln!("{result:?} after {elapsed:?}");
+        assert!(
+            matches!(result, Err(Error::Timeout(_))),
+            "expected Error::Timeout, got {result:?}"
+        );
+        assert!(elapsed >= TIMEOUT, "gave up early: {elapsed:?}");
+        assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
+    }
+
     #[test]
     fn connect_unix_times_out_on_a_full_accept_queue() {
         let listener = FullListener::new("blocking");
@@ -256,13 +267,7 @@ mod tests {
                 .connect_unix(&path);
             (result.map(drop), start.elapsed())
         });
-        eprintln!("{result:?} after {elapsed:?}");
-        assert!(
-            matches!(result, Err(Error::Timeout(_))),
-            "expected Error::Timeout, got {result:?}"
-        );
-        assert!(elapsed >= TIMEOUT, "gave up early: {elapsed:?}");
-        assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
+        assert_timed_out(result, elapsed);
     }
 
     #[test]
@@ -319,12 +324,6 @@ mod tests {
                 (result.map(drop), start.elapsed())
             })
         });
-        eprintln!("{result:?} after {elapsed:?}");
-        assert!(
-            matches!(result, Err(Error::Timeout(_))),
-            "expected Error::Timeout, got {result:?}"
-        );
-        assert!(elapsed >= TIMEOUT, "gave up early: {elapsed:?}");
-        assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
+        assert_timed_out(result, elapsed);
     }
 }

@@ -149,6 +149,46 @@ macro_rules! shared_option_setters {
     };
 }
 
+/// The getters of the clients that share one connection ([`SharedClient`] and the tokio
+/// client), so they read the same. Expands inside the `impl` of a type with
+/// `inner() -> &Inner`, where `Inner` has a `server` field and `lock()` gives a guard whose
+/// `$($hub)*` path is the [`hub::Hub`].
+macro_rules! hub_getters {
+    ($($hub:tt)*) => {
+        /// What the server's greeting said, and what was negotiated.
+        pub fn server(&self) -> &ServerInfo {
+            &self.inner().server
+        }
+
+        /// Whether out-of-band execution was negotiated.
+        pub fn oob_enabled(&self) -> bool {
+            self.inner().server.oob_enabled
+        }
+
+        /// Whether the connection is gone (every later command fails).
+        pub fn is_closed(&self) -> bool {
+            self.inner().lock()$($hub)*.is_closed()
+        }
+
+        /// Commands sent and not answered yet, abandoned ones still owed a reply included.
+        pub fn in_flight(&self) -> usize {
+            self.inner().lock()$($hub)*.driver.in_flight()
+        }
+
+        /// Late replies to abandoned (timed-out or cancelled) commands, discarded by id so
+        /// far.
+        pub fn discarded_replies(&self) -> u64 {
+            self.inner().lock()$($hub)*.driver.discarded_replies()
+        }
+
+        /// Messages dropped as the protocol asks (replies matching no command, id-less
+        /// errors, malformed frames without a command to blame), so far.
+        pub fn dropped_messages(&self) -> u64 {
+            self.inner().lock()$($hub)*.driver.dropped_messages()
+        }
+    };
+}
+
 mod client;
 pub mod commands;
 mod connect;
@@ -157,6 +197,7 @@ mod error;
 mod event;
 #[cfg(test)]
 mod fake;
+mod hub;
 mod shared;
 #[cfg(test)]
 mod shared_tests;

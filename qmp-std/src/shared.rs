@@ -30,25 +30,23 @@ use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak, mpsc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::Value;
 
-use qmp_proto::{
-    CloseReason, CommandId, Deadline, Done, EventQueue, Expired, LinkError, SendError, SendOptions,
-    ServerInfo,
-};
+use qmp_proto::{Done, Expired, LinkError, SendError, ServerInfo};
 
 use crate::client::{Client, ClientBuilder, Options};
 use serde::de::DeserializeOwned;
 
 use crate::commands::{Command, HumanMonitorCommand};
-use crate::drive::{self, Answer, Ended, EventList, StdDriver};
+use crate::drive::{self, Answer};
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::hub::{self, Hub, copy_io, decode};
 use crate::stream::{FdStream, Stream};
 
 /// How many events a [`Subscription`] holds before it drops new ones (and says so with
@@ -101,137 +99,11 @@ impl SplitStream for TcpStream {
     }
 }
 
-/// One subscriber's queue.
-#[derive(Debug)]
-struct Queue {
-    state: Mutex<QueueState>,
-    ready: Condvar,
-}
-
-#[derive(Debug)]
-struct QueueState {
-    events: EventQueue<EventList>,
-    ended: Option<Ended>,
-}
-
-impl Queue {
-    fn new(capacity: usize) -> Self {
-        Self {
-            state: Mutex::new(QueueState {
-                events: EventQueue::new(EventList::new(Some(capacity.max(1)))),
-                ended: None,
-            }),
-            ready: Condvar::new(),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, QueueState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn push(&self, items: &[drive::Queued]) {
-        let mut st = self.lock();
-        for item in items {
-            drive::push_queued(&mut st.events, item);
-        }
-        self.ready.notify_all();
-    }
-
-    fn end(&self, ended: &Ended) {
-        self.lock().ended.get_or_insert_with(|| ended.clone());
-        self.ready.notify_all();
-    }
-}
+/// One subscriber's queue: a reader waits on its condition variable.
+type Queue = hub::Queue<Condvar>;
 
 /// What the lock guards: the driver, who waits for which command, and the subscribers.
-#[derive(Debug)]
-struct State {
-    driver: StdDriver<EventList>,
-    waiters: Vec<(CommandId, mpsc::Sender<Answer>)>,
-    subscribers: Vec<Weak<Queue>>,
-    /// The first subscriber's queue, made at the start so that it misses nothing.
-    first: Option<Arc<Queue>>,
-    /// The I/O error that ended the connection, if one did.
-    io_error: Option<io::Error>,
-    ended: Option<Ended>,
-}
-
-impl State {
-    /// Hands out everything the driver has completed: each outcome to its caller, each
-    /// event to every subscriber, and at the end the end. Returns whether a command slot
-    /// may have freed (so waiters for room should look again).
-    fn deliver(&mut self, max_reply_size: usize) -> bool {
-        let mut freed = false;
-        while let Some(done) = self.driver.poll() {
-            match done {
-                Done::Completed(id) => {
-                    freed = true;
-                    let Self {
-                        driver, io_error, ..
-                    } = self;
-                    let reason = driver.close_reason();
-                    let answer = drive::take_answer(driver, id, max_reply_size, || {
-                        drive::closed_error(reason, io_error.as_ref().map(copy_io))
-                    });
-                    if let Some(at) = self.waiters.iter().position(|w| w.0 == id)
-                        && let Some(answer) = answer
-                    {
-                        let _ = self.waiters.swap_remove(at).1.send(answer);
-                    }
-                }
-                Done::Event => self.fan_out(),
-                Done::Closed(reason) => {
-                    self.fan_out();
-                    self.end(reason);
-                    return true;
-                }
-                _ => {}
-            }
-        }
-        self.fan_out();
-        freed
-    }
-
-    fn fan_out(&mut self) {
-        if self.driver.events().is_ready(None) {
-            let items = drive::drain_events(&mut self.driver);
-            self.subscribers.retain(|queue| match queue.upgrade() {
-                Some(queue) => {
-                    queue.push(&items);
-                    true
-                }
-                None => false,
-            });
-        }
-    }
-
-    fn end(&mut self, reason: CloseReason) {
-        if self.ended.is_some() {
-            return;
-        }
-        let ended = Ended::new(reason, self.io_error.as_ref());
-        for (_, waiter) in self.waiters.drain(..) {
-            let _ = waiter.send(Err(ended.error()));
-        }
-        for queue in self.subscribers.drain(..).filter_map(|q| q.upgrade()) {
-            queue.end(&ended);
-        }
-        if let Some(first) = &self.first {
-            first.end(&ended);
-        }
-        self.ended = Some(ended);
-    }
-
-    fn closed_error(&self) -> Error {
-        self.ended
-            .as_ref()
-            .map_or(Error::Disconnected, Ended::error)
-    }
-}
-
-fn copy_io(e: &io::Error) -> io::Error {
-    io::Error::new(e.kind(), e.to_string())
-}
+type State = Hub<mpsc::Sender<Answer>, Condvar>;
 
 /// The connection, shared by every handle and the reader thread.
 struct Inner {
@@ -260,7 +132,24 @@ impl Inner {
 
     /// Delivers what the driver completed, and wakes those waiting for room.
     fn deliver(&self, st: &mut State) {
-        if st.deliver(self.max_reply_size) {
+        let mut freed = false;
+        while let Some(done) = st.driver.poll() {
+            match done {
+                Done::Completed(id) => {
+                    freed = true;
+                    st.complete(id, self.max_reply_size);
+                }
+                Done::Event => st.fan_out(),
+                Done::Closed(reason) => {
+                    st.end(reason);
+                    self.room.notify_all();
+                    return;
+                }
+                _ => {}
+            }
+        }
+        st.fan_out();
+        if freed {
             self.room.notify_all();
         }
     }
@@ -300,11 +189,7 @@ fn read_loop(inner: Arc<Inner>, mut stream: Box<dyn SplitStream>) {
                 if inner.closing.load(Ordering::Acquire) {
                     st.driver.close();
                 } else {
-                    let kind = drive::link_error(&e);
-                    if kind == LinkError::Fatal {
-                        st.io_error = Some(e);
-                    }
-                    st.driver.handle_read_error(kind, now);
+                    st.read_failed(e, now);
                 }
             }
         }
@@ -379,11 +264,13 @@ pub struct SharedClient {
 
 impl fmt::Debug for SharedClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SharedClient")
-            .field("server", &self.inner().server)
-            .field("in_flight", &self.in_flight())
-            .field("closed", &self.is_closed())
-            .finish_non_exhaustive()
+        hub::fmt_client(
+            f,
+            "SharedClient",
+            self.server(),
+            self.in_flight(),
+            self.is_closed(),
+        )
     }
 }
 
@@ -428,16 +315,8 @@ impl SharedClient {
         let closer = parts.stream.try_clone()?;
         let options: Options = parts.options;
         // Events the client queued and nobody took go to the first subscriber.
-        let first = Arc::new(Queue::new(DEFAULT_SUBSCRIPTION_CAPACITY));
         let inner = Arc::new(Inner {
-            state: Mutex::new(State {
-                driver,
-                waiters: Vec::new(),
-                subscribers: vec![Arc::downgrade(&first)],
-                first: Some(first),
-                io_error: None,
-                ended: None,
-            }),
+            state: Mutex::new(State::new(driver, Some(DEFAULT_SUBSCRIPTION_CAPACITY))),
             room: Condvar::new(),
             writer: Mutex::new(Box::new(parts.stream)),
             closer: Box::new(move || {
@@ -468,37 +347,7 @@ impl SharedClient {
         &self.owner.inner
     }
 
-    /// What the server's greeting said, and what was negotiated.
-    pub fn server(&self) -> &ServerInfo {
-        &self.inner().server
-    }
-
-    /// Whether out-of-band execution was negotiated.
-    pub fn oob_enabled(&self) -> bool {
-        self.inner().server.oob_enabled
-    }
-
-    /// Whether the connection is gone (every later command fails).
-    pub fn is_closed(&self) -> bool {
-        let st = self.inner().lock();
-        st.ended.is_some() || st.driver.is_closed()
-    }
-
-    /// Commands sent and not answered yet, abandoned ones still owed a reply included.
-    pub fn in_flight(&self) -> usize {
-        self.inner().lock().driver.in_flight()
-    }
-
-    /// Late replies to abandoned (timed-out) commands, discarded by id so far.
-    pub fn discarded_replies(&self) -> u64 {
-        self.inner().lock().driver.discarded_replies()
-    }
-
-    /// Messages dropped as the protocol asks (replies matching no command, id-less errors,
-    /// malformed frames without a command to blame), so far.
-    pub fn dropped_messages(&self) -> u64 {
-        self.inner().lock().driver.dropped_messages()
-    }
+    hub_getters!();
 
     /// Closes the connection now, for every handle: waiting commands fail with
     /// [`Error::Disconnected`], subscriptions end.
@@ -516,21 +365,7 @@ impl SharedClient {
 
     /// [`subscribe`](Self::subscribe), holding up to `capacity` unread events.
     pub fn subscribe_with_capacity(&self, capacity: usize) -> Subscription {
-        let mut st = self.inner().lock();
-        let queue = match st.first.take() {
-            Some(first) => {
-                first.lock().events.store_mut().max = Some(capacity.max(1));
-                first
-            }
-            None => {
-                let queue = Arc::new(Queue::new(capacity));
-                match &st.ended {
-                    Some(ended) => queue.end(ended),
-                    None => st.subscribers.push(Arc::downgrade(&queue)),
-                }
-                queue
-            }
-        };
+        let queue = self.inner().lock().subscribe(Some(capacity.max(1)));
         Subscription {
             queue,
             ended: false,
@@ -644,26 +479,16 @@ impl SharedClient {
         let inner = self.inner();
         let start = Instant::now();
         let deadline = timeout.map(|t| start + t);
-        let options = SendOptions {
-            oob,
-            deadline: match timeout {
-                Some(t) => Deadline::At(inner.now() + t),
-                None => Deadline::Never,
-            },
-            attach: !fds.is_empty(),
-        };
+        let options = hub::send_options(oob, timeout, !fds.is_empty(), inner.now());
         let (reply, answer) = mpsc::channel();
         let mut bytes = Vec::new();
         let id = {
             let mut st = inner.lock();
             let id = loop {
-                if let Some(ended) = &st.ended {
-                    return Err(ended.error());
-                }
-                match st.driver.execute(name, arguments, options, inner.now()) {
-                    Ok(id) => break id,
+                match st.execute(name, arguments, options, inner.now())? {
+                    Some(id) => break id,
                     // No room: wait until a command completes, within the deadline.
-                    Err(SendError::QueueFull | SendError::TableFull | SendError::Busy) => {
+                    None => {
                         st = match deadline {
                             None => inner.room.wait(st).unwrap_or_else(|p| p.into_inner()),
                             Some(deadline) => {
@@ -679,9 +504,6 @@ impl SharedClient {
                             }
                         };
                     }
-                    Err(SendError::Closed) => return Err(st.closed_error()),
-                    Err(SendError::Encode(e)) => return Err(Error::Encode(e)),
-                    Err(e) => return Err(Error::Refused(e)),
                 }
             };
             // The bytes leave the driver now; this thread writes them.
@@ -691,7 +513,7 @@ impl SharedClient {
                 let n = queued.len();
                 st.driver.handle_written(n, now);
             }
-            st.waiters.push((id, reply));
+            st.wait_for(id, reply);
             id
         };
         let written = {
@@ -711,8 +533,7 @@ impl SharedClient {
         if let Err(e) = written {
             // The command never (wholly) reached the server.
             let mut st = inner.lock();
-            st.waiters.retain(|w| w.0 != id);
-            st.driver.abandon(id);
+            st.abandon(id);
             let kind = match drive::link_error(&e) {
                 // Part of it may be on the wire, marked written: the stream is out of step.
                 LinkError::Transient => LinkError::Fatal,
@@ -770,10 +591,6 @@ fn min_instant(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     }
 }
 
-fn decode<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
-    serde_json::from_str(json).map_err(Error::Decode)
-}
-
 /// One subscriber's events from a [`SharedClient`], in arrival order.
 ///
 /// Unread events wait in the subscription, up to its capacity. Past it, new events are
@@ -789,14 +606,9 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    fn take(st: &mut QueueState, name: Option<&str>) -> Option<Result<Event>> {
-        match st.events.take(name) {
-            Some(Ok(event)) => Some(Ok(event)),
-            Some(Err(lagged)) => Some(Err(Error::Lagged {
-                missed: lagged.missed,
-            })),
-            None => st.ended.as_ref().map(|ended| Err(ended.error())),
-        }
+    fn take(st: &mut hub::QueueState<()>, name: Option<&str>) -> Option<Result<Event>> {
+        st.take(name)
+            .or_else(|| st.ended.as_ref().map(|ended| Err(ended.error())))
     }
 
     fn wait(&self, name: Option<&str>, timeout: Option<Duration>) -> Result<Event> {

@@ -80,39 +80,31 @@ impl<S: Write> Write for Plain<S> {
 
 impl<S: Read + Write> Stream for Plain<S> {}
 
-impl<S: Stream + ?Sized> Stream for &mut S {
-    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
-        (**self).set_read_timeout(timeout)
-    }
-    fn set_write_timeout(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
-        (**self).set_write_timeout(timeout)
-    }
-    fn write_message(&mut self, bytes: &[u8]) -> io::Result<()> {
-        (**self).write_message(bytes)
-    }
-    fn write_some(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        (**self).write_some(bytes)
-    }
+/// [`Stream`] for pointers to streams: every method goes to the stream pointed to.
+macro_rules! forward_stream {
+    ($($pointer:ty),*) => {$(
+        impl<S: Stream + ?Sized> Stream for $pointer {
+            fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
+                (**self).set_read_timeout(timeout)
+            }
+            fn set_write_timeout(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
+                (**self).set_write_timeout(timeout)
+            }
+            fn write_message(&mut self, bytes: &[u8]) -> io::Result<()> {
+                (**self).write_message(bytes)
+            }
+            fn write_some(&mut self, bytes: &[u8]) -> io::Result<usize> {
+                (**self).write_some(bytes)
+            }
+        }
+    )*};
 }
+
+forward_stream!(&mut S, Box<S>);
 
 impl<S: FdStream + ?Sized> FdStream for &mut S {
     fn send_with_fds(&mut self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
         (**self).send_with_fds(bytes, fds)
-    }
-}
-
-impl<S: Stream + ?Sized> Stream for Box<S> {
-    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
-        (**self).set_read_timeout(timeout)
-    }
-    fn set_write_timeout(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
-        (**self).set_write_timeout(timeout)
-    }
-    fn write_message(&mut self, bytes: &[u8]) -> io::Result<()> {
-        (**self).write_message(bytes)
-    }
-    fn write_some(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        (**self).write_some(bytes)
     }
 }
 
@@ -147,20 +139,28 @@ fn send_all(socket: BorrowedFd<'_>, mut bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-impl Stream for UnixStream {
-    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
-        UnixStream::set_read_timeout(self, timeout).map(|()| true)
-    }
-    fn set_write_timeout(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
-        UnixStream::set_write_timeout(self, timeout).map(|()| true)
-    }
-    fn write_message(&mut self, bytes: &[u8]) -> io::Result<()> {
-        send_all(self.as_fd(), bytes)
-    }
-    fn write_some(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        send_some(self.as_fd(), bytes)
-    }
+/// [`Stream`] for std sockets: their own timeouts, and writes through `send(2)` with
+/// `MSG_NOSIGNAL`.
+macro_rules! socket_stream {
+    ($($socket:ident),*) => {$(
+        impl Stream for $socket {
+            fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
+                $socket::set_read_timeout(self, timeout).map(|()| true)
+            }
+            fn set_write_timeout(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
+                $socket::set_write_timeout(self, timeout).map(|()| true)
+            }
+            fn write_message(&mut self, bytes: &[u8]) -> io::Result<()> {
+                send_all(self.as_fd(), bytes)
+            }
+            fn write_some(&mut self, bytes: &[u8]) -> io::Result<usize> {
+                send_some(self.as_fd(), bytes)
+            }
+        }
+    )*};
 }
+
+socket_stream!(UnixStream, TcpStream);
 
 impl FdStream for UnixStream {
     fn send_with_fds(&mut self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
@@ -184,20 +184,5 @@ impl FdStream for UnixStream {
                 Err(e) => return Err(e.into()),
             }
         }
-    }
-}
-
-impl Stream for TcpStream {
-    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
-        TcpStream::set_read_timeout(self, timeout).map(|()| true)
-    }
-    fn set_write_timeout(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
-        TcpStream::set_write_timeout(self, timeout).map(|()| true)
-    }
-    fn write_message(&mut self, bytes: &[u8]) -> io::Result<()> {
-        send_all(self.as_fd(), bytes)
-    }
-    fn write_some(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        send_some(self.as_fd(), bytes)
     }
 }

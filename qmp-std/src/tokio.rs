@@ -77,7 +77,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -88,18 +88,16 @@ use ::tokio::time::Sleep;
 use serde::Serialize;
 use serde_json::Value;
 
-use qmp_proto::{
-    CommandId, Deadline, Done, EventQueue, Expired, Io, LinkError, SendError, SendOptions,
-    ServerInfo, Wait,
-};
+use qmp_proto::{CommandId, Done, Expired, Io, LinkError, ServerInfo, Wait};
 
 use crate::client::Options;
 use serde::de::DeserializeOwned;
 
 use crate::commands::{Command, HumanMonitorCommand};
-use crate::drive::{self, Answer, Ended, EventList, StdDriver, TABLE};
+use crate::drive::{self, Answer, EventList, StdDriver, TABLE};
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::hub::{self, Hub, WakeReady, decode};
 
 /// Events a subscriber may fall behind by before new ones are dropped (and it is told).
 pub const DEFAULT_EVENT_CAPACITY: usize = 64;
@@ -228,17 +226,11 @@ impl ClientBuilder {
         };
         handshake(&socket, &mut driver, origin, options.max_reply_size).await?;
         let server = driver.server().cloned().ok_or(Error::Disconnected)?;
-        let first = Arc::new(Sub::new(options.max_queued_events));
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
-                driver,
-                waiters: Vec::new(),
-                subscribers: vec![Arc::downgrade(&first)],
-                first: Some(first),
+                hub: Hub::new(driver, options.max_queued_events),
                 task: None,
                 fds: None,
-                io_error: None,
-                ended: None,
             }),
             socket,
             room: Notify::new(),
@@ -436,95 +428,25 @@ fn unsupported_fds() -> io::Error {
     )
 }
 
-/// One subscriber's queue.
-#[derive(Debug)]
-struct Sub {
-    state: Mutex<SubState>,
-}
-
-#[derive(Debug)]
-struct SubState {
-    events: EventQueue<EventList>,
-    ended: Option<Ended>,
-    waker: Option<Waker>,
-}
-
-impl Sub {
-    fn new(capacity: Option<usize>) -> Self {
-        Self {
-            state: Mutex::new(SubState {
-                events: EventQueue::new(EventList::new(capacity)),
-                ended: None,
-                waker: None,
-            }),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, SubState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn push(&self, items: &[drive::Queued]) {
-        let mut st = self.lock();
-        for item in items {
-            drive::push_queued(&mut st.events, item);
-        }
-        if let Some(waker) = st.waker.take() {
-            waker.wake();
-        }
-    }
-
-    fn end(&self, ended: &Ended) {
-        let mut st = self.lock();
-        st.ended.get_or_insert_with(|| ended.clone());
-        if let Some(waker) = st.waker.take() {
-            waker.wake();
-        }
-    }
-}
+/// One subscriber's queue: a reader waiting for an event leaves its waker there.
+type Sub = hub::Queue<WakeReady>;
 
 /// What the lock guards.
 #[derive(Debug)]
 struct State {
-    driver: StdDriver<EventList>,
-    /// Who waits for which command's answer.
-    waiters: Vec<(CommandId, oneshot::Sender<Answer>)>,
-    subscribers: Vec<Weak<Sub>>,
-    /// The first subscriber's queue, made at connect time so it misses nothing.
-    first: Option<Arc<Sub>>,
+    /// The driver, who waits for which command, the subscribers.
+    hub: Hub<oneshot::Sender<Answer>, WakeReady>,
     /// The drive task, to wake when bytes wait to be written, a deadline may come before
     /// its timer, or the client closes.
     task: Option<Waker>,
     /// The file descriptors to send with the next command sent with an attachment.
     fds: Option<Vec<OwnedFd>>,
-    /// The I/O error that ended the connection, if one did.
-    io_error: Option<io::Error>,
-    ended: Option<Ended>,
 }
 
 impl State {
-    fn closed_error(&self) -> Error {
-        self.ended
-            .as_ref()
-            .map_or(Error::Disconnected, Ended::error)
-    }
-
     fn wake_task(&self) {
         if let Some(task) = &self.task {
             task.wake_by_ref();
-        }
-    }
-
-    fn fan_out(&mut self) {
-        if self.driver.events().is_ready(None) {
-            let items = drive::drain_events(&mut self.driver);
-            self.subscribers.retain(|sub| match sub.upgrade() {
-                Some(sub) => {
-                    sub.push(&items);
-                    true
-                }
-                None => false,
-            });
         }
     }
 }
@@ -562,24 +484,12 @@ impl Inner {
         let mut freed = false;
         loop {
             let now = self.now();
-            match st.driver.poll_io(now, Wait::Idle, None) {
+            match st.hub.driver.poll_io(now, Wait::Idle, None) {
                 Io::Done(Done::Completed(id)) => {
                     freed = true;
-                    let State {
-                        driver, io_error, ..
-                    } = &mut *st;
-                    let reason = driver.close_reason();
-                    let answer = drive::take_answer(driver, id, self.max_reply_size, || {
-                        drive::closed_error(reason, io_error.as_ref().map(copy_io))
-                    });
-                    if let Some(at) = st.waiters.iter().position(|w| w.0 == id)
-                        && let Some(answer) = answer
-                    {
-                        let _ = st.waiters.swap_remove(at).1.send(answer);
-                    }
+                    st.hub.complete(id, self.max_reply_size);
                 }
                 Io::Done(Done::Closed(reason)) => {
-                    st.fan_out();
                     self.end(st, reason);
                     return;
                 }
@@ -590,8 +500,8 @@ impl Inner {
                             Poll::Pending => break,
                             Poll::Ready(Ok(())) => {}
                             Poll::Ready(Err(e)) => {
-                                st.driver.handle_write_error(LinkError::Fatal, now);
-                                st.io_error = Some(e);
+                                st.hub.driver.handle_write_error(LinkError::Fatal, now);
+                                st.hub.io_error = Some(e);
                                 continue;
                             }
                         }
@@ -607,27 +517,21 @@ impl Inner {
                         self.socket.try_write(bytes)
                     };
                     match written {
-                        Ok(n) => st.driver.handle_written(n, now),
+                        Ok(n) => st.hub.driver.handle_written(n, now),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             if cx.is_none() {
                                 st.wake_task();
                                 break;
                             }
                         }
-                        Err(e) => {
-                            let kind = drive::link_error(&e);
-                            if kind == LinkError::Fatal {
-                                st.io_error = Some(e);
-                            }
-                            st.driver.handle_write_error(kind, now);
-                        }
+                        Err(e) => st.hub.write_failed(e, now),
                     }
                 }
                 Io::Read { .. } => break,
             }
         }
-        st.fan_out();
-        if freed || st.driver.queued_bytes() == 0 {
+        st.hub.fan_out();
+        if freed || st.hub.driver.queued_bytes() == 0 {
             self.room.notify_waiters();
         }
     }
@@ -635,20 +539,11 @@ impl Inner {
     /// The connection ended (everything it brought was delivered): what still waits fails,
     /// subscribers see the end, the socket is shut down.
     fn end(&self, st: &mut State, reason: qmp_proto::CloseReason) {
-        if st.ended.is_some() {
+        if !st.hub.end(reason) {
             return;
         }
-        let ended = Ended::new(reason, st.io_error.as_ref());
-        for (_, waiter) in st.waiters.drain(..) {
-            let _ = waiter.send(Err(ended.error()));
-        }
-        for sub in st.subscribers.drain(..).filter_map(|s| s.upgrade()) {
-            sub.end(&ended);
-        }
-        if let Some(first) = st.first.take() {
-            first.end(&ended);
-        }
-        st.ended = Some(ended);
+        // A subscriber made from now on starts ended and empty.
+        st.hub.first = None;
         st.fds = None;
         self.socket.shutdown();
         self.room.notify_waiters();
@@ -661,8 +556,8 @@ impl Inner {
     fn close(&self) {
         self.closing.store(true, Ordering::Release);
         let mut st = self.lock();
-        if st.ended.is_none() {
-            st.driver.close();
+        if st.hub.ended.is_none() {
+            st.hub.driver.close();
             self.run(&mut st, None);
         }
     }
@@ -671,40 +566,35 @@ impl Inner {
     fn poll_drive(&self, cx: &mut Context<'_>, timer: &mut Timer) -> Poll<()> {
         let mut guard = self.lock();
         let st = &mut *guard;
-        if self.closing.load(Ordering::Acquire) && st.ended.is_none() {
-            st.driver.close();
+        if self.closing.load(Ordering::Acquire) && st.hub.ended.is_none() {
+            st.hub.driver.close();
         }
         if !st.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             st.task = Some(cx.waker().clone());
         }
         loop {
             self.run(st, Some(cx));
-            if st.ended.is_some() {
+            if st.hub.ended.is_some() {
                 return Poll::Ready(());
             }
             match self.socket.poll_read_ready(cx) {
                 Poll::Pending => {}
                 Poll::Ready(result) => {
                     let now = self.now();
-                    match result.and_then(|()| self.socket.read_drained(st.driver.read_buf())) {
-                        Ok(n) => st.driver.handle_read(n, now),
+                    let driver = &mut st.hub.driver;
+                    match result.and_then(|()| self.socket.read_drained(driver.read_buf())) {
+                        Ok(n) => driver.handle_read(n, now),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => {
-                            let kind = drive::link_error(&e);
-                            if kind == LinkError::Fatal {
-                                st.io_error = Some(e);
-                            }
-                            st.driver.handle_read_error(kind, now);
-                        }
+                        Err(e) => st.hub.read_failed(e, now),
                     }
                     continue;
                 }
             }
-            let Some(at) = st.driver.poll_timeout() else {
+            let Some(at) = st.hub.driver.poll_timeout() else {
                 return Poll::Pending;
             };
             if timer.poll_until(cx, drive::std_instant(self.origin, at)) {
-                st.driver.handle_timeout(self.now());
+                st.hub.driver.handle_timeout(self.now());
                 continue;
             }
             return Poll::Pending;
@@ -733,10 +623,6 @@ impl Timer {
         let sleep = self.sleep.as_mut().expect("set above");
         sleep.as_mut().poll(cx).is_ready()
     }
-}
-
-fn copy_io(e: &io::Error) -> io::Error {
-    io::Error::new(e.kind(), e.to_string())
 }
 
 /// The drive task. If it is dropped unfinished (the runtime shut down), the connection is
@@ -791,11 +677,13 @@ pub struct Client {
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Client")
-            .field("server", &self.inner().server)
-            .field("in_flight", &self.in_flight())
-            .field("closed", &self.is_closed())
-            .finish_non_exhaustive()
+        hub::fmt_client(
+            f,
+            "Client",
+            self.server(),
+            self.in_flight(),
+            self.is_closed(),
+        )
     }
 }
 
@@ -816,38 +704,7 @@ impl Client {
         &self.owner.inner
     }
 
-    /// What the server's greeting said, and what was negotiated.
-    pub fn server(&self) -> &ServerInfo {
-        &self.inner().server
-    }
-
-    /// Whether out-of-band execution was negotiated.
-    pub fn oob_enabled(&self) -> bool {
-        self.inner().server.oob_enabled
-    }
-
-    /// Whether the connection is gone (every later command fails).
-    pub fn is_closed(&self) -> bool {
-        let st = self.inner().lock();
-        st.ended.is_some() || st.driver.is_closed()
-    }
-
-    /// Commands sent and not answered yet, abandoned ones still owed a reply included.
-    pub fn in_flight(&self) -> usize {
-        self.inner().lock().driver.in_flight()
-    }
-
-    /// Late replies to abandoned (cancelled) commands, discarded by id so far.
-    pub fn discarded_replies(&self) -> u64 {
-        self.inner().lock().driver.discarded_replies()
-    }
-
-    /// Messages dropped as the protocol asks (replies matching no command, such as late
-    /// replies to commands that timed out, id-less errors, malformed frames without a
-    /// command to blame), so far.
-    pub fn dropped_messages(&self) -> u64 {
-        self.inner().lock().driver.dropped_messages()
-    }
+    hub_getters!(.hub);
 
     /// Closes the connection now, for every clone: commands waiting fail with
     /// [`Error::Disconnected`], event streams end.
@@ -859,18 +716,7 @@ impl Client {
     /// first subscriber also gets those received since the connection was made).
     pub fn subscribe(&self) -> EventStream {
         let inner = self.inner();
-        let mut st = inner.lock();
-        let sub = match st.first.take() {
-            Some(first) => first,
-            None => {
-                let sub = Arc::new(Sub::new(inner.event_capacity));
-                match &st.ended {
-                    Some(ended) => sub.end(ended),
-                    None => st.subscribers.push(Arc::downgrade(&sub)),
-                }
-                sub
-            }
-        };
+        let sub = inner.lock().hub.subscribe(inner.event_capacity);
         EventStream { sub, ended: false }
     }
 
@@ -1006,14 +852,7 @@ impl Client {
             None
         };
         let wait_until = timeout.map(|t| ::tokio::time::Instant::now() + t);
-        let options = SendOptions {
-            oob,
-            deadline: match timeout {
-                Some(t) => Deadline::At(inner.now() + t),
-                None => Deadline::Never,
-            },
-            attach,
-        };
+        let options = hub::send_options(oob, timeout, attach, inner.now());
         let (reply, answer) = oneshot::channel();
         let mut reply = Some(reply);
         let id = loop {
@@ -1021,28 +860,19 @@ impl Client {
             let mut room = std::pin::pin!(room);
             {
                 let mut st = inner.lock();
-                if st.ended.is_some() {
-                    return Err(st.closed_error());
-                }
                 room.as_mut().enable();
-                match st.driver.execute(name, arguments, options, inner.now()) {
-                    Ok(id) => {
-                        st.waiters.push((id, reply.take().expect("sent once")));
-                        if attach {
-                            st.fds = fds.take();
-                        }
-                        // Written now if the socket takes it; else by the drive task, which
-                        // also sets its timer to this command's deadline.
-                        inner.run(&mut st, None);
-                        st.wake_task();
-                        break id;
+                if let Some(id) = st.hub.execute(name, arguments, options, inner.now())? {
+                    st.hub.wait_for(id, reply.take().expect("sent once"));
+                    if attach {
+                        st.fds = fds.take();
                     }
-                    // No room: wait until a command completes, within the deadline.
-                    Err(SendError::QueueFull | SendError::TableFull | SendError::Busy) => {}
-                    Err(SendError::Closed) => return Err(st.closed_error()),
-                    Err(SendError::Encode(e)) => return Err(Error::Encode(e)),
-                    Err(e) => return Err(Error::Refused(e)),
+                    // Written now if the socket takes it; else by the drive task, which also
+                    // sets its timer to this command's deadline.
+                    inner.run(&mut st, None);
+                    st.wake_task();
+                    break id;
                 }
+                // No room: wait until a command completes, within the deadline.
             }
             // Cancelled while waiting here: nothing was sent.
             match wait_until {
@@ -1062,12 +892,8 @@ impl Client {
         };
         let answer = answer.await;
         pending.done = true;
-        answer.unwrap_or_else(|_| Err(inner.lock().closed_error()))
+        answer.unwrap_or_else(|_| Err(inner.lock().hub.closed_error()))
     }
-}
-
-fn decode<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
-    serde_json::from_str(json).map_err(Error::Decode)
 }
 
 /// A command sent whose caller may go away: if it does, the command is abandoned.
@@ -1081,8 +907,7 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if !self.done {
             let mut st = self.inner.lock();
-            st.waiters.retain(|w| w.0 != self.id);
-            st.driver.abandon(self.id);
+            st.hub.abandon(self.id);
             // Abandoning may have dropped unwritten bytes (room for others).
             self.inner.run(&mut st, None);
         }
@@ -1139,12 +964,7 @@ impl EventStream {
         match ::tokio::time::timeout(timeout, next).await {
             Err(_) => Err(Error::Timeout(Expired::Event)),
             Ok(Some(item)) => item,
-            Ok(None) => Err(self
-                .sub
-                .lock()
-                .ended
-                .as_ref()
-                .map_or(Error::Disconnected, Ended::error)),
+            Ok(None) => Err(self.sub.lock().closed_error()),
         }
     }
 
@@ -1157,11 +977,8 @@ impl EventStream {
             return Poll::Ready(None);
         }
         let mut st = self.sub.lock();
-        match st.events.take(name) {
-            Some(Ok(event)) => Poll::Ready(Some(Ok(event))),
-            Some(Err(lagged)) => Poll::Ready(Some(Err(Error::Lagged {
-                missed: lagged.missed,
-            }))),
+        match st.take(name) {
+            Some(item) => Poll::Ready(Some(item)),
             None => match &st.ended {
                 Some(ended) => {
                     let item =
@@ -1171,8 +988,8 @@ impl EventStream {
                     Poll::Ready(item)
                 }
                 None => {
-                    if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                        st.waker = Some(cx.waker().clone());
+                    if !st.waiting.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        st.waiting = Some(cx.waker().clone());
                     }
                     Poll::Pending
                 }

@@ -1,0 +1,338 @@
+//! What the clients that share one connection among many callers ([`SharedClient`] on
+//! threads, the tokio `Client` on tasks) keep under their lock, written once: the driver, who
+//! waits for which command, the event subscribers and how the connection ended. They differ
+//! only in how a caller waits (a channel or a oneshot for an answer, a condition variable or
+//! a waker for an event); the [`Waiter`] and [`Ready`] traits say that part.
+//!
+//! [`SharedClient`]: crate::SharedClient
+
+use std::fmt;
+use std::io;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak, mpsc};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use qmp_proto::{CloseReason, CommandId, Deadline, EventQueue, LinkError, SendError, SendOptions};
+
+use crate::drive::{self, Answer, Ended, EventList, StdDriver};
+use crate::error::{Error, Result};
+use crate::event::Event;
+
+/// Whoever waits for a command's answer.
+pub(crate) trait Waiter {
+    /// Hands the answer over (if the caller went away, it is dropped).
+    fn answer(self, answer: Answer);
+}
+
+impl Waiter for mpsc::Sender<Answer> {
+    fn answer(self, answer: Answer) {
+        let _ = self.send(answer);
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl Waiter for ::tokio::sync::oneshot::Sender<Answer> {
+    fn answer(self, answer: Answer) {
+        let _ = self.send(answer);
+    }
+}
+
+/// How a subscriber waiting for an event is woken: `Slot` is kept under the queue's lock
+/// (a task's waker), `Self` beside it (a condition variable).
+pub(crate) trait Ready: Default + fmt::Debug {
+    /// What a waiting reader leaves under the lock.
+    type Slot: Default + fmt::Debug;
+    /// Wakes whoever waits (called with the queue locked).
+    fn notify(&self, slot: &mut Self::Slot);
+}
+
+impl Ready for Condvar {
+    type Slot = ();
+    fn notify(&self, _: &mut ()) {
+        self.notify_all();
+    }
+}
+
+/// A task waiting for an event leaves its waker in the queue.
+#[cfg(feature = "tokio")]
+#[derive(Debug, Default)]
+pub(crate) struct WakeReady;
+
+#[cfg(feature = "tokio")]
+impl Ready for WakeReady {
+    type Slot = Option<std::task::Waker>;
+    fn notify(&self, slot: &mut Self::Slot) {
+        if let Some(waker) = slot.take() {
+            waker.wake();
+        }
+    }
+}
+
+/// One subscriber's queue.
+#[derive(Debug)]
+pub(crate) struct Queue<R: Ready> {
+    state: Mutex<QueueState<R::Slot>>,
+    pub(crate) ready: R,
+}
+
+/// What a subscriber's lock guards.
+#[derive(Debug)]
+pub(crate) struct QueueState<S> {
+    pub(crate) events: EventQueue<EventList>,
+    pub(crate) ended: Option<Ended>,
+    /// Left by a waiting reader (see [`Ready`]).
+    pub(crate) waiting: S,
+}
+
+impl<S> QueueState<S> {
+    /// The next queued event called `name` (any, if `None`), or the gap before it.
+    pub(crate) fn take(&mut self, name: Option<&str>) -> Option<Result<Event>> {
+        Some(self.events.take(name)?.map_err(|lagged| Error::Lagged {
+            missed: lagged.missed,
+        }))
+    }
+
+    /// The error of the connection's end, as readers get it.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn closed_error(&self) -> Error {
+        self.ended
+            .as_ref()
+            .map_or(Error::Disconnected, Ended::error)
+    }
+}
+
+impl<R: Ready> Queue<R> {
+    /// A queue holding up to `capacity` unread events (`None`: no bound).
+    pub(crate) fn new(capacity: Option<usize>) -> Self {
+        Self {
+            state: Mutex::new(QueueState {
+                events: EventQueue::new(EventList::new(capacity)),
+                ended: None,
+                waiting: R::Slot::default(),
+            }),
+            ready: R::default(),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, QueueState<R::Slot>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, items: &[drive::Queued]) {
+        let mut st = self.lock();
+        for item in items {
+            drive::push_queued(&mut st.events, item);
+        }
+        self.ready.notify(&mut st.waiting);
+    }
+
+    fn end(&self, ended: &Ended) {
+        let mut st = self.lock();
+        st.ended.get_or_insert_with(|| ended.clone());
+        self.ready.notify(&mut st.waiting);
+    }
+}
+
+/// What the connection's lock guards: the driver, who waits for which command, and the
+/// subscribers.
+#[derive(Debug)]
+pub(crate) struct Hub<W, R: Ready> {
+    pub(crate) driver: StdDriver<EventList>,
+    /// Who waits for which command's answer.
+    waiters: Vec<(CommandId, W)>,
+    subscribers: Vec<Weak<Queue<R>>>,
+    /// The first subscriber's queue, made at the start so that it misses nothing.
+    pub(crate) first: Option<Arc<Queue<R>>>,
+    /// The I/O error that ended the connection, if one did.
+    pub(crate) io_error: Option<io::Error>,
+    pub(crate) ended: Option<Ended>,
+}
+
+impl<W: Waiter, R: Ready> Hub<W, R> {
+    /// The hub of a connection run by `driver`, its first subscriber holding up to
+    /// `capacity` events.
+    pub(crate) fn new(driver: StdDriver<EventList>, capacity: Option<usize>) -> Self {
+        let first = Arc::new(Queue::new(capacity));
+        Self {
+            driver,
+            waiters: Vec::new(),
+            subscribers: vec![Arc::downgrade(&first)],
+            first: Some(first),
+            io_error: None,
+            ended: None,
+        }
+    }
+
+    /// Has the driver encode a command into its transmit buffer; `Ok(None)` when there is no
+    /// room in flight (wait until a command completes and try again).
+    pub(crate) fn execute<A: Serialize + ?Sized>(
+        &mut self,
+        name: &str,
+        arguments: &A,
+        options: SendOptions,
+        now: qmp_proto::Instant,
+    ) -> Result<Option<CommandId>> {
+        if self.ended.is_some() {
+            return Err(self.closed_error());
+        }
+        match self.driver.execute(name, arguments, options, now) {
+            Ok(id) => Ok(Some(id)),
+            Err(SendError::QueueFull | SendError::TableFull | SendError::Busy) => Ok(None),
+            Err(SendError::Closed) => Err(self.closed_error()),
+            Err(SendError::Encode(e)) => Err(Error::Encode(e)),
+            Err(e) => Err(Error::Refused(e)),
+        }
+    }
+
+    /// Registers `waiter` for the answer to `id`.
+    pub(crate) fn wait_for(&mut self, id: CommandId, waiter: W) {
+        self.waiters.push((id, waiter));
+    }
+
+    /// Forgets the command `id`: nobody waits for it any more.
+    pub(crate) fn abandon(&mut self, id: CommandId) {
+        self.waiters.retain(|w| w.0 != id);
+        self.driver.abandon(id);
+    }
+
+    /// Hands the outcome of `id` (just reported by `Done::Completed`) to its waiter.
+    pub(crate) fn complete(&mut self, id: CommandId, max_reply_size: usize) {
+        let reason = self.driver.close_reason();
+        let io_error = &self.io_error;
+        let answer = drive::take_answer(&mut self.driver, id, max_reply_size, || {
+            drive::closed_error(reason, io_error.as_ref().map(copy_io))
+        });
+        if let Some(at) = self.waiters.iter().position(|w| w.0 == id)
+            && let Some(answer) = answer
+        {
+            self.waiters.swap_remove(at).1.answer(answer);
+        }
+    }
+
+    /// Hands every event the driver queued to every subscriber.
+    pub(crate) fn fan_out(&mut self) {
+        if self.driver.events().is_ready(None) {
+            let items = drive::drain_events(&mut self.driver);
+            self.subscribers.retain(|queue| match queue.upgrade() {
+                Some(queue) => {
+                    queue.push(&items);
+                    true
+                }
+                None => false,
+            });
+        }
+    }
+
+    /// The connection ended for `reason` (`Done::Closed`): the last events go out, then
+    /// every waiting command and every subscriber gets the end. Returns whether this ended
+    /// it (not an earlier call).
+    pub(crate) fn end(&mut self, reason: CloseReason) -> bool {
+        self.fan_out();
+        if self.ended.is_some() {
+            return false;
+        }
+        let ended = Ended::new(reason, self.io_error.as_ref());
+        for (_, waiter) in self.waiters.drain(..) {
+            waiter.answer(Err(ended.error()));
+        }
+        for queue in self.subscribers.drain(..).filter_map(|q| q.upgrade()) {
+            queue.end(&ended);
+        }
+        if let Some(first) = &self.first {
+            first.end(&ended);
+        }
+        self.ended = Some(ended);
+        true
+    }
+
+    /// The error for a command refused or dropped because the connection ended.
+    pub(crate) fn closed_error(&self) -> Error {
+        self.ended
+            .as_ref()
+            .map_or(Error::Disconnected, Ended::error)
+    }
+
+    /// Reports a failed read to the driver (keeping a fatal error to say later).
+    pub(crate) fn read_failed(&mut self, e: io::Error, now: qmp_proto::Instant) {
+        let kind = self.keep_fatal(e);
+        self.driver.handle_read_error(kind, now);
+    }
+
+    /// Reports a failed write to the driver (keeping a fatal error to say later).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn write_failed(&mut self, e: io::Error, now: qmp_proto::Instant) {
+        let kind = self.keep_fatal(e);
+        self.driver.handle_write_error(kind, now);
+    }
+
+    fn keep_fatal(&mut self, e: io::Error) -> LinkError {
+        let kind = drive::link_error(&e);
+        if kind == LinkError::Fatal {
+            self.io_error = Some(e);
+        }
+        kind
+    }
+
+    /// A new subscriber holding up to `capacity` unread events: the first one made (which
+    /// has every event since the start), else a fresh queue.
+    pub(crate) fn subscribe(&mut self, capacity: Option<usize>) -> Arc<Queue<R>> {
+        if let Some(first) = self.first.take() {
+            first.lock().events.store_mut().max = capacity;
+            return first;
+        }
+        let queue = Arc::new(Queue::new(capacity));
+        match &self.ended {
+            Some(ended) => queue.end(ended),
+            None => self.subscribers.push(Arc::downgrade(&queue)),
+        }
+        queue
+    }
+
+    /// Whether the connection is gone (every later command fails).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.ended.is_some() || self.driver.is_closed()
+    }
+}
+
+/// How a command is sent: out of band or not, with its deadline `timeout` from `now`.
+pub(crate) fn send_options(
+    oob: bool,
+    timeout: Option<Duration>,
+    attach: bool,
+    now: qmp_proto::Instant,
+) -> SendOptions {
+    SendOptions {
+        oob,
+        deadline: match timeout {
+            Some(t) => Deadline::At(now + t),
+            None => Deadline::Never,
+        },
+        attach,
+    }
+}
+
+/// How a client sharing one connection shows itself in `{:?}`.
+pub(crate) fn fmt_client(
+    f: &mut fmt::Formatter<'_>,
+    name: &str,
+    server: &qmp_proto::ServerInfo,
+    in_flight: usize,
+    closed: bool,
+) -> fmt::Result {
+    f.debug_struct(name)
+        .field("server", server)
+        .field("in_flight", &in_flight)
+        .field("closed", &closed)
+        .finish_non_exhaustive()
+}
+
+/// A copy of an I/O error, to hand to more than one caller.
+pub(crate) fn copy_io(e: &io::Error) -> io::Error {
+    io::Error::new(e.kind(), e.to_string())
+}
+
+/// A command's result, from its answer's JSON text.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
+    serde_json::from_str(json).map_err(Error::Decode)
+}
