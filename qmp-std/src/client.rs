@@ -139,24 +139,6 @@ impl ClientBuilder {
 
     shared_option_setters!();
 
-    /// See [`Options::read_timeout`].
-    pub fn read_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.options.read_timeout = timeout;
-        self
-    }
-
-    /// See [`Options::command_timeout`].
-    pub fn command_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.options.command_timeout = timeout;
-        self
-    }
-
-    /// See [`Options::max_in_flight`].
-    pub fn max_in_flight(mut self, n: usize) -> Self {
-        self.options.max_in_flight = n.max(1);
-        self
-    }
-
     /// See [`Options::max_queued_events`].
     pub fn max_queued_events(mut self, n: Option<usize>) -> Self {
         self.options.max_queued_events = n;

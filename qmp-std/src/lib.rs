@@ -141,6 +141,27 @@ macro_rules! shared_option_setters {
             self
         }
 
+        /// See [`Options::command_timeout`]: the default bound of each command, from its
+        /// call.
+        pub fn command_timeout(mut self, timeout: Option<Duration>) -> Self {
+            self.options.command_timeout = timeout;
+            self
+        }
+
+        /// See [`Options::read_timeout`]: how long the server may send nothing while
+        /// commands wait before the connection is given up ([`Error::Stalled`]).
+        pub fn read_timeout(mut self, timeout: Option<Duration>) -> Self {
+            self.options.read_timeout = timeout;
+            self
+        }
+
+        /// See [`Options::max_in_flight`] (QEMU queues at most 8 in-band commands; the
+        /// in-flight table holds 32, and out-of-band commands keep at least 4 of them).
+        pub fn max_in_flight(mut self, n: usize) -> Self {
+            self.options.max_in_flight = n.max(1);
+            self
+        }
+
         /// See [`Options::untagged_when_alone`].
         pub fn untagged_when_alone(mut self, on: bool) -> Self {
             self.options.untagged_when_alone = on;

@@ -143,26 +143,6 @@ impl ClientBuilder {
 
     shared_option_setters!();
 
-    /// See [`Options::command_timeout`]: the default bound of each command, from its call.
-    pub fn command_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.options.command_timeout = timeout;
-        self
-    }
-
-    /// See [`Options::read_timeout`]: here, how long the server may send nothing while
-    /// commands wait before the connection is given up ([`Error::Stalled`]).
-    pub fn read_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.options.read_timeout = timeout;
-        self
-    }
-
-    /// See [`Options::max_in_flight`] (at most 28 here: the in-flight table holds 32, and
-    /// out-of-band commands keep the rest).
-    pub fn max_in_flight(mut self, n: usize) -> Self {
-        self.options.max_in_flight = n.max(1);
-        self
-    }
-
     /// How many unread events each subscriber holds before new ones are dropped and it
     /// gets [`Error::Lagged`] (default [`DEFAULT_EVENT_CAPACITY`]); sets
     /// [`Options::max_queued_events`].
