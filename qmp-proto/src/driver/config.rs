@@ -99,8 +99,8 @@ pub struct SendOptions {
     /// Its deadline.
     pub deadline: Deadline,
     /// The adapter attaches something to the command's first byte (file descriptors over
-    /// a Unix socket): its bytes are handed out as their own [`Io::Write`] with
-    /// `attach: true`. Needs an empty transmit buffer ([`SendError::Busy`] otherwise).
+    /// a Unix socket): its bytes are handed out as their own [`Io::Write`](crate::Io::Write) with
+    /// `attach: true`. Needs an empty transmit buffer ([`SendError::Busy`](crate::SendError::Busy) otherwise).
     pub attach: bool,
 }
 
@@ -126,7 +126,7 @@ impl SendOptions {
         self
     }
 
-    /// With an attachment (see [`SendOptions::attach`]).
+    /// With an attachment (see [`SendOptions::attach`](crate::SendOptions::attach)).
     pub const fn attach(mut self, attach: bool) -> Self {
         self.attach = attach;
         self
@@ -140,7 +140,7 @@ pub struct DriverConfig {
     /// The session's settings.
     pub session: Config,
     /// Negotiate capabilities as soon as the greeting arrives (default `true`). Off: the
-    /// handshake ends at the greeting, and [`Driver::negotiate`] does it later.
+    /// handshake ends at the greeting, and [`Driver::negotiate`](crate::Driver::negotiate) does it later.
     pub negotiate: bool,
     /// Ask for `oob` when the server offers it (default `false`).
     pub oob: bool,

@@ -16,7 +16,7 @@ pub enum CloseReason {
     Stalled,
     /// The link failed ([`LinkError::Fatal`]); the adapter holds the error itself.
     Io,
-    /// This side closed it ([`Driver::close`]).
+    /// This side closed it ([`Driver::close`](crate::Driver::close)).
     Local,
 }
 
@@ -70,7 +70,7 @@ pub enum LinkError {
     Fatal,
 }
 
-/// What a [`Driver::poll_io`] loop waits for.
+/// What a [`Driver::poll_io`](crate::Driver::poll_io) loop waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Wait<'a> {
@@ -79,7 +79,7 @@ pub enum Wait<'a> {
     /// The outcome of this command: [`Done::Completed`] with its id.
     Command(CommandId),
     /// An event (called this, if given) or a gap: [`Done::Event`]; take it with
-    /// [`Driver::take_event`].
+    /// [`Driver::take_event`](crate::Driver::take_event).
     Event(Option<&'a str>),
     /// Room for one more command (in band, or out of band): [`Done::Room`].
     Room {
@@ -89,7 +89,7 @@ pub enum Wait<'a> {
     /// The transmit buffer written out: [`Done::Flushed`].
     Flush,
     /// A reply that matches no command, or an id-less error (after
-    /// [`Driver::send_message`]): [`Done::Untracked`]; read it with [`Driver::untracked`].
+    /// [`Driver::send_message`](crate::Driver::send_message)): [`Done::Untracked`]; read it with [`Driver::untracked`](crate::Driver::untracked).
     Untracked,
     /// Nothing: write what is queued, handle what is buffered, then [`Done::Idle`] instead
     /// of reading (for a client that reads elsewhere).
@@ -103,7 +103,7 @@ pub enum Done {
     /// The handshake is complete.
     Ready,
     /// A command finished (not necessarily the one waited for): take its outcome with
-    /// [`Driver::outcome`] before the next call that reads or polls.
+    /// [`Driver::outcome`](crate::Driver::outcome) before the next call that reads or polls.
     Completed(CommandId),
     /// An event (or a gap) is ready to take.
     Event,
@@ -111,7 +111,7 @@ pub enum Done {
     Room,
     /// Everything queued was written.
     Flushed,
-    /// A reply nobody waits for is held; see [`Driver::untracked`].
+    /// A reply nobody waits for is held; see [`Driver::untracked`](crate::Driver::untracked).
     Untracked,
     /// The command waited for is not pending (never sent, or already taken).
     NotPending,
@@ -123,21 +123,21 @@ pub enum Done {
     Closed(CloseReason),
 }
 
-/// What the adapter does next; see [`Driver::poll_io`].
+/// What the adapter does next; see [`Driver::poll_io`](crate::Driver::poll_io).
 #[derive(Debug)]
 pub enum Io<'a> {
     /// Write these bytes (as many as the link takes), then
-    /// [`handle_written`](Driver::handle_written) or
-    /// [`handle_write_error`](Driver::handle_write_error).
+    /// [`handle_written`](crate::Driver::handle_written) or
+    /// [`handle_write_error`](crate::Driver::handle_write_error).
     Write {
         /// The bytes.
         bytes: &'a [u8],
-        /// They start a command sent with [`SendOptions::attach`]: send the attachment
+        /// They start a command sent with [`SendOptions::attach`](crate::SendOptions::attach): send the attachment
         /// with the first byte.
         attach: bool,
     },
     /// Read into `buf`, blocking at most until `until` (`None`: as long as it takes), then
-    /// [`handle_read`](Driver::handle_read) or [`handle_read_error`](Driver::handle_read_error)
+    /// [`handle_read`](crate::Driver::handle_read) or [`handle_read_error`](crate::Driver::handle_read_error)
     /// (a read that timed out is [`LinkError::Transient`]).
     Read {
         /// Where to read into (never empty).
