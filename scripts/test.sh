@@ -26,7 +26,14 @@ step "cargo package (dry run of the three library crates)"
 # verifies that it builds from its tarball alone; path dependencies between the three
 # resolve through a temporary local registry. Nothing is uploaded. --allow-dirty: the
 # script also runs on uncommitted work trees.
-cargo package -q --allow-dirty -p qmp-proto -p qmp-embedded -p qmp-std
+# Cargo takes registry crates for immutable: what it unpacked (under
+# $CARGO_HOME/registry/src/-HASH/) and built from its temporary registry is reused while the
+# version stays 0.1.0, so a second run would verify against the first run's code. Drop the
+# unpacked copies, and verify in a target dir of its own, emptied first.
+rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/qmp-{proto,std,embedded}-*
+rm -rf "$target/package-check"
+CARGO_TARGET_DIR="$target/package-check" \
+    cargo package -q --allow-dirty -p qmp-proto -p qmp-embedded -p qmp-std
 
 step "release build of the whole workspace (includes the freestanding qmp-firmware)"
 cargo build --release --workspace -q
