@@ -249,23 +249,23 @@ pub enum Incoming<'a> {
 /// let (mut to_client, mut to_server) = ([0u8; 256], [0u8; 256]);
 ///
 /// let n = server.greeting(&mut to_client).unwrap();
-/// client.feed(&to_client[..n]);
+/// assert_eq!(client.feed(&to_client[..n]), n);
 /// assert!(matches!(client.poll(), Some(Received::Greeting(_))));
 /// let sent = client.negotiate(true, None, &mut to_server).unwrap();
-/// server.feed(&to_server[..sent.len]);
+/// assert_eq!(server.feed(&to_server[..sent.len]), sent.len);
 /// let Some(Incoming::Answer(answer)) = server.poll() else { panic!() };
 /// let n = answer.encode(&mut to_client).unwrap();
-/// client.feed(&to_client[..n]);
+/// assert_eq!(client.feed(&to_client[..n]), n);
 /// assert!(matches!(client.poll(), Some(Received::Reply(_))));
 /// assert_eq!((client.state(), client.oob_enabled()), (State::Ready, true));
 ///
 /// let sent = client.execute("query-status", &(), None, &mut to_server).unwrap();
-/// server.feed(&to_server[..sent.len]);
+/// assert_eq!(server.feed(&to_server[..sent.len]), sent.len);
 /// let Some(Incoming::Request(req)) = server.poll() else { panic!() };
 /// assert!(req.name == "query-status");
 /// let value = RawJson::parse(r#"{"status": "running", "running": true}"#).unwrap();
 /// let n = req.reply(value, &mut to_client).unwrap();
-/// client.feed(&to_client[..n]);
+/// assert_eq!(client.feed(&to_client[..n]), n);
 /// let Some(Received::Reply(reply)) = client.poll() else { panic!() };
 /// assert_eq!(reply.id, sent.id);
 /// assert!(matches!(reply.outcome, Outcome::Return(v) if v.get("running").unwrap().as_bool() == Some(true)));
@@ -350,6 +350,7 @@ impl<'p, B: AsRef<[u8]> + AsMut<[u8]>> Server<'p, B> {
     }
 
     /// Copies in as much of `bytes` as fits; returns how many. Poll, then feed the rest.
+    #[must_use = "the bytes not taken must be fed again"]
     pub fn feed(&mut self, bytes: &[u8]) -> usize {
         self.framer.feed(bytes)
     }
