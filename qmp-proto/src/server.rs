@@ -77,7 +77,7 @@ pub enum ParseError {
     ExpectingValue,
     /// "missing : in object pair".
     MissingColon,
-    /// "invalid keyword 'X'": a bare word; its bytes are the frame's at `start..end`.
+    /// "invalid keyword 'X'": a bare word (the word is [`Rejection::Parse`]'s text).
     InvalidKeyword,
     /// "duplicate key" (top-level members only are checked).
     DuplicateKey,
