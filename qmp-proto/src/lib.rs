@@ -18,8 +18,9 @@
 //! | 1 | **json** | [`RawJson`] values (deserialized on demand with serde-json-core), [`JsonStr`] strings kept escaped until asked, the validating cursor |
 //! | 0 | **scan** | the structural scanner: depth with string and escape awareness, 64 bytes at a time, and the spans of nested values; [`MAX_SUPPORTED_DEPTH`] |
 //!
-//! Beside them: **time** ([`Instant`], used by the session) and [`commands`] (typed
-//! commands and events, on top of everything).
+//! Beside them: **time** ([`Instant`], used by the session), [`commands`] (typed
+//! commands and events, on top of everything), and **server** ([`Server`]: the other end,
+//! answering the way QEMU 7.2 does, with [`encode_reply`], [`encode_error`], [`encode_event`]).
 //!
 //! Frames are found by nesting depth with string awareness, never by line ends alone (QEMU
 //! can pretty-print over many lines), and oversized messages are skimmed for their id.
@@ -105,6 +106,7 @@ mod framing;
 mod json;
 mod message;
 mod scan;
+mod server;
 mod session;
 mod skim;
 mod time;
@@ -128,6 +130,10 @@ pub use message::{
     Timestamp, Version, find_id,
 };
 pub use scan::MAX_SUPPORTED_DEPTH;
+pub use server::{
+    Answer, Incoming, ParseError, Rejection, Request, Server, ServerState, encode_error,
+    encode_event, encode_reply,
+};
 pub use session::{
     CommandId, Config, Failure, Notice, Outcome, QEMU_QUEUE_LEN, Received, Reply, SendError, Sent,
     Session, State,

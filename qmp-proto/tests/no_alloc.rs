@@ -224,3 +224,33 @@ fn the_client_driver_allocates_nothing() {
         "{written} {completed} {events}"
     );
 }
+
+#[test]
+fn a_whole_server_session_allocates_nothing() {
+    use qmp_proto::{Incoming, RawJson, Server, encode_event};
+    let input: &[u8] = b"{\"execute\": \"query-status\", \"id\": 1}[1]{\"execute\": }\
+        {\"execute\": \"qmp_capabilities\", \"arguments\": {\"enable\": [\"oob\"]}, \"id\": \"c\"}\
+        {\"execute\": \"query-status\", \"id\": {\"a\": [1, \"\\u00e9\"]}}\
+        {\"exec-oob\": \"nope\", \"id\": 3}{\"execute\": \"x\", \"foo\": 1}";
+    let before = allocations();
+    let mut server = Server::new([0u8; 512], (7, 2, 22), "pkg", true);
+    let mut out = [0u8; 256];
+    let mut answers = 0;
+    assert!(server.greeting(&mut out).unwrap() > 0);
+    for chunk in input.chunks(7) {
+        assert_eq!(server.feed(chunk), chunk.len());
+        while let Some(item) = server.poll() {
+            answers += 1;
+            match item {
+                Incoming::Answer(a) => a.encode(&mut out).unwrap(),
+                Incoming::Request(r) if r.name == "query-status" => r
+                    .reply(RawJson::parse(r#"{"running":true}"#).unwrap(), &mut out)
+                    .unwrap(),
+                Incoming::Request(r) => r.not_found(&mut out).unwrap(),
+            };
+        }
+    }
+    encode_event("STOP", None, (1, 2), &mut out).unwrap();
+    assert_eq!(allocations() - before, 0);
+    assert_eq!(answers, 7);
+}
