@@ -6,7 +6,6 @@ use core::time::Duration;
 use serde::Serialize;
 
 use crate::FrameError;
-use crate::encode::{EncodeError, encode_json};
 use crate::events::{EventQueue, EventStore};
 use crate::json::{JsonStr, RawJson};
 use crate::message::{Message, QmpError};
@@ -14,10 +13,13 @@ use crate::session::{CommandId, Failure, Notice, Outcome, Received, SendError, S
 use crate::time::Instant;
 
 mod config;
+mod outbox;
 mod steps;
 
 pub use config::{Buffer, Deadline, DriverConfig, RESYNC, SendOptions, ServerInfo};
 pub use steps::{CloseReason, Done, Expired, Io, LinkError, Wait};
+
+use outbox::Outbox;
 
 /// An outcome held for its caller; spans are offsets into the receive buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,16 +29,6 @@ enum Held {
     Error(CommandId, (usize, usize), (usize, usize)),
     Failed(CommandId, Failure),
     Message((usize, usize)),
-}
-
-/// A command whose bytes are (partly) in the transmit buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Queued {
-    id: CommandId,
-    /// Where its bytes start and end in the transmit buffer.
-    start: usize,
-    end: usize,
-    attach: bool,
 }
 
 /// A QMP client's protocol, whole, for any transport: the one loop every client runs.
@@ -116,14 +108,8 @@ struct Queued {
 /// call that reads or polls (it is held in the receive buffer until then).
 pub struct Driver<R, T, Q, const N: usize = { crate::QEMU_QUEUE_LEN }> {
     session: Session<R, N>,
-    tx: T,
-    /// Written bytes at the start of `tx`.
-    tx_start: usize,
-    tx_end: usize,
-    /// Commands with bytes in `tx`, in order.
-    queued: heapless::Deque<Queued, N>,
-    /// Send [`RESYNC`] before the next command.
-    resync: bool,
+    /// The transmit buffer and the commands queued in it.
+    outbox: Outbox<T, N>,
     /// Commands dropped from the transmit buffer unwritten (the peer went away, or the link
     /// failed): they fail with [`Failure::Disconnected`] at the next [`Driver::poll`].
     unsent: heapless::Deque<CommandId, N>,
@@ -147,7 +133,7 @@ impl<R, T, Q: fmt::Debug, const N: usize> fmt::Debug for Driver<R, T, Q, N> {
         f.debug_struct("Driver")
             .field("server", &self.server)
             .field("closed", &self.closed)
-            .field("queued_bytes", &(self.tx_end - self.tx_start))
+            .field("queued_bytes", &self.outbox.len())
             .field("events", &self.events)
             .finish_non_exhaustive()
     }
@@ -166,11 +152,7 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
     pub fn new(rx: R, tx: T, events: Q, config: DriverConfig, now: Instant) -> Self {
         Self {
             session: Session::with_config(rx, config.session),
-            tx,
-            tx_start: 0,
-            tx_end: 0,
-            queued: heapless::Deque::new(),
-            resync: false,
+            outbox: Outbox::new(tx),
             unsent: heapless::Deque::new(),
             drained: false,
             events: EventQueue::new(events),
@@ -288,7 +270,7 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
 
     /// Bytes queued and not yet written.
     pub fn queued_bytes(&self) -> usize {
-        self.tx_end - self.tx_start
+        self.outbox.len()
     }
 
     // ---- commands ----------------------------------------------------------------------
@@ -338,28 +320,7 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
         if self.is_closed() {
             return Err(SendError::Closed);
         }
-        self.compact_tx();
-        let reserve = usize::from(self.resync);
-        let len = loop {
-            let room = self
-                .tx
-                .as_mut()
-                .get_mut(self.tx_end + reserve..)
-                .unwrap_or(&mut []);
-            match encode_json(message, room) {
-                Ok(len) => break len,
-                Err(EncodeError::BufferTooSmall { needed }) => {
-                    if !self.grow_tx(needed + reserve)? {
-                        return Err(SendError::Encode(EncodeError::BufferTooSmall {
-                            needed: needed + reserve,
-                        }));
-                    }
-                }
-                Err(e) => return Err(SendError::Encode(e)),
-            }
-        };
-        self.prepend_resync(len);
-        Ok(())
+        self.outbox.push_message(message)
     }
 
     /// Gives up on a command: its outcome will not be yielded, and a late reply is
@@ -370,7 +331,7 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
             self.held = Held::None;
             return true;
         }
-        if self.unqueue(id) {
+        if self.outbox.unqueue(id) {
             // Never (wholly) reached the server: no reply will come.
             return self.session.forget(id);
         }
@@ -394,7 +355,7 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
         }
         if let Some((start, end, attach)) = self.transmit_range() {
             return Io::Write {
-                bytes: &self.tx.as_ref()[start..end],
+                bytes: self.outbox.bytes(start, end),
                 attach,
             };
         }
@@ -475,7 +436,7 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
             }
             Wait::Event(name) => self.events.is_ready(name).then_some(Done::Event),
             Wait::Room { oob } => self.has_room(oob).then_some(Done::Room),
-            Wait::Flush => (self.tx_start == self.tx_end).then_some(Done::Flushed),
+            Wait::Flush => (self.outbox.len() == 0).then_some(Done::Flushed),
             Wait::Untracked | Wait::Idle => None,
         }
     }
@@ -486,7 +447,7 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
 
     /// Whether a command (out of band, or in band) could be queued now.
     pub fn has_room(&self, oob: bool) -> bool {
-        self.session.has_room(oob) && !self.queued.is_full()
+        self.session.has_room(oob) && !self.outbox.is_full()
     }
 
     /// Handles the next buffered message, if any: `Some` when it completed something the
@@ -535,7 +496,7 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
                             Held::Error(id, span(e.class.as_escaped()), span(e.desc.as_escaped()))
                         }
                         Outcome::Failed(f) => {
-                            self.unqueue(id);
+                            self.outbox.unqueue(id);
                             Held::Failed(id, f)
                         }
                     };
@@ -604,7 +565,7 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
             Held::Failed(h, failure) if h == id => Outcome::Failed(failure),
             _ => return None,
         };
-        let scratch = self.tx.as_mut().get_mut(self.tx_end..).unwrap_or(&mut []);
+        let scratch = self.outbox.scratch();
         Some((outcome, scratch))
     }
 
@@ -629,37 +590,19 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
     #[must_use]
     pub fn poll_transmit(&self) -> Option<&[u8]> {
         let (start, end, _) = self.transmit_range()?;
-        Some(&self.tx.as_ref()[start..end])
+        Some(self.outbox.bytes(start, end))
     }
 
     fn transmit_range(&self) -> Option<(usize, usize, bool)> {
-        if self.tx_start == self.tx_end || self.write_closed || self.closed.is_some() {
+        if self.write_closed || self.closed.is_some() {
             return None;
         }
-        // A command with an attachment goes out on its own, starting with its first byte.
-        match self.queued.iter().find(|q| q.attach) {
-            Some(q) if self.tx_start < q.start => Some((self.tx_start, q.start, false)),
-            Some(q) => Some((self.tx_start, q.end, q.start == self.tx_start)),
-            None => Some((self.tx_start, self.tx_end, false)),
-        }
+        self.outbox.transmit_range()
     }
 
     /// `n` bytes of [`poll_transmit`](Self::poll_transmit) were written at `now`.
     pub fn handle_written(&mut self, n: usize, now: Instant) {
-        self.tx_start = (self.tx_start + n).min(self.tx_end);
-        while self.queued.front().is_some_and(|q| q.end <= self.tx_start) {
-            self.queued.pop_front();
-        }
-        if let Some(q) = self.queued.front_mut()
-            && q.start < self.tx_start
-        {
-            // Its first byte, and the attachment with it, went out.
-            q.attach = false;
-        }
-        if self.tx_start == self.tx_end {
-            self.tx_start = 0;
-            self.tx_end = 0;
-        }
+        self.outbox.written(n);
         if n > 0 {
             self.last_activity = now;
         }
@@ -784,71 +727,12 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
     /// Drops the unwritten bytes of every queued command: they fail with
     /// [`Failure::Disconnected`] at the next poll.
     fn drop_queued(&mut self) {
-        while let Some(q) = self.queued.pop_front() {
-            if self.session.forget(q.id) {
-                let _ = self.unsent.push_back(q.id);
+        let (session, unsent) = (&mut self.session, &mut self.unsent);
+        self.outbox.drop_all(|id| {
+            if session.forget(id) {
+                let _ = unsent.push_back(id);
             }
-        }
-        self.tx_start = 0;
-        self.tx_end = 0;
-    }
-
-    /// Removes command `id`'s unwritten bytes from the transmit buffer; returns whether it
-    /// had any (so the server never got it whole).
-    fn unqueue(&mut self, id: CommandId) -> bool {
-        let Some(index) = self.queued.iter().position(|q| q.id == id) else {
-            return false;
-        };
-        let q = self.queued.iter().nth(index).copied().expect("in range");
-        // Part of it went out: QEMU must be told to drop the fragment.
-        let from = q.start.max(self.tx_start);
-        if q.start < self.tx_start {
-            self.resync = true;
-        }
-        let cut = q.end - from;
-        self.tx.as_mut().copy_within(q.end..self.tx_end, from);
-        self.tx_end -= cut;
-        let mut rest = heapless::Deque::<Queued, N>::new();
-        for (i, other) in self.queued.iter().enumerate() {
-            let moved = if i > index {
-                Queued {
-                    start: other.start - cut,
-                    end: other.end - cut,
-                    ..*other
-                }
-            } else {
-                *other
-            };
-            if i != index {
-                let _ = rest.push_back(moved);
-            }
-        }
-        self.queued = rest;
-        if self.tx_start == self.tx_end {
-            self.tx_start = 0;
-            self.tx_end = 0;
-        }
-        true
-    }
-
-    fn compact_tx(&mut self) {
-        if self.tx_start > 0 && self.tx_start == self.tx_end {
-            self.tx_start = 0;
-            self.tx_end = 0;
-        }
-    }
-
-    /// Grows the transmit buffer to hold `needed` more bytes; `Busy` if it cannot but would
-    /// after the queued bytes are written.
-    fn grow_tx(&mut self, needed: usize) -> Result<bool, SendError> {
-        let want = self.tx_end + needed + 1;
-        if self.tx.grow_to(want) && self.tx.as_ref().len() >= want {
-            return Ok(true);
-        }
-        if self.tx_end > 0 && needed < self.tx.as_ref().len() {
-            return Err(SendError::Busy);
-        }
-        Ok(false)
+        });
     }
 
     fn encode(
@@ -859,52 +743,7 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
         if self.write_closed || self.closed.is_some() {
             return Err(SendError::Closed);
         }
-        if attach && self.tx_end > self.tx_start {
-            return Err(SendError::Busy);
-        }
-        if self.queued.is_full() {
-            return Err(SendError::Busy);
-        }
-        self.compact_tx();
-        // One byte of room for a resync byte in front.
-        let reserve = usize::from(self.resync);
-        loop {
-            let room = self
-                .tx
-                .as_mut()
-                .get_mut(self.tx_end + reserve..)
-                .unwrap_or(&mut []);
-            match encode(&mut self.session, room) {
-                Ok(sent) => {
-                    self.prepend_resync(sent.len);
-                    let _ = self.queued.push_back(Queued {
-                        id: sent.id,
-                        start: self.tx_end - sent.len,
-                        end: self.tx_end,
-                        attach,
-                    });
-                    return Ok(sent.id);
-                }
-                Err(SendError::Encode(EncodeError::BufferTooSmall { needed })) => {
-                    if !self.grow_tx(needed + reserve)? {
-                        return Err(SendError::Encode(EncodeError::BufferTooSmall {
-                            needed: needed + reserve,
-                        }));
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// `len` bytes were encoded after `tx_end`, leaving one byte in front for [`RESYNC`]
-    /// if one is owed: put it there, and take them into the queue.
-    fn prepend_resync(&mut self, len: usize) {
-        if self.resync {
-            self.tx.as_mut()[self.tx_end] = RESYNC;
-            self.tx_end += 1;
-            self.resync = false;
-        }
-        self.tx_end += len;
+        let session = &mut self.session;
+        self.outbox.push_command(attach, |out| encode(session, out))
     }
 }

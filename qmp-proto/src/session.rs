@@ -12,6 +12,9 @@ use crate::time::Instant;
 use crate::{Event, RawJson};
 
 mod oob;
+mod table;
+
+use table::{Kind, Pending, PendingStatus, Table};
 
 /// QEMU's in-band request queue length (`QMP_REQ_QUEUE_LEN_MAX`): with more in flight, it
 /// stops reading.
@@ -297,41 +300,14 @@ pub enum Notice<'a> {
     Framing(FrameError),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Negotiate { oob: bool },
-    InBand,
-    OutOfBand,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PendingStatus {
-    Waiting,
-    Expired,
-    Disconnected,
-    Abandoned,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Pending {
-    id: u64,
-    kind: Kind,
-    deadline: Option<Instant>,
-    status: PendingStatus,
-    /// Whether the id went on the wire (see [`Config::untagged_when_alone`]).
-    tagged: bool,
-}
-
 /// Protocol state, kept apart from the framer so a frame can be borrowed while it changes.
 #[derive(Debug)]
 struct Protocol<const N: usize> {
     state: State,
     config: Config,
     next_id: u64,
-    table: [Option<Pending>; N],
-    /// Slots from here on are all free, so walks stop here: with one command in flight, a
-    /// walk looks at one slot, not `N`.
-    used: usize,
+    /// The commands in flight.
+    table: Table<N>,
     oob_offered: bool,
     oob_enabled: bool,
     version: Option<(u64, u64, u64)>,
@@ -386,8 +362,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
                 state: State::AwaitingGreeting,
                 config,
                 next_id: 1,
-                table: [None; N],
-                used: 0,
+                table: Table::new(),
                 oob_offered: false,
                 oob_enabled: false,
                 version: None,
@@ -420,23 +395,19 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
 
     /// Commands sent and not yet answered (including abandoned ones still owed a reply).
     pub fn in_flight(&self) -> usize {
-        self.proto.slots().iter().flatten().count()
+        self.proto.table.len()
     }
 
     /// Whether one more command could be sent now: a free slot in the table and, in band,
     /// room under the in-band limit.
     pub fn has_room(&self, oob: bool) -> bool {
-        self.proto.free_slot().is_ok()
-            && (oob || self.proto.in_band() < self.proto.config.max_in_band)
+        self.proto.table.free_slot().is_ok()
+            && (oob || self.proto.table.in_band() < self.proto.config.max_in_band)
     }
 
     /// Whether `id` is still waiting for its outcome.
     pub fn is_pending(&self, id: CommandId) -> bool {
-        self.proto
-            .slots()
-            .iter()
-            .flatten()
-            .any(|p| p.id == id.0 && p.status != PendingStatus::Abandoned)
+        self.proto.table.is_waiting_for(id.0)
     }
 
     /// The framer, e.g. to check [`Framer::is_full`].
@@ -477,23 +448,13 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
     /// [`Failure::TimedOut`] (yielded by [`poll`](Self::poll) after buffered messages, so a
     /// reply already received still wins).
     pub fn handle_timeout(&mut self, now: Instant) {
-        for p in self.proto.slots_mut().iter_mut().flatten() {
-            if p.status == PendingStatus::Waiting && p.deadline.is_some_and(|d| d <= now) {
-                p.status = PendingStatus::Expired;
-            }
-        }
+        self.proto.table.expire(now);
     }
 
     /// The earliest deadline of a command still waiting, if any.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.proto
-            .slots()
-            .iter()
-            .flatten()
-            .filter(|p| p.status == PendingStatus::Waiting)
-            .filter_map(|p| p.deadline)
-            .min()
+        self.proto.table.next_deadline()
     }
 
     /// Encodes `qmp_capabilities` (with `{"enable": ["oob"]}` when `oob`) into `out`.
@@ -509,19 +470,13 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
             State::Ready => return Err(SendError::AlreadyNegotiated),
             State::Negotiating => {}
         }
-        if self
-            .proto
-            .slots()
-            .iter()
-            .flatten()
-            .any(|p| matches!(p.kind, Kind::Negotiate { .. }))
-        {
+        if self.proto.table.negotiating() {
             return Err(SendError::AlreadyNegotiated);
         }
         if oob && !self.proto.oob_offered {
             return Err(SendError::OobNotOffered);
         }
-        let slot = self.proto.free_slot()?;
+        let slot = self.proto.table.free_slot()?;
         let id = self.proto.next_id;
         let len = crate::encode::encode_capabilities(out, oob, Some(id))?;
         Ok(self
@@ -574,8 +529,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
         if strict && envelope == Envelope::ExecOob && !self.proto.oob_enabled {
             return Err(SendError::OobNotEnabled);
         }
-        let slot = self.proto.free_slot()?;
-        let in_band = self.proto.in_band();
+        let slot = self.proto.table.free_slot()?;
+        let in_band = self.proto.table.in_band();
         if envelope == Envelope::Execute && in_band >= self.proto.config.max_in_band {
             return Err(SendError::QueueFull);
         }
@@ -604,17 +559,17 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
     /// can come, so the slot is freed at once. Returns whether `id` was pending.
     pub fn abandon(&mut self, id: CommandId) -> bool {
         let closed = self.proto.state == State::Closed;
-        let Some(index) = self.proto.position(id.0) else {
+        let Some(index) = self.proto.table.position(id.0) else {
             return false;
         };
-        let Some(p) = &mut self.proto.table[index] else {
+        let Some(p) = self.proto.table.slot_mut(index) else {
             return false;
         };
         if p.status == PendingStatus::Abandoned {
             return false;
         }
         if closed {
-            self.proto.free(index);
+            self.proto.table.free(index);
         } else {
             p.status = PendingStatus::Abandoned;
             self.proto.may_untag &= p.tagged;
@@ -628,9 +583,9 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
     /// [`abandon`](Self::abandon) instead for a command the server may have received.
     /// Returns whether `id` was in the table.
     pub fn forget(&mut self, id: CommandId) -> bool {
-        match self.proto.position(id.0) {
+        match self.proto.table.position(id.0) {
             Some(index) => {
-                self.proto.free(index);
+                self.proto.table.free(index);
                 true
             }
             None => false,
@@ -661,48 +616,6 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
 }
 
 impl<const N: usize> Protocol<N> {
-    /// The slots that may be taken (those past them are all free).
-    fn slots(&self) -> &[Option<Pending>] {
-        &self.table[..self.used]
-    }
-
-    fn slots_mut(&mut self) -> &mut [Option<Pending>] {
-        &mut self.table[..self.used]
-    }
-
-    /// The lowest free slot (keeping the taken ones packed at the start).
-    fn free_slot(&self) -> Result<usize, SendError> {
-        match self.slots().iter().position(Option::is_none) {
-            Some(index) => Ok(index),
-            None if self.used < N => Ok(self.used),
-            None => Err(SendError::TableFull),
-        }
-    }
-
-    /// Where command `id` is in the table.
-    fn position(&self, id: u64) -> Option<usize> {
-        self.slots()
-            .iter()
-            .position(|p| p.is_some_and(|p| p.id == id))
-    }
-
-    /// Frees slot `index` and returns what it held.
-    fn free(&mut self, index: usize) -> Option<Pending> {
-        let pending = self.table[index].take();
-        while self.used > 0 && self.table[self.used - 1].is_none() {
-            self.used -= 1;
-        }
-        pending
-    }
-
-    fn in_band(&self) -> usize {
-        self.slots()
-            .iter()
-            .flatten()
-            .filter(|p| p.kind != Kind::OutOfBand)
-            .count()
-    }
-
     fn record(
         &mut self,
         slot: usize,
@@ -713,38 +626,20 @@ impl<const N: usize> Protocol<N> {
     ) -> Sent {
         let id = self.next_id;
         self.next_id += 1;
-        self.table[slot] = Some(Pending {
-            id,
-            kind,
-            deadline,
-            status: PendingStatus::Waiting,
-            tagged,
-        });
-        self.used = self.used.max(slot + 1);
+        self.table.insert(
+            slot,
+            Pending {
+                id,
+                kind,
+                deadline,
+                status: PendingStatus::Waiting,
+                tagged,
+            },
+        );
         Sent {
             id: CommandId(id),
             len,
         }
-    }
-
-    /// Takes the table entry for a reply's id.
-    fn take(&mut self, id: Option<RawJson<'_>>) -> Option<Pending> {
-        self.take_u64(id?.as_u64())
-    }
-
-    fn take_u64(&mut self, id: Option<u64>) -> Option<Pending> {
-        let index = self.position(id?)?;
-        self.free(index)
-    }
-
-    /// Takes the entry of the command sent without an id, for a reply without one. There is
-    /// at most one: it went out alone, and QEMU answers in-band commands in order.
-    fn take_untagged(&mut self) -> Option<Pending> {
-        let index = self
-            .slots()
-            .iter()
-            .position(|p| p.is_some_and(|p| !p.tagged))?;
-        self.free(index)
     }
 
     fn reply<'a>(&mut self, pending: Pending, outcome: Outcome<'a>) -> Received<'a> {
@@ -773,12 +668,12 @@ impl<const N: usize> Protocol<N> {
             Ok(message) => message,
             Err(error) => {
                 let pending = match find_reply(bytes) {
-                    (Some(id), _) => self.take(Some(id)),
+                    (Some(id), _) => self.table.take(Some(id)),
                     (None, reply) => match crate::skim::skim_id(bytes) {
                         // An id that the grammar walk did not reach (say, after invalid
                         // UTF-8), read byte by byte.
-                        (Some(id), _) => self.take_u64(id.as_u64()),
-                        (None, skimmed) if reply || skimmed => self.take_untagged(),
+                        (Some(id), _) => self.table.take_u64(id.as_u64()),
+                        (None, skimmed) if reply || skimmed => self.table.take_untagged(),
                         (None, _) => None,
                     },
                 };
@@ -802,8 +697,8 @@ impl<const N: usize> Protocol<N> {
             Message::Event(event) => Received::Event(event),
             Message::Return(ret) => {
                 let pending = match ret.id {
-                    Some(_) => self.take(ret.id),
-                    None => self.take_untagged(),
+                    Some(_) => self.table.take(ret.id),
+                    None => self.table.take_untagged(),
                 };
                 match pending {
                     Some(p) => self.reply(p, Outcome::Return(ret.value)),
@@ -812,8 +707,8 @@ impl<const N: usize> Protocol<N> {
             }
             Message::Error(err) => {
                 let pending = match err.id {
-                    Some(_) => self.take(err.id),
-                    None => self.take_untagged(),
+                    Some(_) => self.table.take(err.id),
+                    None => self.table.take_untagged(),
                 };
                 match (err.id, pending) {
                     (_, Some(p)) => self.reply(p, Outcome::Error(err.error)),
@@ -849,8 +744,8 @@ impl<const N: usize> Protocol<N> {
                 }
         );
         let pending = match id {
-            Some(id) => self.take_u64(id.as_u64()),
-            None if reply && !cut_off => self.take_untagged(),
+            Some(id) => self.table.take_u64(id.as_u64()),
+            None if reply && !cut_off => self.table.take_untagged(),
             None => None,
         };
         match pending {
@@ -861,15 +756,7 @@ impl<const N: usize> Protocol<N> {
 
     fn close(&mut self) {
         self.state = State::Closed;
-        for index in 0..self.used {
-            match &mut self.table[index] {
-                Some(p) if p.status == PendingStatus::Abandoned => {
-                    self.free(index);
-                }
-                Some(p) => p.status = PendingStatus::Disconnected,
-                None => {}
-            }
-        }
+        self.table.disconnect();
     }
 
     /// Yields the notice of a truncated last message, then commands that timed out or lost
@@ -878,15 +765,7 @@ impl<const N: usize> Protocol<N> {
         if let Some(error) = self.eof_notice.take() {
             return Some(Received::Notice(Notice::Framing(error)));
         }
-        let index = self.slots().iter().position(|p| {
-            p.is_some_and(|p| {
-                matches!(
-                    p.status,
-                    PendingStatus::Expired | PendingStatus::Disconnected
-                )
-            })
-        })?;
-        let p = self.free(index)?;
+        let p = self.table.take_failed()?;
         let failure = if p.status == PendingStatus::Expired {
             // Its reply may still come, without an id if it went without one.
             self.may_untag &= p.tagged;
