@@ -231,7 +231,34 @@ pub(crate) struct Request<'a, A: ?Sized> {
     pub(crate) fds: &'a [BorrowedFd<'a>],
 }
 
-impl<A: ?Sized> Request<'_, A> {
+impl<'a, A: ?Sized> Request<'a, A> {
+    pub(crate) fn new(
+        oob: bool,
+        name: &'a str,
+        arguments: &'a A,
+        timeout: Option<Option<Duration>>,
+        fds: &'a [BorrowedFd<'a>],
+    ) -> Self {
+        Self {
+            oob,
+            name,
+            arguments,
+            timeout,
+            fds,
+        }
+    }
+
+    /// Its parts: `(oob, name, arguments, timeout, fds)`, the timeout resolved against the
+    /// client's command timeout.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn parts(
+        self,
+        default: Option<Duration>,
+    ) -> (bool, &'a str, &'a A, Option<Duration>, &'a [BorrowedFd<'a>]) {
+        let timeout = self.timeout_or(default);
+        (self.oob, self.name, self.arguments, timeout, self.fds)
+    }
+
     /// The command's deadline from now, given the client's command timeout.
     pub(crate) fn timeout_or(&self, default: Option<Duration>) -> Option<Duration> {
         self.timeout.unwrap_or(default)

@@ -233,13 +233,7 @@ macro_rules! command_verbs {
             C: Command,
             for<'de> C::Output<'de>: DeserializeOwned,
         {
-            self.$call(crate::drive::Request {
-                oob: false,
-                name: C::NAME,
-                arguments: command,
-                timeout: None,
-                fds: &[],
-            }) $($await)*
+            self.$call(crate::drive::Request::new(false, C::NAME, command, None, &[])) $($await)*
         }
 
         /// [`execute`](Self::execute) with a deadline of its own (`None`: wait forever), which
@@ -255,13 +249,8 @@ macro_rules! command_verbs {
             C: Command,
             for<'de> C::Output<'de>: DeserializeOwned,
         {
-            self.$call(crate::drive::Request {
-                oob: false,
-                name: C::NAME,
-                arguments: command,
-                timeout: Some(timeout),
-                fds: &[],
-            }) $($await)*
+            let request = crate::drive::Request::new(false, C::NAME, command, Some(timeout), &[]);
+            self.$call(request) $($await)*
         }
 
         /// Runs a command by name with JSON arguments (an object, or `Value::Null` for none)
@@ -271,13 +260,7 @@ macro_rules! command_verbs {
             name: &str,
             arguments: &Value,
         ) -> Result<Value> {
-            self.$call(crate::drive::Request {
-                oob: false,
-                name,
-                arguments,
-                timeout: None,
-                fds: &[],
-            }) $($await)*
+            self.$call(crate::drive::Request::new(false, name, arguments, None, &[])) $($await)*
         }
 
         /// [`execute_raw`](Self::execute_raw) with a deadline of its own; see
@@ -288,13 +271,8 @@ macro_rules! command_verbs {
             arguments: &Value,
             timeout: Option<Duration>,
         ) -> Result<Value> {
-            self.$call(crate::drive::Request {
-                oob: false,
-                name,
-                arguments,
-                timeout: Some(timeout),
-                fds: &[],
-            }) $($await)*
+            let request = crate::drive::Request::new(false, name, arguments, Some(timeout), &[]);
+            self.$call(request) $($await)*
         }
 
         /// Runs a typed command out of band (`exec-oob`): its reply may overtake in-band
@@ -310,13 +288,7 @@ macro_rules! command_verbs {
             C: Command,
             for<'de> C::Output<'de>: DeserializeOwned,
         {
-            self.$call(crate::drive::Request {
-                oob: true,
-                name: C::NAME,
-                arguments: command,
-                timeout: None,
-                fds: &[],
-            }) $($await)*
+            self.$call(crate::drive::Request::new(true, C::NAME, command, None, &[])) $($await)*
         }
 
         /// [`execute_raw`](Self::execute_raw), out of band.
@@ -325,13 +297,7 @@ macro_rules! command_verbs {
             name: &str,
             arguments: &Value,
         ) -> Result<Value> {
-            self.$call(crate::drive::Request {
-                oob: true,
-                name,
-                arguments,
-                timeout: None,
-                fds: &[],
-            }) $($await)*
+            self.$call(crate::drive::Request::new(true, name, arguments, None, &[])) $($await)*
         }
 
         /// Runs an HMP command line through `human-monitor-command` and returns its output.
@@ -356,13 +322,7 @@ macro_rules! command_verbs {
             C: Command,
             for<'de> C::Output<'de>: DeserializeOwned,
         {
-            self.$call(crate::drive::Request {
-                oob: false,
-                name: C::NAME,
-                arguments: command,
-                timeout: None,
-                fds,
-            }) $($await)*
+            self.$call(crate::drive::Request::new(false, C::NAME, command, None, fds)) $($await)*
         }
 
         /// [`execute_raw`](Self::execute_raw) with file descriptors attached; see
@@ -373,13 +333,7 @@ macro_rules! command_verbs {
             arguments: &Value,
             fds: &[BorrowedFd<'_>],
         ) -> Result<Value> {
-            self.$call(crate::drive::Request {
-                oob: false,
-                name,
-                arguments,
-                timeout: None,
-                fds,
-            }) $($await)*
+            self.$call(crate::drive::Request::new(false, name, arguments, None, fds)) $($await)*
         }
     };
 }

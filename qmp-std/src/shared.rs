@@ -395,15 +395,8 @@ impl SharedClient {
 
     /// Runs a command: its result's JSON text, or the error.
     fn answer<A: Serialize + ?Sized>(&self, request: Request<'_, A>) -> Answer {
-        let Request {
-            oob,
-            name,
-            arguments,
-            fds,
-            ..
-        } = request;
         let inner = self.inner();
-        let timeout = request.timeout_or(inner.command_timeout);
+        let (oob, name, arguments, timeout, fds) = request.parts(inner.command_timeout);
         let start = Instant::now();
         let deadline = timeout.map(|t| start + t);
         let options = hub::send_options(oob, timeout, !fds.is_empty(), inner.now());

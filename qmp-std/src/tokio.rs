@@ -732,15 +732,8 @@ impl Client {
 
     /// Runs a command: its result's JSON text, or the error.
     async fn answer<A: Serialize + ?Sized>(&self, request: Request<'_, A>) -> Answer {
-        let Request {
-            oob,
-            name,
-            arguments,
-            fds,
-            ..
-        } = request;
         let inner = self.inner();
-        let timeout = request.timeout_or(inner.command_timeout);
+        let (oob, name, arguments, timeout, fds) = request.parts(inner.command_timeout);
         let attach = !fds.is_empty();
         let mut fds = if attach {
             if !matches!(inner.socket, Socket::Unix(_)) {
