@@ -25,7 +25,7 @@ use qmp_proto::{
 
 use crate::commands::{Command, HumanMonitorCommand};
 use crate::drive::{
-    EventList, StdDriver, closed_error, failure_error, link_error, new_driver, now_since,
+    EventList, Request, StdDriver, closed_error, failure_error, link_error, new_driver, now_since,
     outcome_result,
 };
 use crate::error::{Error, QmpError, Result};
@@ -500,78 +500,19 @@ impl<S: Stream> Client<S> {
 
     // ---- commands ----------------------------------------------------------------------
 
-    /// Runs a typed command and waits for its result, within [`Options::command_timeout`].
-    ///
-    /// ```no_run
-    /// use qmp_std::commands::{QueryStatus, RunState, Stop};
-    /// let mut qmp = qmp_std::Client::connect_unix("/tmp/qmp.sock")?;
-    /// qmp.execute(&Stop)?;
-    /// assert_eq!(qmp.execute(&QueryStatus)?.status, RunState::Paused);
-    /// # Ok::<(), qmp_std::Error>(())
-    /// ```
-    pub fn execute<C>(&mut self, command: &C) -> Result<C::Output<'static>>
-    where
-        C: Command,
-        for<'de> C::Output<'de>: DeserializeOwned,
-    {
-        self.execute_timeout(command, self.options.command_timeout)
-    }
-
-    /// [`execute`](Self::execute) with a deadline of its own (`None`: wait forever), which
-    /// also bounds waiting for room in flight. When it passes, this returns
-    /// [`Error::Timeout`]`(`[`Expired::Command`]`)` and a late reply is dropped.
-    pub fn execute_timeout<C>(
-        &mut self,
-        command: &C,
-        timeout: Option<Duration>,
-    ) -> Result<C::Output<'static>>
-    where
-        C: Command,
-        for<'de> C::Output<'de>: DeserializeOwned,
-    {
-        let handle = self.send_as(C::NAME, command, false, timeout, None)?;
-        self.wait(handle)
-    }
-
-    /// Runs a command by name with JSON arguments (an object, or `Value::Null` for none) and
-    /// returns its result as JSON.
-    pub fn execute_raw(&mut self, name: &str, arguments: &Value) -> Result<Value> {
-        self.execute_raw_timeout(name, arguments, self.options.command_timeout)
-    }
-
-    /// [`execute_raw`](Self::execute_raw) with a deadline of its own; see
-    /// [`execute_timeout`](Self::execute_timeout).
-    pub fn execute_raw_timeout(
-        &mut self,
-        name: &str,
-        arguments: &Value,
-        timeout: Option<Duration>,
-    ) -> Result<Value> {
-        let handle = self.send_as(name, arguments, false, timeout, None)?;
-        self.wait(handle)
-    }
-
-    /// Runs a typed command out of band (`exec-oob`): its reply may overtake in-band ones.
-    /// Needs [`Options::oob`] and a server that offers it, and a command QEMU allows out of
-    /// band (in 7.2: `migrate-recover`, `migrate-pause`, `yank`, `query-yank`).
-    pub fn execute_oob<C>(&mut self, command: &C) -> Result<C::Output<'static>>
-    where
-        C: Command,
-        for<'de> C::Output<'de>: DeserializeOwned,
-    {
-        let handle = self.send_oob(command)?;
-        self.wait(handle)
-    }
-
-    /// [`execute_raw`](Self::execute_raw), out of band.
-    pub fn execute_oob_raw(&mut self, name: &str, arguments: &Value) -> Result<Value> {
-        let handle = self.send_oob_raw(name, arguments)?;
-        self.wait(handle)
-    }
-
-    /// Runs an HMP command line through `human-monitor-command` and returns its output.
-    pub fn hmp(&mut self, command_line: &str) -> Result<String> {
-        self.execute(&HumanMonitorCommand::new(command_line))
+    command_verbs! {
+        commands: [mut] [] [] call,
+        oob: "Options::oob",
+        execute: {
+            ///
+            /// ```no_run
+            /// use qmp_std::commands::{QueryStatus, RunState, Stop};
+            /// let mut qmp = qmp_std::Client::connect_unix("/tmp/qmp.sock")?;
+            /// qmp.execute(&Stop)?;
+            /// assert_eq!(qmp.execute(&QueryStatus)?.status, RunState::Paused);
+            /// # Ok::<(), qmp_std::Error>(())
+            /// ```
+        }
     }
 
     /// Capabilities negotiation, for a client built with [`Options::negotiate`] off (with
@@ -755,6 +696,16 @@ impl<S: Stream> Client<S> {
     /// The instant `timeout` from now.
     fn deadline(&self, timeout: Option<Duration>) -> Option<Instant> {
         timeout.map(|t| self.now() + t)
+    }
+
+    /// Runs a command (without descriptors) and decodes its result.
+    fn call<A: Serialize + ?Sized, T: DeserializeOwned>(
+        &mut self,
+        request: Request<'_, A>,
+    ) -> Result<T> {
+        let timeout = request.timeout_or(self.options.command_timeout);
+        let handle = self.send_as(request.name, request.arguments, request.oob, timeout, None)?;
+        self.wait(handle)
     }
 
     /// Queues a command with a deadline `timeout` from now (waiting for room until then),
@@ -958,42 +909,20 @@ impl<S: Stream> Client<S> {
 }
 
 impl<S: FdStream> Client<S> {
-    /// Runs a typed command with file descriptors attached (`SCM_RIGHTS`), as `getfd` and
-    /// `add-fd` need. The descriptors travel in the same `sendmsg` as the command's first
-    /// bytes; QEMU duplicates them, so the caller still owns (and may close) its copies.
-    ///
-    /// ```no_run
-    /// use std::os::fd::AsFd;
-    /// use qmp_std::commands::{Closefd, Getfd};
-    /// let mut qmp = qmp_std::Client::connect_unix("/tmp/qmp.sock")?;
-    /// let file = std::fs::File::open("/dev/null")?;
-    /// qmp.execute_with_fds(&Getfd { fdname: "null" }, &[file.as_fd()])?;
-    /// qmp.execute(&Closefd { fdname: "null" })?;
-    /// # Ok::<(), qmp_std::Error>(())
-    /// ```
-    pub fn execute_with_fds<C>(
-        &mut self,
-        command: &C,
-        fds: &[BorrowedFd<'_>],
-    ) -> Result<C::Output<'static>>
-    where
-        C: Command,
-        for<'de> C::Output<'de>: DeserializeOwned,
-    {
-        let handle = self.send_with_fds(command, fds)?;
-        self.wait(handle)
-    }
-
-    /// [`execute_raw`](Self::execute_raw) with file descriptors attached; see
-    /// [`execute_with_fds`](Self::execute_with_fds).
-    pub fn execute_raw_with_fds(
-        &mut self,
-        name: &str,
-        arguments: &Value,
-        fds: &[BorrowedFd<'_>],
-    ) -> Result<Value> {
-        let handle = self.send_raw_with_fds(name, arguments, fds)?;
-        self.wait(handle)
+    command_verbs! {
+        fds: [mut] [] [] call_with_fds,
+        execute_with_fds: {
+            ///
+            /// ```no_run
+            /// use std::os::fd::AsFd;
+            /// use qmp_std::commands::{Closefd, Getfd};
+            /// let mut qmp = qmp_std::Client::connect_unix("/tmp/qmp.sock")?;
+            /// let file = std::fs::File::open("/dev/null")?;
+            /// qmp.execute_with_fds(&Getfd { fdname: "null" }, &[file.as_fd()])?;
+            /// qmp.execute(&Closefd { fdname: "null" })?;
+            /// # Ok::<(), qmp_std::Error>(())
+            /// ```
+        }
     }
 
     /// [`send`](Self::send) with file descriptors attached; see
@@ -1023,5 +952,23 @@ impl<S: FdStream> Client<S> {
         let timeout = self.options.command_timeout;
         let mut send = |stream: &mut S, bytes: &[u8]| stream.send_with_fds(bytes, fds);
         self.send_as(name, arguments, false, timeout, Some(&mut send))
+    }
+
+    /// Runs a command, its descriptors sent with its first bytes, and decodes its result.
+    fn call_with_fds<A: Serialize + ?Sized, T: DeserializeOwned>(
+        &mut self,
+        request: Request<'_, A>,
+    ) -> Result<T> {
+        let timeout = request.timeout_or(self.options.command_timeout);
+        let fds = request.fds;
+        let mut send = |stream: &mut S, bytes: &[u8]| stream.send_with_fds(bytes, fds);
+        let handle = self.send_as(
+            request.name,
+            request.arguments,
+            request.oob,
+            timeout,
+            Some(&mut send),
+        )?;
+        self.wait(handle)
     }
 }

@@ -4,6 +4,8 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::os::fd::BorrowedFd;
+use std::time::Duration;
 
 use qmp_proto::{
     Buffer, CloseReason, Driver, DriverConfig, EventStore, Expired, Failure, Instant, LinkError,
@@ -214,6 +216,54 @@ pub(crate) fn failure_error(
 /// A command's answer as handed to a waiter on another thread or task: the `return`
 /// value's JSON text, or the error.
 pub(crate) type Answer = Result<Box<str>, Error>;
+
+/// One command call, as the command methods of every client (`command_verbs!`) hand it
+/// to the client's own primitive.
+pub(crate) struct Request<'a, A: ?Sized> {
+    /// Out of band (`exec-oob`).
+    pub(crate) oob: bool,
+    pub(crate) name: &'a str,
+    pub(crate) arguments: &'a A,
+    /// The command's own deadline from now (`Some(None)`: none); `None`: the client's
+    /// command timeout.
+    pub(crate) timeout: Option<Option<Duration>>,
+    /// File descriptors to attach (`SCM_RIGHTS`); empty for none.
+    pub(crate) fds: &'a [BorrowedFd<'a>],
+}
+
+impl<'a, A: ?Sized> Request<'a, A> {
+    pub(crate) fn new(
+        oob: bool,
+        name: &'a str,
+        arguments: &'a A,
+        timeout: Option<Option<Duration>>,
+        fds: &'a [BorrowedFd<'a>],
+    ) -> Self {
+        Self {
+            oob,
+            name,
+            arguments,
+            timeout,
+            fds,
+        }
+    }
+
+    /// Its parts: `(oob, name, arguments, timeout, fds)`, the timeout resolved against the
+    /// client's command timeout.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn parts(
+        self,
+        default: Option<Duration>,
+    ) -> (bool, &'a str, &'a A, Option<Duration>, &'a [BorrowedFd<'a>]) {
+        let timeout = self.timeout_or(default);
+        (self.oob, self.name, self.arguments, timeout, self.fds)
+    }
+
+    /// The command's deadline from now, given the client's command timeout.
+    pub(crate) fn timeout_or(&self, default: Option<Duration>) -> Option<Duration> {
+        self.timeout.unwrap_or(default)
+    }
+}
 
 /// Why a connection ended, kept so that every later caller gets the same error.
 #[derive(Debug, Clone)]

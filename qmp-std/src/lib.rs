@@ -210,6 +210,134 @@ macro_rules! hub_getters {
     };
 }
 
+/// The command methods of the three clients ("One verb, one meaning"), written once.
+/// Expands inside a client's `impl`: `[mut]` or `[]` for the receiver, `[async] [.await]`
+/// or `[] []`, and `$call`, the client's primitive
+/// `fn $call<A: Serialize + ?Sized, T: DeserializeOwned>(&self, Request<'_, A>) -> Result<T>`
+/// (`async` and `&mut self` as the client's methods are). `oob` names the setting that
+/// enables out-of-band execution; the attributes in braces are added to the docs.
+macro_rules! command_verbs {
+    (
+        commands: [$($mut:tt)?] [$($async:tt)?] [$($await:tt)*] $call:ident,
+        oob: $oob:literal,
+        execute: {$(#[$execute_doc:meta])*}
+    ) => {
+        /// Runs a typed command and waits for its result, within the client's command
+        /// timeout.
+        $(#[$execute_doc])*
+        pub $($async)? fn execute<C>(
+            &$($mut)? self,
+            command: &C,
+        ) -> Result<C::Output<'static>>
+        where
+            C: Command,
+            for<'de> C::Output<'de>: DeserializeOwned,
+        {
+            self.$call(crate::drive::Request::new(false, C::NAME, command, None, &[])) $($await)*
+        }
+
+        /// [`execute`](Self::execute) with a deadline of its own (`None`: wait forever), which
+        /// also bounds waiting for room in flight. When it passes, this returns
+        /// [`Error::Timeout`]`(`[`Expired::Command`]`)` and the command's late reply is
+        /// discarded.
+        pub $($async)? fn execute_timeout<C>(
+            &$($mut)? self,
+            command: &C,
+            timeout: Option<Duration>,
+        ) -> Result<C::Output<'static>>
+        where
+            C: Command,
+            for<'de> C::Output<'de>: DeserializeOwned,
+        {
+            let request = crate::drive::Request::new(false, C::NAME, command, Some(timeout), &[]);
+            self.$call(request) $($await)*
+        }
+
+        /// Runs a command by name with JSON arguments (an object, or `Value::Null` for none)
+        /// and returns its result as JSON.
+        pub $($async)? fn execute_raw(
+            &$($mut)? self,
+            name: &str,
+            arguments: &Value,
+        ) -> Result<Value> {
+            self.$call(crate::drive::Request::new(false, name, arguments, None, &[])) $($await)*
+        }
+
+        /// [`execute_raw`](Self::execute_raw) with a deadline of its own; see
+        /// [`execute_timeout`](Self::execute_timeout).
+        pub $($async)? fn execute_raw_timeout(
+            &$($mut)? self,
+            name: &str,
+            arguments: &Value,
+            timeout: Option<Duration>,
+        ) -> Result<Value> {
+            let request = crate::drive::Request::new(false, name, arguments, Some(timeout), &[]);
+            self.$call(request) $($await)*
+        }
+
+        /// Runs a typed command out of band (`exec-oob`): its reply may overtake in-band
+        /// ones.
+        #[doc = concat!("Needs [`", $oob, "`] and a server that offers it, and a command QEMU")]
+        /// allows out of band (in 7.2: `migrate-recover`, `migrate-pause`, `yank`,
+        /// `query-yank`).
+        pub $($async)? fn execute_oob<C>(
+            &$($mut)? self,
+            command: &C,
+        ) -> Result<C::Output<'static>>
+        where
+            C: Command,
+            for<'de> C::Output<'de>: DeserializeOwned,
+        {
+            self.$call(crate::drive::Request::new(true, C::NAME, command, None, &[])) $($await)*
+        }
+
+        /// [`execute_raw`](Self::execute_raw), out of band.
+        pub $($async)? fn execute_oob_raw(
+            &$($mut)? self,
+            name: &str,
+            arguments: &Value,
+        ) -> Result<Value> {
+            self.$call(crate::drive::Request::new(true, name, arguments, None, &[])) $($await)*
+        }
+
+        /// Runs an HMP command line through `human-monitor-command` and returns its output.
+        pub $($async)? fn hmp(&$($mut)? self, command_line: &str) -> Result<String> {
+            self.execute(&HumanMonitorCommand::new(command_line)) $($await)*
+        }
+    };
+    (
+        fds: [$($mut:tt)?] [$($async:tt)?] [$($await:tt)*] $call:ident,
+        execute_with_fds: {$(#[$fds_doc:meta])*}
+    ) => {
+        /// Runs a typed command with file descriptors attached (`SCM_RIGHTS`, Unix sockets
+        /// only), as `getfd` and `add-fd` need: they travel with the command's first bytes.
+        /// QEMU duplicates them, so the caller still owns (and may close) its copies.
+        $(#[$fds_doc])*
+        pub $($async)? fn execute_with_fds<C>(
+            &$($mut)? self,
+            command: &C,
+            fds: &[BorrowedFd<'_>],
+        ) -> Result<C::Output<'static>>
+        where
+            C: Command,
+            for<'de> C::Output<'de>: DeserializeOwned,
+        {
+            self.$call(crate::drive::Request::new(false, C::NAME, command, None, fds)) $($await)*
+        }
+
+        /// [`execute_raw`](Self::execute_raw) with file descriptors attached; see
+        /// [`execute_with_fds`](Self::execute_with_fds).
+        pub $($async)? fn execute_raw_with_fds(
+            &$($mut)? self,
+            name: &str,
+            arguments: &Value,
+            fds: &[BorrowedFd<'_>],
+        ) -> Result<Value> {
+            self.$call(crate::drive::Request::new(false, name, arguments, None, fds)) $($await)*
+        }
+    };
+}
+
 mod client;
 pub mod commands;
 mod connect;

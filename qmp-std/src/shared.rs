@@ -43,7 +43,7 @@ use crate::client::{Client, ClientBuilder, Options};
 use serde::de::DeserializeOwned;
 
 use crate::commands::{Command, HumanMonitorCommand};
-use crate::drive::{self, Answer};
+use crate::drive::{self, Answer, Request};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::hub::{self, Hub, copy_io, decode};
@@ -374,109 +374,29 @@ impl SharedClient {
 
     // ---- commands ----------------------------------------------------------------------
 
-    /// Runs a typed command and waits for its result (within the command timeout).
-    pub fn execute<C>(&self, command: &C) -> Result<C::Output<'static>>
-    where
-        C: Command,
-        for<'de> C::Output<'de>: DeserializeOwned,
-    {
-        self.execute_timeout(command, self.inner().command_timeout)
+    command_verbs! {
+        commands: [] [] [] call,
+        oob: "Options::oob",
+        execute: {}
     }
 
-    /// [`execute`](Self::execute) with a deadline of its own (`None`: wait forever), which
-    /// also bounds waiting for room in flight. When it passes, this returns
-    /// [`Error::Timeout`] and the command's late reply is discarded.
-    pub fn execute_timeout<C>(
+    command_verbs! {
+        fds: [] [] [] call,
+        execute_with_fds: {}
+    }
+
+    /// Runs a command and decodes its result.
+    fn call<A: Serialize + ?Sized, T: DeserializeOwned>(
         &self,
-        command: &C,
-        timeout: Option<Duration>,
-    ) -> Result<C::Output<'static>>
-    where
-        C: Command,
-        for<'de> C::Output<'de>: DeserializeOwned,
-    {
-        let json = self.call(false, C::NAME, command, timeout, &[])?;
-        decode(&json)
+        request: Request<'_, A>,
+    ) -> Result<T> {
+        decode(&self.answer(request)?)
     }
 
-    /// Runs a command by name with JSON arguments (an object, or `Value::Null` for none) and
-    /// returns its result as JSON.
-    pub fn execute_raw(&self, name: &str, arguments: &Value) -> Result<Value> {
-        self.execute_raw_timeout(name, arguments, self.inner().command_timeout)
-    }
-
-    /// [`execute_raw`](Self::execute_raw) with a deadline of its own; see
-    /// [`execute_timeout`](Self::execute_timeout).
-    pub fn execute_raw_timeout(
-        &self,
-        name: &str,
-        arguments: &Value,
-        timeout: Option<Duration>,
-    ) -> Result<Value> {
-        let json = self.call(false, name, arguments, timeout, &[])?;
-        decode(&json)
-    }
-
-    /// Runs a typed command out of band (`exec-oob`); needs [`Options::oob`].
-    pub fn execute_oob<C>(&self, command: &C) -> Result<C::Output<'static>>
-    where
-        C: Command,
-        for<'de> C::Output<'de>: DeserializeOwned,
-    {
-        let json = self.call(true, C::NAME, command, self.inner().command_timeout, &[])?;
-        decode(&json)
-    }
-
-    /// [`execute_raw`](Self::execute_raw), out of band.
-    pub fn execute_oob_raw(&self, name: &str, arguments: &Value) -> Result<Value> {
-        let timeout = self.inner().command_timeout;
-        let json = self.call(true, name, arguments, timeout, &[])?;
-        decode(&json)
-    }
-
-    /// Runs a typed command with file descriptors attached (`SCM_RIGHTS`, Unix sockets
-    /// only), as `getfd` and `add-fd` need: they travel with the command's first byte.
-    /// QEMU duplicates them, so the caller still owns (and may close) its copies.
-    pub fn execute_with_fds<C>(
-        &self,
-        command: &C,
-        fds: &[BorrowedFd<'_>],
-    ) -> Result<C::Output<'static>>
-    where
-        C: Command,
-        for<'de> C::Output<'de>: DeserializeOwned,
-    {
-        let json = self.call(false, C::NAME, command, self.inner().command_timeout, fds)?;
-        decode(&json)
-    }
-
-    /// [`execute_raw`](Self::execute_raw) with file descriptors attached; see
-    /// [`execute_with_fds`](Self::execute_with_fds).
-    pub fn execute_raw_with_fds(
-        &self,
-        name: &str,
-        arguments: &Value,
-        fds: &[BorrowedFd<'_>],
-    ) -> Result<Value> {
-        let timeout = self.inner().command_timeout;
-        let json = self.call(false, name, arguments, timeout, fds)?;
-        decode(&json)
-    }
-
-    /// Runs an HMP command line through `human-monitor-command` and returns its output.
-    pub fn hmp(&self, command_line: &str) -> Result<String> {
-        self.execute(&HumanMonitorCommand::new(command_line))
-    }
-
-    fn call<A: Serialize + ?Sized>(
-        &self,
-        oob: bool,
-        name: &str,
-        arguments: &A,
-        timeout: Option<Duration>,
-        fds: &[BorrowedFd<'_>],
-    ) -> Answer {
+    /// Runs a command: its result's JSON text, or the error.
+    fn answer<A: Serialize + ?Sized>(&self, request: Request<'_, A>) -> Answer {
         let inner = self.inner();
+        let (oob, name, arguments, timeout, fds) = request.parts(inner.command_timeout);
         let start = Instant::now();
         let deadline = timeout.map(|t| start + t);
         let options = hub::send_options(oob, timeout, !fds.is_empty(), inner.now());

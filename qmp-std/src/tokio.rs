@@ -94,7 +94,7 @@ use crate::client::Options;
 use serde::de::DeserializeOwned;
 
 use crate::commands::{Command, HumanMonitorCommand};
-use crate::drive::{self, Answer, EventList, StdDriver, TABLE};
+use crate::drive::{self, Answer, EventList, Request, StdDriver, TABLE};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::hub::{self, Hub, WakeReady, decode};
@@ -709,115 +709,31 @@ impl Client {
 
     // ---- commands ----------------------------------------------------------------------
 
-    /// Runs a typed command and waits for its result (within the command timeout).
-    pub async fn execute<C>(&self, command: &C) -> Result<C::Output<'static>>
-    where
-        C: Command,
-        for<'de> C::Output<'de>: DeserializeOwned,
-    {
-        self.execute_timeout(command, self.inner().command_timeout)
-            .await
+    command_verbs! {
+        commands: [] [async] [.await] call,
+        oob: "ClientBuilder::oob",
+        execute: {}
     }
 
-    /// [`execute`](Self::execute) with a deadline of its own (`None`: wait forever), which
-    /// also bounds waiting for room in flight. When it passes, this returns
-    /// [`Error::Timeout`] and the command's late reply is dropped.
-    pub async fn execute_timeout<C>(
+    command_verbs! {
+        fds: [] [async] [.await] call,
+        execute_with_fds: {
+            /// This client duplicates them too, for the time it takes to send them.
+        }
+    }
+
+    /// Runs a command and decodes its result.
+    async fn call<A: Serialize + ?Sized, T: DeserializeOwned>(
         &self,
-        command: &C,
-        timeout: Option<Duration>,
-    ) -> Result<C::Output<'static>>
-    where
-        C: Command,
-        for<'de> C::Output<'de>: DeserializeOwned,
-    {
-        let json = self.call(false, C::NAME, command, timeout, &[]).await?;
-        decode(&json)
+        request: Request<'_, A>,
+    ) -> Result<T> {
+        decode(&self.answer(request).await?)
     }
 
-    /// Runs a command by name with JSON arguments (an object, or `Value::Null` for none) and
-    /// returns its result as JSON.
-    pub async fn execute_raw(&self, name: &str, arguments: &Value) -> Result<Value> {
-        self.execute_raw_timeout(name, arguments, self.inner().command_timeout)
-            .await
-    }
-
-    /// [`execute_raw`](Self::execute_raw) with a deadline of its own; see
-    /// [`execute_timeout`](Self::execute_timeout).
-    pub async fn execute_raw_timeout(
-        &self,
-        name: &str,
-        arguments: &Value,
-        timeout: Option<Duration>,
-    ) -> Result<Value> {
-        let json = self.call(false, name, arguments, timeout, &[]).await?;
-        decode(&json)
-    }
-
-    /// Runs a typed command out of band (`exec-oob`); its reply may overtake in-band ones.
-    /// Needs [`ClientBuilder::oob`] and a server that offers it.
-    pub async fn execute_oob<C>(&self, command: &C) -> Result<C::Output<'static>>
-    where
-        C: Command,
-        for<'de> C::Output<'de>: DeserializeOwned,
-    {
-        let timeout = self.inner().command_timeout;
-        let json = self.call(true, C::NAME, command, timeout, &[]).await?;
-        decode(&json)
-    }
-
-    /// [`execute_raw`](Self::execute_raw), out of band.
-    pub async fn execute_oob_raw(&self, name: &str, arguments: &Value) -> Result<Value> {
-        let timeout = self.inner().command_timeout;
-        let json = self.call(true, name, arguments, timeout, &[]).await?;
-        decode(&json)
-    }
-
-    /// Runs a typed command with file descriptors attached (`SCM_RIGHTS`, Unix sockets
-    /// only), as `getfd` and `add-fd` need: they travel with the command's first byte.
-    /// They are duplicated for the time it takes to send them; QEMU keeps its own copies,
-    /// so the caller still owns (and may close) its descriptors.
-    pub async fn execute_with_fds<C>(
-        &self,
-        command: &C,
-        fds: &[BorrowedFd<'_>],
-    ) -> Result<C::Output<'static>>
-    where
-        C: Command,
-        for<'de> C::Output<'de>: DeserializeOwned,
-    {
-        let timeout = self.inner().command_timeout;
-        let json = self.call(false, C::NAME, command, timeout, fds).await?;
-        decode(&json)
-    }
-
-    /// [`execute_raw`](Self::execute_raw) with file descriptors attached; see
-    /// [`execute_with_fds`](Self::execute_with_fds).
-    pub async fn execute_raw_with_fds(
-        &self,
-        name: &str,
-        arguments: &Value,
-        fds: &[BorrowedFd<'_>],
-    ) -> Result<Value> {
-        let timeout = self.inner().command_timeout;
-        let json = self.call(false, name, arguments, timeout, fds).await?;
-        decode(&json)
-    }
-
-    /// Runs an HMP command line through `human-monitor-command` and returns its output.
-    pub async fn hmp(&self, command_line: &str) -> Result<String> {
-        self.execute(&HumanMonitorCommand::new(command_line)).await
-    }
-
-    async fn call<A: Serialize + ?Sized>(
-        &self,
-        oob: bool,
-        name: &str,
-        arguments: &A,
-        timeout: Option<Duration>,
-        fds: &[BorrowedFd<'_>],
-    ) -> Answer {
+    /// Runs a command: its result's JSON text, or the error.
+    async fn answer<A: Serialize + ?Sized>(&self, request: Request<'_, A>) -> Answer {
         let inner = self.inner();
+        let (oob, name, arguments, timeout, fds) = request.parts(inner.command_timeout);
         let attach = !fds.is_empty();
         let mut fds = if attach {
             if !matches!(inner.socket, Socket::Unix(_)) {
