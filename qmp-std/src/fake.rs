@@ -1,123 +1,578 @@
-//! A fake QEMU for the shared and async clients' tests: a thread that answers each command
-//! through a handler, as QEMU does (one at a time, in order).
+//! A fake QEMU for your tests: a thread that speaks QMP the way QEMU 7.2 does, built on
+//! [`qmp_proto::Server`].
+//!
+//! The greeting, capabilities negotiation, envelope checks and error answers are the
+//! [`Server`]'s, byte for byte QEMU's; unknown commands get QEMU's `CommandNotFound`. You
+//! register answers by command name ([`FakeQemuBuilder::on`], [`FakeQemuBuilder::on_error`],
+//! [`FakeQemuBuilder::on_with`]) and optionally a [`fallback`](FakeQemuBuilder::fallback) for
+//! every other name, then start it:
+//!
+//! * [`FakeQemuBuilder::spawn_unix`]: on a fresh [`UnixStream::pair`]; you get the client end.
+//! * [`FakeQemuBuilder::listen_unix`]: on a socket path, serving one client at a time, like
+//!   QEMU's `-qmp unix:PATH,server=on,wait=off`.
+//!
+//! The returned [`FakeQemu`] (through [`Control`], which handlers get too) pushes events with
+//! the current wall-clock time ([`Control::event`]), delays or drops a command's replies
+//! ([`Control::delay`], [`Control::drop_reply`]), closes the connection ([`Control::cut`],
+//! [`Control::cut_after`]) and tells what it received ([`Control::requests`]).
+//!
+//! Like QEMU, in-band commands are answered in order, one at a time (a delayed reply holds
+//! back the ones after it), `exec-oob` ones at once; a handler runs on the fake's thread.
+//! Unlike QEMU, a dropped reply holds nothing back.
+//!
+//! # With the blocking client
+//! ```
+//! use std::time::Duration;
+//! use qmp_std::commands::{QueryStatus, RunState};
+//! use qmp_std::fake::FakeQemu;
+//! use serde_json::json;
+//!
+//! let (stream, qemu) = FakeQemu::builder()
+//!     .on("query-status", |_| Ok(json!({"status": "paused", "singlestep": false, "running": false})))
+//!     .spawn_unix()?;
+//! let mut qmp = qmp_std::Client::new(stream)?;
+//! assert_eq!(qmp.server().version.to_string(), "7.2.22");
+//! assert_eq!(qmp.execute(&QueryStatus)?.status, RunState::Paused);
+//!
+//! qemu.event("STOP", None);
+//! let stop = qmp.wait_event("STOP", Duration::from_secs(5))?;
+//! assert!(stop.data.is_none());
+//!
+//! let seen = qemu.requests();
+//! assert_eq!(seen.last().unwrap().name, "query-status");
+//! // Unknown commands are answered as QEMU does.
+//! let err = qmp.execute_raw("no-such-command", &json!({})).unwrap_err();
+//! assert!(err.to_string().contains("The command no-such-command has not been found"), "{err}");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The same stream works with [`SharedClient`](crate::SharedClient) (through
+//! [`ClientBuilder::handshake`](crate::ClientBuilder::handshake)) and, converted with
+//! `tokio::net::UnixStream::from_std` (after `set_nonblocking(true)`), with the tokio
+//! client's `ClientBuilder::handshake_unix`.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Value, json};
+use qmp_proto::{EncodeError, Incoming, RawJson, Server, encode_event};
+use serde_json::Value;
 
-pub(crate) const GREETING: &str = r#"{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "Debian 1:7.2+dfsg-7+deb12u18+b3"}, "capabilities": ["oob"]}}"#;
+/// The version the fake greets with unless told otherwise (QEMU 7.2.22, Debian's package).
+pub const DEFAULT_VERSION: (u64, u64, u64) = (7, 2, 22);
+/// The package string the fake greets with unless told otherwise.
+pub const DEFAULT_PACKAGE: &str = "Debian 1:7.2+dfsg-7+deb12u18+b3";
 
-/// What the handler can do for a command.
-pub(crate) struct Server {
-    stream: UnixStream,
-    buf: Vec<u8>,
-    /// Events sent so far.
-    pub(crate) events: u64,
+/// An error answer: QEMU's error class (such as `"GenericError"`) and its description.
+pub type ErrorAnswer = (String, String);
+
+type Handler = Box<dyn Fn(&Value, &Control) -> Result<Value, ErrorAnswer> + Send>;
+type Fallback = Box<dyn Fn(&str, &Value, &Control) -> Result<Value, ErrorAnswer> + Send>;
+
+/// The greeting of a default fake, without its `\r\n`: the one QEMU 7.2.22 sends.
+#[cfg(test)]
+pub(crate) fn default_greeting() -> String {
+    let server = Server::new(Vec::new(), DEFAULT_VERSION, DEFAULT_PACKAGE, true);
+    let bytes = encode_vec(|out| server.greeting(out)).unwrap();
+    String::from_utf8(bytes).unwrap().trim_end().to_owned()
 }
 
-impl Server {
-    /// The next command, or `None` once the client closed its side.
-    pub(crate) fn recv(&mut self) -> Option<Value> {
-        loop {
-            let mut values = serde_json::Deserializer::from_slice(&self.buf).into_iter::<Value>();
-            match values.next() {
-                Some(Ok(value)) => {
-                    let used = values.byte_offset();
-                    self.buf.drain(..used);
-                    return Some(value);
+/// Configures a [`FakeQemu`]; from [`FakeQemu::builder`].
+pub struct FakeQemuBuilder {
+    version: (u64, u64, u64),
+    package: String,
+    oob: bool,
+    handlers: HashMap<String, Handler>,
+    fallback: Option<Fallback>,
+}
+
+impl fmt::Debug for FakeQemuBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FakeQemuBuilder")
+            .field("version", &self.version)
+            .field("package", &self.package)
+            .field("oob", &self.oob)
+            .field("handlers", &self.handlers.keys().collect::<Vec<_>>())
+            .field("fallback", &self.fallback.is_some())
+            .finish()
+    }
+}
+
+impl FakeQemuBuilder {
+    /// The QEMU version in the greeting, `(major, minor, micro)`; [`DEFAULT_VERSION`] by default.
+    pub fn version(mut self, version: (u64, u64, u64)) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// The package string in the greeting; [`DEFAULT_PACKAGE`] by default.
+    pub fn package(mut self, package: impl Into<String>) -> Self {
+        self.package = package.into();
+        self
+    }
+
+    /// Whether the `oob` capability is offered (it is by default, as QEMU does on a socket).
+    pub fn oob(mut self, offered: bool) -> Self {
+        self.oob = offered;
+        self
+    }
+
+    /// Answers the command `name` with what `handler` returns for its arguments (`{}` when it
+    /// had none): `Ok(value)` is `{"return": value}`, `Err((class, desc))` an error.
+    pub fn on(
+        self,
+        name: impl Into<String>,
+        handler: impl Fn(&Value) -> Result<Value, ErrorAnswer> + Send + 'static,
+    ) -> Self {
+        self.on_with(name, move |args, _| handler(args))
+    }
+
+    /// Like [`on`](Self::on), the handler also getting the fake's [`Control`] (to push
+    /// events before the reply, for instance).
+    pub fn on_with(
+        mut self,
+        name: impl Into<String>,
+        handler: impl Fn(&Value, &Control) -> Result<Value, ErrorAnswer> + Send + 'static,
+    ) -> Self {
+        self.handlers.insert(name.into(), Box::new(handler));
+        self
+    }
+
+    /// Answers the command `name` with the error `class` and `desc`, always.
+    pub fn on_error(
+        self,
+        name: impl Into<String>,
+        class: impl Into<String>,
+        desc: impl Into<String>,
+    ) -> Self {
+        let (class, desc) = (class.into(), desc.into());
+        self.on(name, move |_| Err((class.clone(), desc.clone())))
+    }
+
+    /// Answers every command without a handler of its own (by default, those get QEMU's
+    /// `CommandNotFound`). The handler gets the command's name and arguments.
+    pub fn fallback(
+        mut self,
+        handler: impl Fn(&str, &Value, &Control) -> Result<Value, ErrorAnswer> + Send + 'static,
+    ) -> Self {
+        self.fallback = Some(Box::new(handler));
+        self
+    }
+
+    /// Starts the fake on a fresh [`UnixStream::pair`]: returns the client's end and the
+    /// fake. It serves that one connection, until either side closes it.
+    pub fn spawn_unix(self) -> io::Result<(UnixStream, FakeQemu)> {
+        let (client, server) = UnixStream::pair()?;
+        let control = Control::default();
+        let ctl = control.clone();
+        let thread = thread::Builder::new()
+            .name("fake-qemu".into())
+            .spawn(move || {
+                let _ = serve(&self, &ctl, server);
+            })?;
+        Ok((
+            client,
+            FakeQemu {
+                control,
+                thread: Some(thread),
+                path: None,
+            },
+        ))
+    }
+
+    /// Starts the fake listening on the Unix socket `path`: it accepts a client, serves it
+    /// until the connection closes, then accepts the next one, like QEMU. Dropping the
+    /// [`FakeQemu`] stops it and removes the socket file.
+    pub fn listen_unix(self, path: impl AsRef<Path>) -> io::Result<FakeQemu> {
+        let path = path.as_ref().to_owned();
+        let listener = UnixListener::bind(&path)?;
+        let control = Control::default();
+        let ctl = control.clone();
+        let thread = thread::Builder::new()
+            .name("fake-qemu".into())
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    if ctl.shared.stopping.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    if let Ok(stream) = stream {
+                        let _ = serve(&self, &ctl, stream);
+                    }
                 }
-                Some(Err(e)) if !e.is_eof() => panic!("client sent bad JSON: {e}"),
-                _ => {}
-            }
-            let mut chunk = [0u8; 65536];
-            match self.stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    }
-
-    pub(crate) fn send(&mut self, text: &str) {
-        let mut line = text.as_bytes().to_vec();
-        line.extend_from_slice(b"\r\n");
-        let _ = self.stream.write_all(&line);
-    }
-
-    pub(crate) fn reply(&mut self, command: &Value, value: Value) {
-        self.send(&json!({"return": value, "id": command["id"]}).to_string());
-    }
-
-    pub(crate) fn event(&mut self, name: &str, data: Value) {
-        self.events += 1;
-        let event =
-            json!({"timestamp": {"seconds": 1, "microseconds": 2}, "event": name, "data": data});
-        self.send(&event.to_string());
-    }
-
-    /// Closes the connection.
-    pub(crate) fn hang_up(&mut self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+            })?;
+        Ok(FakeQemu {
+            control,
+            thread: Some(thread),
+            path: Some(path),
+        })
     }
 }
 
-/// Starts a fake QEMU on `stream`: greeting, negotiation, then `handler` for each command
-/// until the client goes away (or the handler returns `false`).
-pub(crate) fn spawn(
+/// A command the fake received (after negotiation), in [`Control::requests`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    /// The command's name.
+    pub name: String,
+    /// Its arguments (`None` if the request had none).
+    pub arguments: Option<Value>,
+    /// Its `id` as the client wrote it (raw JSON text), if it had one.
+    pub id: Option<String>,
+    /// Sent with `exec-oob`.
+    pub oob: bool,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    /// The write side of the current connection, and whether it is negotiated.
+    conn: Mutex<Option<Conn>>,
+    rules: Mutex<Rules>,
+    requests: Mutex<Vec<Received>>,
+    events: AtomicU64,
+    connected: AtomicBool,
+    stopping: AtomicBool,
+}
+
+#[derive(Debug)]
+struct Conn {
     stream: UnixStream,
-    mut handler: impl FnMut(&mut Server, &Value) -> bool + Send + 'static,
-) -> JoinHandle<Server> {
-    stream.set_nonblocking(false).unwrap();
-    thread::spawn(move || {
-        let mut server = Server {
-            stream,
-            buf: Vec::new(),
-            events: 0,
-        };
-        server.send(GREETING);
-        let caps = server.recv().expect("qmp_capabilities");
-        assert_eq!(caps["execute"], "qmp_capabilities", "{caps}");
-        server.reply(&caps, json!({}));
-        while let Some(command) = server.recv() {
-            if !handler(&mut server, &command) {
-                break;
-            }
-        }
-        server
-    })
+    negotiated: bool,
 }
 
-/// The default handler: `echo` returns its arguments; `emit` sends `arguments.n` `TICK`
-/// events numbered from the server's count, then returns `{}`; `sleep` waits
-/// `arguments.ms` milliseconds before its reply; `hang-up` closes the connection; anything
-/// else returns `{}`.
-pub(crate) fn echo(server: &mut Server, command: &Value) -> bool {
-    let name = command
-        .get("execute")
-        .or_else(|| command.get("exec-oob"))
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let arguments = command.get("arguments").cloned().unwrap_or(json!({}));
-    match name {
-        "echo" => server.reply(command, arguments),
-        "emit" => {
-            for _ in 0..arguments["n"].as_u64().unwrap_or(1) {
-                let seq = server.events;
-                server.event("TICK", json!({"seq": seq}));
-            }
-            server.reply(command, json!({}));
-        }
-        "sleep" => {
-            let ms = arguments["ms"].as_u64().unwrap_or(10);
-            thread::sleep(std::time::Duration::from_millis(ms));
-            server.reply(command, json!({}));
-        }
-        "hang-up" => {
-            server.hang_up();
+#[derive(Debug, Default)]
+struct Rules {
+    delay: HashMap<String, Duration>,
+    drop: Vec<String>,
+    cut_after: Vec<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What can be done to a running fake: from [`FakeQemu`] (it derefs to this) or in a
+/// handler ([`FakeQemuBuilder::on_with`]). Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Control {
+    shared: Arc<Shared>,
+}
+
+impl Control {
+    /// Sends the event `name` (with `data`, if any) now, with the current wall-clock
+    /// timestamp, in QEMU's format. Returns whether it was sent: like QEMU, the fake sends
+    /// no events to a client that is not connected or still negotiating.
+    pub fn event(&self, name: &str, data: Option<Value>) -> bool {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let timestamp = (now.as_secs() as i64, i64::from(now.subsec_micros()));
+        let data = data.map(|d| d.to_string());
+        let data = data
+            .as_deref()
+            .map(|d| RawJson::parse(d).expect("serde_json's output"));
+        let Ok(bytes) = encode_vec(|out| encode_event(name, data, timestamp, out)) else {
             return false;
+        };
+        let mut conn = lock(&self.shared.conn);
+        match conn.as_mut() {
+            Some(c) if c.negotiated => {
+                let sent = c.stream.write_all(&bytes).is_ok();
+                if sent {
+                    self.shared.events.fetch_add(1, Ordering::SeqCst);
+                }
+                sent
+            }
+            _ => false,
         }
-        _ => server.reply(command, json!({})),
     }
-    true
+
+    /// How many events were sent so far.
+    pub fn events_sent(&self) -> u64 {
+        self.shared.events.load(Ordering::SeqCst)
+    }
+
+    /// Delays the replies to the command `name` by `delay` (from when it arrived);
+    /// `Duration::ZERO` removes the delay. In-band replies stay in order: the ones after a
+    /// delayed reply wait for it.
+    pub fn delay(&self, name: &str, delay: Duration) {
+        lock(&self.shared.rules).delay.insert(name.into(), delay);
+    }
+
+    /// Never answers the command `name` from now on (it is still recorded).
+    pub fn drop_reply(&self, name: &str) {
+        lock(&self.shared.rules).drop.push(name.into());
+    }
+
+    /// Closes the connection when the command `name` comes, right after its reply (replies
+    /// still delayed are never sent), or without one if it is [dropped](Control::drop_reply).
+    pub fn cut_after(&self, name: &str) {
+        lock(&self.shared.rules).cut_after.push(name.into());
+    }
+
+    /// Closes the current connection now (replies still delayed are never sent).
+    pub fn cut(&self) {
+        if let Some(conn) = lock(&self.shared.conn).take() {
+            let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Whether a client is connected.
+    pub fn is_connected(&self) -> bool {
+        self.shared.connected.load(Ordering::SeqCst)
+    }
+
+    /// Waits up to `timeout` for the current connection to end; returns whether it did.
+    pub fn wait_disconnected(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.is_connected() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    /// The commands received so far (not `qmp_capabilities`, nor what was refused), in order.
+    pub fn requests(&self) -> Vec<Received> {
+        lock(&self.shared.requests).clone()
+    }
+}
+
+/// A running fake QEMU; see the [module docs](self). Derefs to its [`Control`].
+///
+/// Dropping it does not wait for a [`spawn_unix`](FakeQemuBuilder::spawn_unix) fake's
+/// thread (it ends with its connection; [`join`](FakeQemu::join) waits for that); a
+/// [`listen_unix`](FakeQemuBuilder::listen_unix) fake is stopped and its socket removed.
+#[derive(Debug)]
+pub struct FakeQemu {
+    control: Control,
+    thread: Option<JoinHandle<()>>,
+    path: Option<PathBuf>,
+}
+
+impl FakeQemu {
+    /// A builder with the defaults: QEMU 7.2.22's greeting, `oob` offered, no handlers (every
+    /// command but `qmp_capabilities` gets `CommandNotFound`).
+    pub fn builder() -> FakeQemuBuilder {
+        FakeQemuBuilder {
+            version: DEFAULT_VERSION,
+            package: DEFAULT_PACKAGE.into(),
+            oob: true,
+            handlers: HashMap::new(),
+            fallback: None,
+        }
+    }
+
+    /// The fake's [`Control`], to move into another thread.
+    pub fn control(&self) -> Control {
+        self.control.clone()
+    }
+
+    /// Waits for the fake's thread to end (for a spawned fake: for its connection to close;
+    /// a listening one is stopped first).
+    pub fn join(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(path) = &self.path {
+            self.control.shared.stopping.store(true, Ordering::SeqCst);
+            self.control.cut();
+            // Wake the accept.
+            let _ = UnixStream::connect(path);
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        if let Some(path) = self.path.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl std::ops::Deref for FakeQemu {
+    type Target = Control;
+
+    fn deref(&self) -> &Control {
+        &self.control
+    }
+}
+
+impl Drop for FakeQemu {
+    fn drop(&mut self) {
+        if self.path.is_some() {
+            self.stop();
+        }
+    }
+}
+
+/// Runs an encoder into a buffer big enough.
+fn encode_vec(
+    mut encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
+) -> Result<Vec<u8>, EncodeError> {
+    let mut out = vec![0; 4096];
+    loop {
+        match encode(&mut out) {
+            Ok(n) => {
+                out.truncate(n);
+                return Ok(out);
+            }
+            Err(EncodeError::BufferTooSmall { needed }) => out.resize(needed, 0),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A reply waiting for its time.
+struct Due {
+    at: Instant,
+    bytes: Vec<u8>,
+    cut: bool,
+}
+
+/// Serves one connection until it closes.
+fn serve(config: &FakeQemuBuilder, ctl: &Control, stream: UnixStream) -> io::Result<()> {
+    let shared = &ctl.shared;
+    stream.set_nonblocking(false)?;
+    let mut reader = stream.try_clone()?;
+    let mut server = Server::new(
+        vec![0u8; 1 << 20],
+        config.version,
+        &config.package,
+        config.oob,
+    );
+    let greeting = encode_vec(|out| server.greeting(out)).map_err(io::Error::other)?;
+    *lock(&shared.conn) = Some(Conn {
+        stream,
+        negotiated: false,
+    });
+    shared.connected.store(true, Ordering::SeqCst);
+    let result = (|| {
+        write(ctl, &greeting)?;
+        let mut pending: VecDeque<Due> = VecDeque::new();
+        loop {
+            // Send what is due, then wait for input until the next reply is.
+            while let Some(due) = pending.front() {
+                if due.at > Instant::now() {
+                    break;
+                }
+                let due = pending.pop_front().unwrap();
+                write(ctl, &due.bytes)?;
+                if due.cut {
+                    ctl.cut();
+                    return Ok(());
+                }
+            }
+            let wait = pending.front().map(|d| {
+                d.at.saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1))
+            });
+            reader.set_read_timeout(wait)?;
+            let n = match reader.read(server.read_buf()) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            server.commit(n);
+            while let Some(incoming) = server.poll() {
+                let (bytes, oob, name) = match incoming {
+                    Incoming::Answer(answer) => {
+                        let bytes =
+                            encode_vec(|out| answer.encode(out)).map_err(io::Error::other)?;
+                        (bytes, false, None)
+                    }
+                    Incoming::Request(req) => {
+                        let name = req.name.to_string();
+                        let arguments = req
+                            .arguments
+                            .and_then(|a| serde_json::from_str::<Value>(a.as_json()).ok());
+                        lock(&shared.requests).push(Received {
+                            name: name.clone(),
+                            arguments: arguments.clone(),
+                            id: req.id.map(|id| id.as_json().to_owned()),
+                            oob: req.oob,
+                        });
+                        let args = arguments.unwrap_or_else(|| Value::Object(Default::default()));
+                        let answer = match (config.handlers.get(&name), &config.fallback) {
+                            (Some(h), _) => Some(h(&args, ctl)),
+                            (None, Some(f)) => Some(f(&name, &args, ctl)),
+                            (None, None) => None,
+                        };
+                        let bytes = match answer {
+                            None => encode_vec(|out| req.not_found(out)),
+                            Some(Ok(value)) => {
+                                let text = value.to_string();
+                                let raw = RawJson::parse(&text).expect("serde_json's output");
+                                encode_vec(|out| req.reply(raw, out))
+                            }
+                            Some(Err((class, desc))) => {
+                                encode_vec(|out| req.error(&class, &desc, out))
+                            }
+                        }
+                        .map_err(io::Error::other)?;
+                        (bytes, req.oob, Some(name))
+                    }
+                };
+                if let Some(conn) = lock(&shared.conn).as_mut() {
+                    conn.negotiated = server.state() == qmp_proto::ServerState::Command;
+                }
+                let rules = lock(&shared.rules);
+                let (delay, dropped, cut) = match &name {
+                    Some(name) => (
+                        rules.delay.get(name).copied().unwrap_or_default(),
+                        rules.drop.contains(name),
+                        rules.cut_after.contains(name),
+                    ),
+                    None => (Duration::ZERO, false, false),
+                };
+                drop(rules);
+                if dropped {
+                    if cut {
+                        ctl.cut();
+                        return Ok(());
+                    }
+                    continue;
+                }
+                let now = Instant::now();
+                if oob || (pending.is_empty() && delay.is_zero()) {
+                    write(ctl, &bytes)?;
+                    if cut {
+                        ctl.cut();
+                        return Ok(());
+                    }
+                } else {
+                    let at = pending
+                        .back()
+                        .map_or(now + delay, |p| p.at.max(now + delay));
+                    pending.push_back(Due { at, bytes, cut });
+                }
+            }
+        }
+    })();
+    ctl.cut();
+    shared.connected.store(false, Ordering::SeqCst);
+    result
+}
+
+/// Writes to the current connection; an error once it is gone.
+fn write(ctl: &Control, bytes: &[u8]) -> io::Result<()> {
+    match lock(&ctl.shared.conn).as_mut() {
+        Some(conn) => conn.stream.write_all(bytes),
+        None => Err(io::ErrorKind::NotConnected.into()),
+    }
 }

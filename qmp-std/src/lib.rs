@@ -344,8 +344,7 @@ mod connect;
 mod drive;
 mod error;
 mod event;
-#[cfg(test)]
-mod fake;
+pub mod fake;
 mod hub;
 mod shared;
 #[cfg(test)]

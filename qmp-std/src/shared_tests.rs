@@ -1,21 +1,36 @@
 //! [`SharedClient`] against the fake QEMU.
 
 use std::collections::HashSet;
-use std::os::unix::net::UnixStream;
 use std::thread;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::fake::{self, Server};
+use crate::fake::{FakeQemu, FakeQemuBuilder};
 use crate::{ClientBuilder, Error, SharedClient};
 
-fn connect(
-    handler: impl FnMut(&mut Server, &Value) -> bool + Send + 'static,
-) -> (SharedClient, thread::JoinHandle<Server>) {
-    let (client_side, server_side) = UnixStream::pair().unwrap();
-    let server = fake::spawn(server_side, handler);
-    // The fake answers by id, so every command carries one.
+/// The fake the tests share: `echo` returns its arguments; `emit` sends `arguments.n` `TICK`
+/// events numbered from the fake's count, then returns `{}`; `sleep` waits `arguments.ms`
+/// milliseconds before its reply; anything else returns `{}`.
+pub(crate) fn echo() -> FakeQemuBuilder {
+    FakeQemu::builder()
+        .on("echo", |args| Ok(args.clone()))
+        .on_with("emit", |args, fake| {
+            for _ in 0..args["n"].as_u64().unwrap_or(1) {
+                fake.event("TICK", Some(json!({"seq": fake.events_sent()})));
+            }
+            Ok(json!({}))
+        })
+        .on("sleep", |args| {
+            thread::sleep(Duration::from_millis(args["ms"].as_u64().unwrap_or(10)));
+            Ok(json!({}))
+        })
+        .fallback(|_, _, _| Ok(json!({})))
+}
+
+fn connect(fake: FakeQemuBuilder) -> (SharedClient, FakeQemu) {
+    let (client_side, server) = fake.spawn_unix().unwrap();
+    // Every command carries an id, as the tests were written.
     let client = ClientBuilder::new()
         .untagged_when_alone(false)
         .connect_timeout(Some(Duration::from_secs(5)))
@@ -34,7 +49,7 @@ fn connect(
 fn eight_threads_by_a_thousand_commands_lose_nothing() {
     const THREADS: u64 = 8;
     const COMMANDS: u64 = 1000;
-    let (qmp, server) = connect(fake::echo);
+    let (qmp, server) = connect(echo());
     let events = THREADS * COMMANDS / 2;
     // Three subscribers read as events come, one only at the end (it holds them all).
     let readers: Vec<_> = (0..3)
@@ -82,12 +97,14 @@ fn eight_threads_by_a_thousand_commands_lose_nothing() {
     assert_eq!(qmp.in_flight(), 0);
     assert_eq!(qmp.dropped_messages(), 0);
     drop(qmp);
-    assert_eq!(server.join().unwrap().events, events);
+    let server_events = server.events_sent();
+    server.join();
+    assert_eq!(server_events, events);
 }
 
 #[test]
 fn a_timed_out_command_fails_and_its_late_reply_is_dropped() {
-    let (qmp, server) = connect(fake::echo);
+    let (qmp, server) = connect(echo());
     let slow = qmp.execute_raw_timeout(
         "sleep",
         &json!({"ms": 200}),
@@ -101,12 +118,12 @@ fn a_timed_out_command_fails_and_its_late_reply_is_dropped() {
     assert_eq!(qmp.dropped_messages(), 1);
     assert_eq!(qmp.in_flight(), 0);
     drop(qmp);
-    server.join().unwrap();
+    server.join();
 }
 
 #[test]
 fn more_than_eight_callers_wait_for_room() {
-    let (qmp, server) = connect(fake::echo);
+    let (qmp, server) = connect(echo());
     let workers: Vec<_> = (0..32)
         .map(|i| {
             let qmp = qmp.clone();
@@ -123,18 +140,16 @@ fn more_than_eight_callers_wait_for_room() {
         .collect();
     assert_eq!(got.len(), 32);
     drop(qmp);
-    server.join().unwrap();
+    server.join();
 }
 
 #[test]
 fn a_hang_up_fails_waiting_commands_and_ends_subscriptions() {
-    let (qmp, server) = connect(|server, command| {
-        if command["execute"] == "hang-up-later" {
-            // Leave it unanswered; the next command hangs up.
-            return true;
-        }
-        fake::echo(server, command)
-    });
+    let (qmp, server) = connect(echo());
+    // Left unanswered; the next command hangs up.
+    server.drop_reply("hang-up-later");
+    server.drop_reply("hang-up");
+    server.cut_after("hang-up");
     let mut events = qmp.subscribe();
     qmp.execute_raw("emit", &json!({"n": 2})).unwrap();
     let waiting = {
@@ -158,12 +173,12 @@ fn a_hang_up_fails_waiting_commands_and_ends_subscriptions() {
     assert_eq!(events.next().unwrap().unwrap().name, "TICK");
     assert!(matches!(events.next(), Some(Err(Error::Disconnected))));
     assert!(events.next().is_none());
-    server.join().unwrap();
+    server.join();
 }
 
 #[test]
 fn a_slow_subscriber_is_told_what_it_missed() {
-    let (qmp, server) = connect(fake::echo);
+    let (qmp, server) = connect(echo());
     let slow = qmp.subscribe_with_capacity(4);
     qmp.execute_raw("emit", &json!({"n": 10})).unwrap();
     qmp.execute_raw("echo", &json!({})).unwrap();
@@ -182,12 +197,12 @@ fn a_slow_subscriber_is_told_what_it_missed() {
     qmp.execute_raw("echo", &json!({})).unwrap();
     assert_eq!(slow.recv().unwrap().data.unwrap()["seq"], 10);
     drop(qmp);
-    server.join().unwrap();
+    server.join();
 }
 
 #[test]
 fn dropping_the_last_handle_closes_the_connection() {
-    let (qmp, server) = connect(fake::echo);
+    let (qmp, server) = connect(echo());
     let events = qmp.subscribe();
     let other = qmp.clone();
     drop(qmp);
@@ -195,6 +210,6 @@ fn dropping_the_last_handle_closes_the_connection() {
     other.execute_raw("echo", &json!({})).unwrap();
     drop(other);
     // The fake sees the end of the stream and returns.
-    server.join().unwrap();
+    server.join();
     assert!(matches!(events.recv(), Err(Error::Disconnected)));
 }

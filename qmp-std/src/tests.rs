@@ -11,9 +11,9 @@ use serde_json::{Value, json};
 use crate::commands::{
     Cont, Empty, Getfd, QueryStatus, QueryVersion, RunState, Stop, events as ev,
 };
+use crate::fake::default_greeting;
 use crate::{Client, ClientBuilder, Error, EventKind};
 
-const GREETING: &str = r#"{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "Debian 1:7.2+dfsg-7+deb12u18+b3"}, "capabilities": ["oob"]}}"#;
 const STATUS_RUNNING: &str = r#"{"status": "running", "singlestep": false, "running": true}"#;
 
 /// The server side: reads the client's commands, writes what the test says.
@@ -89,7 +89,7 @@ impl FakeQemu {
 
     /// Greeting and negotiation, as QEMU does them.
     fn handshake(&mut self) -> Value {
-        self.send(GREETING);
+        self.send(&default_greeting());
         let command = self.expect("qmp_capabilities");
         self.reply(&command, json!({}));
         command
@@ -530,7 +530,7 @@ fn raw_requests_carry_ids_of_any_type() {
 #[test]
 fn lenient_client_sends_before_negotiating() {
     let (client, server) = connect(quick().negotiate(false), |q| {
-        q.send(GREETING);
+        q.send(&default_greeting());
         let c = q.expect("query-status");
         q.error(
             &c,

@@ -1,6 +1,5 @@
 //! The tokio [`Client`] against the fake QEMU.
 
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ::tokio::net::UnixStream;
@@ -9,16 +8,15 @@ use serde_json::{Value, json};
 
 use crate::Error;
 use crate::commands::{Empty, MigratePause};
-use crate::fake::{self, Server};
+use crate::fake::{FakeQemu, FakeQemuBuilder};
+use crate::shared_tests::echo;
 use crate::tokio::{Client, ClientBuilder};
 
-async fn connect_with(
-    builder: ClientBuilder,
-    handler: impl FnMut(&mut Server, &Value) -> bool + Send + 'static,
-) -> (Client, JoinHandle<Server>) {
-    let (client_side, server_side) = UnixStream::pair().unwrap();
-    let server = fake::spawn(server_side.into_std().unwrap(), handler);
-    // The fake answers by id, so every command carries one.
+async fn connect_with(builder: ClientBuilder, fake: FakeQemuBuilder) -> (Client, FakeQemu) {
+    let (client_side, server) = fake.spawn_unix().unwrap();
+    client_side.set_nonblocking(true).unwrap();
+    let client_side = UnixStream::from_std(client_side).unwrap();
+    // Every command carries an id, as the tests were written.
     let client = builder
         .untagged_when_alone(false)
         .connect_timeout(Some(Duration::from_secs(5)))
@@ -29,15 +27,13 @@ async fn connect_with(
     (client, server)
 }
 
-async fn connect(
-    handler: impl FnMut(&mut Server, &Value) -> bool + Send + 'static,
-) -> (Client, JoinHandle<Server>) {
-    connect_with(ClientBuilder::new(), handler).await
+async fn connect(fake: FakeQemuBuilder) -> (Client, FakeQemu) {
+    connect_with(ClientBuilder::new(), fake).await
 }
 
 #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_tasks_share_one_connection() {
-    let (qmp, server) = connect(fake::echo).await;
+    let (qmp, server) = connect(echo()).await;
     let tasks: Vec<_> = (0..32u64)
         .map(|t| {
             let qmp = qmp.clone();
@@ -55,7 +51,7 @@ async fn many_tasks_share_one_connection() {
     }
     assert_eq!(qmp.in_flight(), 0);
     drop(qmp);
-    server.join().unwrap();
+    server.join();
 }
 
 /// Dropping `execute` futures before their replies, hundreds of times, at every stage
@@ -63,7 +59,7 @@ async fn many_tasks_share_one_connection() {
 /// of step: each late reply is discarded by id, and commands and events carry on.
 #[::tokio::test]
 async fn dropped_futures_do_not_desynchronise_the_connection() {
-    let (qmp, server) = connect(fake::echo).await;
+    let (qmp, server) = connect(echo()).await;
     let mut events = qmp.subscribe();
     let mut cancelled = 0;
     for round in 0..200u64 {
@@ -102,7 +98,7 @@ async fn dropped_futures_do_not_desynchronise_the_connection() {
     assert!(qmp.discarded_replies() > 0);
     assert_eq!(qmp.dropped_messages(), 0);
     drop(qmp);
-    server.join().unwrap();
+    server.join();
 }
 
 /// `join_all` for a few futures, without futures-util.
@@ -131,7 +127,7 @@ async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Out
 
 #[::tokio::test]
 async fn a_command_timeout_fails_it_and_the_next_command_works() {
-    let (qmp, server) = connect(fake::echo).await;
+    let (qmp, server) = connect(echo()).await;
     let slow = qmp
         .execute_raw_timeout(
             "sleep",
@@ -152,23 +148,15 @@ async fn a_command_timeout_fails_it_and_the_next_command_works() {
     // The late reply came first, and was dropped as matching no command.
     assert_eq!((qmp.in_flight(), qmp.dropped_messages()), (0, 1));
     drop(qmp);
-    server.join().unwrap();
+    server.join();
 }
 
 #[::tokio::test]
 async fn exec_oob_overtakes_in_band_commands() {
-    let (qmp, server) = connect_with(ClientBuilder::new().oob(true), |server, command| {
-        if command["execute"] == "held" {
-            // Answered only after the out-of-band command that follows it.
-            let oob = server.recv().unwrap();
-            assert_eq!(oob["exec-oob"], "migrate-pause", "{oob}");
-            server.reply(&oob, json!({}));
-            server.reply(command, json!("held"));
-            return true;
-        }
-        fake::echo(server, command)
-    })
-    .await;
+    let fake = echo().on("held", |_| Ok(json!("held")));
+    let (qmp, server) = connect_with(ClientBuilder::new().oob(true), fake).await;
+    // Answered only after the out-of-band command that follows it.
+    server.delay("held", Duration::from_millis(500));
     assert!(qmp.oob_enabled());
     let held = {
         let qmp = qmp.clone();
@@ -179,13 +167,22 @@ async fn exec_oob_overtakes_in_band_commands() {
     }
     assert_eq!(qmp.execute_oob(&MigratePause).await.unwrap(), Empty {});
     assert_eq!(held.await.unwrap().unwrap(), json!("held"));
+    let seen: Vec<_> = server
+        .requests()
+        .into_iter()
+        .map(|r| (r.name, r.oob))
+        .collect();
+    assert_eq!(
+        seen,
+        [("held".into(), false), ("migrate-pause".into(), true)]
+    );
     drop(qmp);
-    server.join().unwrap();
+    server.join();
 }
 
 #[::tokio::test]
 async fn a_slow_subscriber_gets_the_events_then_the_gap_then_the_rest() {
-    let (qmp, server) = connect_with(ClientBuilder::new().event_capacity(4), fake::echo).await;
+    let (qmp, server) = connect_with(ClientBuilder::new().event_capacity(4), echo()).await;
     let mut first = qmp.subscribe();
     let mut second = qmp.subscribe();
     let seqs = |events: Vec<crate::Event>| -> Vec<u64> {
@@ -225,20 +222,17 @@ async fn a_slow_subscriber_gets_the_events_then_the_gap_then_the_rest() {
     assert_eq!(seqs(vec![first.next().await.unwrap().unwrap()]), [13]);
     assert_eq!(seqs(vec![slow.next().await.unwrap().unwrap()]), [13]);
     drop(qmp);
-    server.join().unwrap();
+    server.join();
     // The client was dropped: the streams just end.
     assert!(slow.next().await.is_none());
 }
 
 #[::tokio::test]
 async fn a_hang_up_fails_every_pending_command_and_ends_events_with_an_error() {
-    let (qmp, server) = connect(|server, command| {
-        if command["execute"] == "unanswered" {
-            return true;
-        }
-        fake::echo(server, command)
-    })
-    .await;
+    let (qmp, server) = connect(echo()).await;
+    server.drop_reply("unanswered");
+    server.drop_reply("hang-up");
+    server.cut_after("hang-up");
     let mut events = qmp.subscribe();
     qmp.execute_raw("emit", &json!({"n": 1})).await.unwrap();
     let pending: Vec<_> = (0..5)
@@ -270,18 +264,18 @@ async fn a_hang_up_fails_every_pending_command_and_ends_events_with_an_error() {
         qmp.subscribe().next().await,
         Some(Err(Error::Disconnected))
     ));
-    server.join().unwrap();
+    server.join();
 }
 
 #[::tokio::test]
 async fn dropping_the_last_clone_closes_the_connection() {
-    let (qmp, server) = connect(fake::echo).await;
+    let (qmp, server) = connect(echo()).await;
     let other = qmp.clone();
     drop(qmp);
     other.execute_raw("echo", &json!({})).await.unwrap();
     drop(other);
     // The fake sees the end of the stream and returns.
-    ::tokio::task::spawn_blocking(move || server.join().unwrap())
+    ::tokio::task::spawn_blocking(move || server.join())
         .await
         .unwrap();
 }
@@ -293,20 +287,17 @@ async fn dropping_the_last_clone_closes_the_connection() {
 #[::tokio::test]
 async fn deadlines_bound_the_wait_for_room_too() {
     let (release, held) = std::sync::mpsc::channel::<()>();
-    let mut released = false;
-    let (qmp, server) = connect(move |server, command| {
-        if command["execute"] == "stuck" {
-            // Answer nothing until told, then everything that came meanwhile, in order.
-            if !released {
-                held.recv().unwrap();
-                released = true;
-            }
-            server.reply(command, json!({}));
-            return true;
+    let held = std::sync::Mutex::new((held, false));
+    // Answer nothing until told, then everything that came meanwhile, in order.
+    let fake = echo().on("stuck", move |_| {
+        let mut held = held.lock().unwrap();
+        if !held.1 {
+            held.0.recv().unwrap();
+            held.1 = true;
         }
-        fake::echo(server, command)
-    })
-    .await;
+        Ok(json!({}))
+    });
+    let (qmp, server) = connect(fake).await;
     let short = Some(Duration::from_millis(50));
     let calls: Vec<_> = (0..9)
         .map(|_| {
@@ -329,7 +320,7 @@ async fn deadlines_bound_the_wait_for_room_too() {
     assert_eq!(qmp.in_flight(), 0);
     assert!((8..=9).contains(&qmp.dropped_messages()), "{qmp:?}");
     drop(qmp);
-    server.join().unwrap();
+    server.join();
 }
 
 /// The peer answers, sends an event and goes away before the client has read any of it;
@@ -340,25 +331,19 @@ async fn deadlines_bound_the_wait_for_room_too() {
 async fn a_broken_pipe_still_delivers_what_the_peer_sent_before_it_went() {
     use std::future::Future;
     use std::task::{Context, Waker};
-    let (gone, hung_up) = std::sync::mpsc::channel();
-    let (qmp, server) = connect(move |server, command| {
-        if command["execute"] == "last-words" {
-            server.event("BYE", json!({}));
-            server.reply(command, json!({"bye": true}));
-            server.hang_up();
-            gone.send(()).unwrap();
-            return false;
-        }
-        fake::echo(server, command)
-    })
-    .await;
+    let fake = echo().on_with("last-words", |_, fake| {
+        fake.event("BYE", Some(json!({})));
+        Ok(json!({"bye": true}))
+    });
+    let (qmp, server) = connect(fake).await;
+    server.cut_after("last-words");
     let mut events = qmp.subscribe();
     let mut last = std::pin::pin!(qmp.execute_raw("last-words", &Value::Null));
     // Written on its first poll; then this thread waits (the reader task cannot run) until
     // the server has answered and hung up.
     let mut cx = Context::from_waker(Waker::noop());
     assert!(last.as_mut().poll(&mut cx).is_pending());
-    hung_up.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(server.wait_disconnected(Duration::from_secs(5)));
     let broken = qmp.execute_raw("echo", &json!({})).await;
     assert!(matches!(broken, Err(Error::Disconnected)), "{broken:?}");
     assert_eq!(last.await.unwrap(), json!({"bye": true}));
@@ -371,5 +356,5 @@ async fn a_broken_pipe_still_delivers_what_the_peer_sent_before_it_went() {
     assert!(qmp.is_closed());
     let later = qmp.execute_raw("echo", &json!({})).await;
     assert!(matches!(later, Err(Error::Disconnected)), "{later:?}");
-    server.join().unwrap();
+    server.join();
 }
