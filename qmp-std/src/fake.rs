@@ -576,3 +576,149 @@ fn write(ctl: &Control, bytes: &[u8]) -> io::Result<()> {
         None => Err(io::ErrorKind::NotConnected.into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use serde_json::json;
+
+    use super::{FakeQemu, default_greeting};
+    use crate::{Client, ClientBuilder, Error};
+
+    fn client(stream: std::os::unix::net::UnixStream) -> Client<std::os::unix::net::UnixStream> {
+        ClientBuilder::new()
+            .connect_timeout(Some(Duration::from_secs(5)))
+            .command_timeout(Some(Duration::from_secs(5)))
+            .handshake(stream)
+            .unwrap()
+    }
+
+    #[test]
+    fn the_greeting_is_qemus() {
+        assert_eq!(
+            default_greeting(),
+            r#"{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "Debian 1:7.2+dfsg-7+deb12u18+b3"}, "capabilities": ["oob"]}}"#
+        );
+        let (stream, _fake) = FakeQemu::builder()
+            .version((9, 1, 0))
+            .package("test")
+            .oob(false)
+            .spawn_unix()
+            .unwrap();
+        let qmp = client(stream);
+        let server = qmp.server();
+        assert_eq!(server.version.to_string(), "9.1.0");
+        assert_eq!(
+            (server.package.as_str(), server.oob_offered),
+            ("test", false)
+        );
+    }
+
+    #[test]
+    fn errors_unknown_commands_and_the_record() {
+        let (stream, fake) = FakeQemu::builder()
+            .on_error("device_del", "DeviceNotFound", "Device 'x' not found")
+            .on("echo", |args| Ok(args.clone()))
+            .spawn_unix()
+            .unwrap();
+        assert!(
+            !fake.event("TOO_EARLY", None),
+            "no events before negotiation"
+        );
+        let mut qmp = client(stream);
+        match qmp.execute_raw("device_del", &json!({"id": "x"})) {
+            Err(Error::Qmp(e)) => {
+                assert_eq!(
+                    (e.class.as_str(), e.desc.as_str()),
+                    ("DeviceNotFound", "Device 'x' not found")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match qmp.execute_raw("nope", &json!({})) {
+            Err(Error::Qmp(e)) => {
+                assert_eq!(e.class, "CommandNotFound");
+                assert_eq!(e.desc, "The command nope has not been found");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            qmp.execute_raw("echo", &json!({"a": [1, "é"]})).unwrap(),
+            json!({"a": [1, "é"]})
+        );
+        let seen = fake.requests();
+        let names: Vec<_> = seen.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["device_del", "nope", "echo"]);
+        assert_eq!(seen[0].arguments, Some(json!({"id": "x"})));
+        assert!(seen.iter().all(|r| !r.oob));
+        drop(qmp);
+        fake.join();
+    }
+
+    #[test]
+    fn delays_keep_the_order_and_drops_never_answer() {
+        let (stream, fake) = FakeQemu::builder()
+            .fallback(|name, _, _| Ok(json!(name)))
+            .spawn_unix()
+            .unwrap();
+        fake.delay("slow", Duration::from_millis(100));
+        fake.drop_reply("never");
+        let mut qmp = client(stream);
+        let start = Instant::now();
+        let slow = qmp.send_raw("slow", &json!({})).unwrap();
+        let fast = qmp.send_raw("fast", &json!({})).unwrap();
+        assert_eq!(qmp.wait(fast).unwrap(), json!("fast"));
+        assert!(
+            start.elapsed() >= Duration::from_millis(100),
+            "in order, behind the slow one"
+        );
+        assert_eq!(qmp.wait(slow).unwrap(), json!("slow"));
+        let never = qmp.execute_raw_timeout("never", &json!({}), Some(Duration::from_millis(50)));
+        assert!(matches!(never, Err(Error::Timeout(_))), "{never:?}");
+        assert_eq!(
+            qmp.execute_raw("after", &json!({})).unwrap(),
+            json!("after")
+        );
+        let ids: Vec<_> = fake
+            .requests()
+            .into_iter()
+            .map(|r| r.id.is_some())
+            .collect();
+        assert_eq!(ids.len(), 4);
+        fake.cut();
+        assert!(fake.wait_disconnected(Duration::from_secs(5)));
+        assert!(matches!(
+            qmp.execute_raw("gone", &json!({})),
+            Err(Error::Disconnected)
+        ));
+    }
+
+    #[test]
+    fn a_listening_fake_serves_one_client_after_another() {
+        let dir = std::env::temp_dir().join(format!("qmp-std-fake-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("qmp.sock");
+        let _ = std::fs::remove_file(&path);
+        let fake = FakeQemu::builder()
+            .on("query-name", |_| Ok(json!({"name": "vm"})))
+            .listen_unix(&path)
+            .unwrap();
+        for _ in 0..2 {
+            let mut qmp = Client::connect_unix(&path).unwrap();
+            assert_eq!(
+                qmp.execute_raw("query-name", &json!({})).unwrap(),
+                json!({"name": "vm"})
+            );
+            fake.event("HELLO", Some(json!({"n": 1})));
+            let hello = qmp.wait_event("HELLO", Duration::from_secs(5)).unwrap();
+            assert_eq!(hello.data.unwrap()["n"], 1);
+            drop(qmp);
+            assert!(fake.wait_disconnected(Duration::from_secs(5)));
+        }
+        assert_eq!(fake.requests().len(), 2);
+        drop(fake);
+        assert!(!path.exists());
+        let _ = std::fs::remove_dir(&dir);
+    }
+}

@@ -32,6 +32,9 @@
 //!   tasks, with cancel-safe commands and event streams. All share one core with
 //!   [`Client`] and the same verbs (`execute`, `execute_timeout`, `send`/`wait`, `abandon`,
 //!   `next_event`, `wait_event`, …).
+//! - For your tests, [`fake::FakeQemu`]: a fake QEMU on a socket pair or path, answering
+//!   commands through your handlers with QEMU's exact greeting, negotiation and errors
+//!   (built on [`qmp_proto::Server`]), pushing events, delaying or dropping replies.
 //!
 //! # Talking to QEMU
 //! ```no_run
