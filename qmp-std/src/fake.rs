@@ -49,7 +49,28 @@
 //! The same stream works with [`SharedClient`](crate::SharedClient) (through
 //! [`ClientBuilder::handshake`](crate::ClientBuilder::handshake)) and, converted with
 //! `tokio::net::UnixStream::from_std` (after `set_nonblocking(true)`), with the tokio
-//! client's `ClientBuilder::handshake_unix`.
+//! client's `ClientBuilder::handshake_unix`:
+//! ```
+//! # #[cfg(feature = "tokio")]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use qmp_std::fake::FakeQemu;
+//! use serde_json::json;
+//!
+//! let (stream, _qemu) = FakeQemu::builder()
+//!     .on("query-name", |_| Ok(json!({"name": "vm"})))
+//!     .spawn_unix()?;
+//! stream.set_nonblocking(true)?;
+//! let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+//! runtime.block_on(async {
+//!     let stream = tokio::net::UnixStream::from_std(stream)?;
+//!     let qmp = qmp_std::tokio::ClientBuilder::new().handshake_unix(stream).await?;
+//!     assert_eq!(qmp.execute_raw("query-name", &json!({})).await?, json!({"name": "vm"}));
+//!     Ok(())
+//! })
+//! # }
+//! # #[cfg(not(feature = "tokio"))]
+//! # fn main() {}
+//! ```
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
