@@ -546,7 +546,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
         let kind = match envelope {
             Envelope::ExecOob => Kind::OutOfBand,
             Envelope::Execute if negotiating => Kind::Negotiate {
-                oob: oob::enables_oob(arguments),
+                oob: oob::enables_oob(&out[..len]),
             },
             Envelope::Execute => Kind::InBand,
         };
