@@ -661,8 +661,12 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
         let room = self.read_buf();
         let n = room.len().min(bytes.len());
         room[..n].copy_from_slice(&bytes[..n]);
-        self.handle_read(n.max(usize::from(bytes.is_empty())), now);
-        if bytes.is_empty() { 0 } else { n }
+        // Unlike a read, taking nothing (no bytes, or no room yet) is not the end of the
+        // stream.
+        if n > 0 {
+            self.handle_read(n, now);
+        }
+        n
     }
 
     /// The end of the stream (for a client that reads elsewhere): as a read of 0 bytes.

@@ -718,3 +718,16 @@ fn push_with_applies_the_one_overflow_rule_to_events_stored_by_the_caller() {
     assert_eq!(queue.take(None), Some(Ok("E".to_owned())));
     assert_eq!(queue.lost_total(), 2);
 }
+
+#[test]
+fn feeding_nothing_is_not_the_end_of_the_stream() {
+    let (mut d, _peer, now) = ready(config());
+    let id = d.execute("stop", &(), SendOptions::new(), now).unwrap();
+    assert_eq!(d.feed(b"", now), 0);
+    assert!(d.poll().is_none());
+    assert!(d.is_pending(id) && !d.is_closed());
+    assert_eq!(d.dropped_messages(), 0, "no byte was made up");
+    let reply = b"{\"return\": {}, \"id\": 2}\r\n";
+    assert_eq!(d.feed(reply, now), reply.len());
+    assert_eq!(d.poll(), Some(Done::Completed(id)));
+}
