@@ -1,5 +1,5 @@
 #!/bin/sh
-# Print the size of the qmp-firmware binary in one line:
+# Print the size of the qmp-firmware binary (or another, named by its file) in one line:
 #   qmp-firmware: text 6506 B, rodata 1714 B, data 224 B, bss 0 B (static RAM 224 B)
 #
 # Usage: .ci/firmware-size.sh [BINARY]
@@ -17,6 +17,10 @@
 #   bss    = allocated, writable NOBITS sections (.bss, .tbss): zeroed
 #            static RAM. lld's .relro_padding (page-alignment padding after
 #            RELRO, not program data) is left out.
+# A binary with its own `.stack` and `.page_tables` sections (the bare-metal
+# qmp-guest: target/release/qmp-guest) gets them reported on their own, outside
+# bss and static RAM, after its flash size (text + rodata + data):
+#   qmp-guest: text ..., bss 0 B (static RAM 1880 B); flash 47383 B, stack 16384 B, page tables 12288 B
 set -eu
 
 bin=${1:-${CARGO_TARGET_DIR:-target}/release/qmp-firmware}
@@ -26,6 +30,7 @@ if [ ! -f "$bin" ]; then
 fi
 
 exec python3 - "$bin" <<'PY'
+import os
 import struct
 import sys
 
@@ -52,6 +57,7 @@ def name(sh):
     return elf[start:elf.index(b"\0", start)].decode()
 
 sizes = {"text": 0, "rodata": 0, "data": 0, "bss": 0}
+apart = {".stack": 0, ".page_tables": 0}
 for sh in sections:
     _, sh_type, flags, _, _, size = sh
     if not flags & SHF_ALLOC:
@@ -62,11 +68,20 @@ for sh in sections:
         sizes["rodata"] += size
     elif sh_type != SHT_NOBITS:
         sizes["data"] += size
+    elif name(sh) in apart:
+        apart[name(sh)] += size
     elif name(sh) != ".relro_padding":
         sizes["bss"] += size
 
-print(
-    "qmp-firmware: text {text} B, rodata {rodata} B, data {data} B, bss {bss} B"
-    " (static RAM {ram} B)".format(ram=sizes["data"] + sizes["bss"], **sizes)
+line = (
+    "{name}: text {text} B, rodata {rodata} B, data {data} B, bss {bss} B"
+    " (static RAM {ram} B)".format(
+        name=os.path.basename(path), ram=sizes["data"] + sizes["bss"], **sizes
+    )
 )
+if any(apart.values()):
+    line += "; flash {} B, stack {} B, page tables {} B".format(
+        sizes["text"] + sizes["rodata"] + sizes["data"], apart[".stack"], apart[".page_tables"]
+    )
+print(line)
 PY

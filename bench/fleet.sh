@@ -5,6 +5,12 @@
 #
 #   bash bench/fleet.sh                    # N=100, 200 round trips per VM, 3 stop/cont cycles
 #   VMS=10 ROUNDS=100 RUNS=1 bash bench/fleet.sh
+#   SIMULATED=1 bash bench/fleet.sh       # 10,000 simulated monitors (qmp-fake-fleet), and 100
+#
+# SIMULATED=1: no QEMU is started; `qmp-fake-fleet` (qmp-proto's sans-IO server, one
+# process) serves VMS_SIM (10000) monitors, and both clients connect to BASE (100) of them,
+# then to all: ROUNDS_SIM (20) round trips per monitor at VMS_SIM, the same total at BASE;
+# PY_TIMEOUT (900 s) bounds each qemu.qmp run.
 #
 # Environment: VMS (100), ROUNDS (200), CYCLES (3), RUNS (2: each client runs RUNS times,
 # alternating), THREADS (0: qmp-fleet on a current-thread runtime), VENV (where qemu.qmp is
@@ -28,6 +34,92 @@ if ! "$VENV/bin/python" -c 'import qemu.qmp' 2>/dev/null; then
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check 'qemu.qmp'
 fi
+if [ "${SIMULATED:-0}" = 1 ]; then
+    # Simulated fleet: qmp-fake-fleet serves VMS monitors (qmp-proto's sans-IO server, one
+    # process) on Unix sockets; both clients connect to them with --connect, first to BASE
+    # of them (the reference point), then to all VMS.
+    VMS=${VMS_SIM:-10000}
+    BASE=${BASE:-100}
+    ROUNDS=${ROUNDS_SIM:-20}
+    echo "==> building qmp-fleet and qmp-fake-fleet (release)" >&2
+    cargo build --release --quiet -p qmp-examples --bin qmp-fleet --bin qmp-fake-fleet
+    # 10,000 connections need more descriptors than the usual soft limit, in every process.
+    ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+    sim=$(mktemp -d)
+    out=$(mktemp)
+    "$target/release/qmp-fake-fleet" --dir "$sim" --vms "$VMS" >"$sim/ready" &
+    server=$!
+    # The server dies of the SIGTERM (status 143): the benchmark's own status is kept.
+    trap 'status=$?; kill $server 2>/dev/null; wait $server 2>/dev/null || true; rm -rf "$sim" "$out"; exit $status' EXIT
+    until grep -q ready "$sim/ready" 2>/dev/null; do
+        kill -0 $server 2>/dev/null || { echo "qmp-fake-fleet failed" >&2; exit 1; }
+        sleep 0.1
+    done
+    for n in "$BASE" "$VMS"; do
+        # As many round trips at BASE monitors as at VMS (more per monitor), so that both
+        # timed phases last long enough to measure.
+        rounds=$((ROUNDS * VMS / n))
+        args=(--connect "$sim" --vms "$n" --rounds "$rounds" --cycles "$CYCLES" --json)
+        for run in $(seq 1 "$RUNS"); do
+            echo "==> $n monitors, run $run/$RUNS: qmp-fleet --raw (no QMP client: the floor)" >&2
+            "$target/release/qmp-fleet" "${args[@]}" --threads "$THREADS" --raw | tee -a "$out"
+            echo "==> $n monitors, run $run/$RUNS: qmp-fleet (Rust, qmp-std tokio)" >&2
+            "$target/release/qmp-fleet" "${args[@]}" --threads "$THREADS" | tee -a "$out"
+            echo "==> $n monitors, run $run/$RUNS: fleet_qemu_qmp.py (Python, qemu.qmp)" >&2
+            timeout "${PY_TIMEOUT:-900}" "$VENV/bin/python" bench/fleet_qemu_qmp.py "${args[@]}" \
+                | tee -a "$out" || echo "   (qemu.qmp did not finish with $n monitors)" >&2
+        done
+    done
+    python3 - "$out" "$BASE" "$VMS" <<'PY'
+import json, statistics, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.startswith("{")]
+base, big = int(sys.argv[2]), int(sys.argv[3])
+rust, py, raw = "qmp-std tokio", "qemu.qmp asyncio", "raw tokio socket loop"
+def med(client, n, key):
+    values = [r[key] for r in rows if r["client"] == client and r["vms"] == n and key in r]
+    return statistics.median(values) if values else float("nan")
+print(f"\nsimulated fleet (qmp-fake-fleet), {sum(r['round_trips'] for r in rows[:1])} query-status "
+      f"round trips per run, medians; load average across the runs: "
+      + ", ".join(r["load_before"] for r in rows))
+cols = [(rust, base), (rust, big), (py, base), (py, big)]
+print(f"  {'':30}" + "".join(f"{('tokio' if c == rust else 'qemu.qmp') + ' @' + str(n):>18}" for c, n in cols))
+for key, label, fmt in [
+    ("rt_per_s", "round trips/s (fleet)", "{:18.0f}"),
+    ("cpu_per_rt_us", "client CPU µs/round trip", "{:18.2f}"),
+    ("connect_s", "connect + negotiate (s)", "{:18.2f}"),
+    ("event_latency_p50_us", "event latency p50 (µs)", "{:18.0f}"),
+    ("event_latency_p99_us", "event latency p99 (µs)", "{:18.0f}"),
+    ("heap_per_connection", "heap B/conn, idle (counted)", "{:18.0f}"),
+    ("heap_per_busy_connection", "heap B/conn, busy (peak)", "{:18.0f}"),
+    ("heap_per_connection_after", "heap B/conn, after the run", "{:18.0f}"),
+    ("rss_per_connection", "RSS growth B/connection", "{:18.0f}"),
+    ("hwm_kib", "VmHWM (KiB)", "{:18.0f}"),
+]:
+    print(f"  {label:30}" + "".join(fmt.format(med(c, n, key)) for c, n in cols))
+cpu_base, cpu_big = med(rust, base, "cpu_per_rt_us"), med(rust, big, "cpu_per_rt_us")
+print(f"  tokio CPU per round trip at {big} vs {base}: {cpu_big / cpu_base:.2f}x (target <= 1.0x, noise aside)")
+# The floor: the same phases with no QMP client (qmp-fleet --raw); above it, the client's own.
+print(f"  {'':30}" + "".join(f"{'raw @' + str(n):>18}" for n in (base, big)))
+for key, label in [("cpu_per_rt_us", "raw CPU µs/round trip"),
+                   ("user_per_rt_us", "  of which user"),
+                   ("system_per_rt_us", "  of which system")]:
+    print(f"  {label:30}" + "".join(f"{med(raw, n, key):18.2f}" for n in (base, big)))
+for n in (base, big):
+    own = med(rust, n, "cpu_per_rt_us") - med(raw, n, "cpu_per_rt_us")
+    user = med(rust, n, "user_per_rt_us") - med(raw, n, "user_per_rt_us")
+    floor = med(raw, n, "cpu_per_rt_us")
+    print(f"  at {n:>6}: floor {floor:.2f} µs/rt, tokio client's own {own:.2f} µs (user {user:.2f}); "
+          f"qemu.qmp's own {med(py, n, 'cpu_per_rt_us') - floor:.2f} µs")
+idle = med(rust, big, "heap_per_connection")
+print(f"  tokio heap per idle connection at {big}: {idle:.0f} B (target < 4096 B)")
+ok = all(r["events_seen"] == r["events_expected"] for r in rows if r["client"] == rust)
+print(f"  events: {'every STOP/RESUME seen' if ok else 'MISSING EVENTS'} in every tokio run")
+big_py = [r for r in rows if r["client"] == py and r["vms"] == big]
+print(f"  qemu.qmp at {big}: {len(big_py)} run(s) finished")
+PY
+    exit 0
+fi
+
 echo "==> building qmp-fleet (release)" >&2
 cargo build --release --quiet -p qmp-examples --bin qmp-fleet
 

@@ -10,6 +10,10 @@ It reports wall times, round trips per second across the fleet, this process's C
 round trip (`time.process_time()`: CLOCK_PROCESS_CPUTIME_ID, as the Rust program reads it;
 QEMU not included) and its memory (VmRSS/VmHWM, and the RSS growth per connection).
 
+With --connect DIR it starts nothing and connects to DIR/vm0.sock ... (the simulated
+monitors of qmp-fake-fleet). Event latency: from an event's QMP timestamp to the moment the
+coroutine waiting for it receives it, each VM's command and wait running together.
+
 Run it through bench/fleet.sh, which installs `qemu.qmp` from PyPI into a virtual
 environment of its own (it is never a dependency of the project).
 """
@@ -52,9 +56,9 @@ async def connect(path, deadline):
 
 async def run(args, report):
     begin, cpu_begin = time.perf_counter(), time.process_time()
-    directory = tempfile.mkdtemp(prefix="qmp-fleet-py-")
+    directory = args.connect or tempfile.mkdtemp(prefix="qmp-fleet-py-")
     sockets = [os.path.join(directory, f"vm{i}.sock") for i in range(args.vms)]
-    procs = [
+    procs = [] if args.connect else [
         subprocess.Popen(
             [args.qemu, "-machine", "none", "-nodefaults", "-display", "none",
              "-qmp", f"unix:{path},server=on,wait=off"],
@@ -95,17 +99,34 @@ async def run(args, report):
             listeners.append(listener)
         report["events_expected"] = 0
         report["events_seen"] = 0
+        latencies = []
+
+        async def wait_for(i, listener, name):
+            event = await asyncio.wait_for(listener.get(), 60)
+            now = time.time()
+            if event["event"] != name:
+                raise RuntimeError(f"vm{i}: {event['event']} instead of {name}")
+            stamp = event["timestamp"]
+            latencies.append((now - stamp["seconds"] - stamp["microseconds"] / 1e6) * 1e6)
+
+        async def command_and_event(i, client, listener, command, name):
+            await asyncio.gather(wait_for(i, listener, name), client.execute(command))
+
         t = time.perf_counter()
         for _ in range(args.cycles):
             for command, name in (("stop", "STOP"), ("cont", "RESUME")):
-                await asyncio.gather(*(c.execute(command) for c in clients))
-                for i, listener in enumerate(listeners):
-                    event = await asyncio.wait_for(listener.get(), 30)
-                    if event["event"] != name:
-                        raise RuntimeError(f"vm{i}: {event['event']} instead of {name}")
-                    report["events_seen"] += 1
                 report["events_expected"] += args.vms
+                before = len(latencies)
+                await asyncio.gather(*(command_and_event(i, c, listener, command, name)
+                                       for i, (c, listener) in enumerate(zip(clients, listeners))))
+                report["events_seen"] += len(latencies) - before
         report["stop_cont_s"] = time.perf_counter() - t
+        latencies.sort()
+        def pct(p):
+            return latencies[round((len(latencies) - 1) * p / 100)] if latencies else 0.0
+        report["event_latency_p50_us"] = pct(50)
+        report["event_latency_p99_us"] = pct(99)
+        report["event_latency_max_us"] = pct(100)
         report["rss_kib"], report["hwm_kib"] = rss_kib()
         report["total_cpu_s"] = time.process_time() - cpu_begin
         for client, listener in zip(clients, listeners):
@@ -116,8 +137,19 @@ async def run(args, report):
             proc.kill()
         for proc in procs:
             proc.wait()
-        shutil.rmtree(directory, ignore_errors=True)
+        if not args.connect:
+            shutil.rmtree(directory, ignore_errors=True)
     report["total_s"] = time.perf_counter() - begin
+
+
+def raise_fd_limit():
+    import resource
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        want = max(hard, 65536)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def main():
@@ -127,12 +159,15 @@ def main():
     parser.add_argument("--cycles", type=int, default=3)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--qemu", default="qemu-system-x86_64")
+    parser.add_argument("--connect", metavar="DIR",
+                        help="connect to DIR/vmI.sock instead of starting QEMUs")
     args = parser.parse_args()
     report = {
         "client": "qemu.qmp asyncio", "vms": args.vms, "rounds": args.rounds,
         "cycles": args.cycles, "python": sys.version.split()[0],
         "load_before": f"{os.getloadavg()[0]:.2f}",
     }
+    raise_fd_limit()
     asyncio.run(run(args, report))
     report["load_after"] = f"{os.getloadavg()[0]:.2f}"
     if args.json:
@@ -148,6 +183,8 @@ def main():
         print(f"  client CPU            {r['cpu_per_rt_us']:.2f} µs per round trip")
         print(f"  stop/cont             {r['cycles']} cycles in {r['stop_cont_s']:.2f} s: "
               f"{r['events_seen']}/{r['events_expected']} STOP+RESUME events seen")
+        print(f"  event latency         {r['event_latency_p50_us']:.0f} µs median, "
+              f"{r['event_latency_p99_us']:.0f} µs p99, {r['event_latency_max_us']:.0f} µs max")
         print(f"  client memory         VmRSS {r['rss_kib']} KiB, VmHWM {r['hwm_kib']} KiB, "
               f"RSS growth {r['rss_per_connection']} bytes per connection")
         print(f"  total                 {r['total_s']:.2f} s wall, {r['total_cpu_s']:.3f} s client CPU")

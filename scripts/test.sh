@@ -11,17 +11,21 @@ step() { printf '\n==> %s\n' "$*"; }
 step "cargo fmt --check"
 cargo fmt --all --check
 
+step "the generated QMP vocabulary (qmp-qapi/src/generated/) is what scripts/gen-qapi.sh makes"
+bash scripts/gen-qapi.sh --check
+
 step "no workspace member turns on std in a crate the freestanding firmware links"
 bash .ci/firmware-features.sh
 
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy -p qmp-embedded --all-targets --all-features -- -D warnings
+cargo clippy -p qmp-std --all-targets --all-features -- -D warnings
 
 step "docs build (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps -q
 
-step "cargo package (dry run of the three library crates)"
+step "cargo package (dry run of the four library crates)"
 # Packs each library crate as it would be published (licence files, test data) and
 # verifies that it builds from its tarball alone; path dependencies between the three
 # resolve through a temporary local registry. Nothing is uploaded. --allow-dirty: the
@@ -30,10 +34,10 @@ step "cargo package (dry run of the three library crates)"
 # $CARGO_HOME/registry/src/-HASH/) and built from its temporary registry is reused while the
 # version stays 0.1.0, so a second run would verify against the first run's code. Drop the
 # unpacked copies, and verify in a target dir of its own, emptied first.
-rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/qmp-{proto,std,embedded}-*
+rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/qmp-{proto,qapi,std,embedded}-*
 rm -rf "$target/package-check"
 CARGO_TARGET_DIR="$target/package-check" \
-    cargo package -q --allow-dirty -p qmp-proto -p qmp-embedded -p qmp-std
+    cargo package -q --allow-dirty -p qmp-proto -p qmp-embedded -p qmp-qapi -p qmp-std
 
 step "release build of the whole workspace (includes the freestanding qmp-firmware)"
 cargo build --release --workspace -q
@@ -45,6 +49,12 @@ sh .ci/firmware-size.sh "$target/release/qmp-firmware"
 RUSTFLAGS="--cfg qmp_proto_small" CARGO_TARGET_DIR="$target/small" \
     cargo build --profile firmware -p qmp-firmware -q
 sh .ci/firmware-size.sh "$target/small/firmware/qmp-firmware"
+step "bare-metal guest (examples/qmp-guest): sizes (flash = text + rodata + data; static RAM outside stack and page tables), and one boot"
+sh .ci/firmware-size.sh "$target/release/qmp-guest"
+RUSTFLAGS="--cfg qmp_proto_small" CARGO_TARGET_DIR="$target/small" \
+    cargo build --profile firmware -p qmp-guest -q
+sh .ci/firmware-size.sh "$target/small/firmware/qmp-guest"
+bash scripts/guest.sh
 
 step "tests (unit, property, doc, and end-to-end against a real qemu-system-x86_64)"
 cargo test --workspace
@@ -53,3 +63,6 @@ RUSTFLAGS="--cfg qmp_proto_small" CARGO_TARGET_DIR="$target/small" cargo test -q
 
 step "qmp-embedded with every feature (async client, defmt logging through a host logger)"
 cargo test -p qmp-embedded --all-features
+
+step "qmp-std with every feature (tokio, tls, tracing)"
+cargo test -p qmp-std --all-features --lib --tests

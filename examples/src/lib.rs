@@ -15,6 +15,7 @@
 //!   error messages, and [`print_error`] and [`print_out`], which never panic (with the
 //!   workspace's `panic = "abort"`, a panic skips every cleanup).
 //! - [`exit_on_signal`] and [`wait_if_exiting`] to clean up on Ctrl-C.
+//! - [`shell_schema`]: `qmp-shell`'s completion and `help` from the server's schema.
 //!
 //! ```no_run
 //! use qmp_examples::{Address, ThrowawayQemu, connect};
@@ -57,6 +58,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use qmp_std::serde_json::{Map, Value};
 use qmp_std::{Client, ClientBuilder, Event, QmpError};
 
+mod tls;
+pub use tls::{TLS_USAGE, TlsArgs, parse_with_tls};
+pub mod agent_shell;
+pub mod args;
+pub mod shell_schema;
+
 // ---- addresses ---------------------------------------------------------------------------
 
 /// Where a QMP server listens: a Unix socket or a TCP address.
@@ -74,6 +81,15 @@ pub enum Address {
         host: String,
         /// The port.
         port: u16,
+    },
+    /// A TLS monitor, `tls:HOST:PORT` or `HOST:PORT` with TLS options (see [`TlsArgs`]).
+    Tls {
+        /// The host name or address (IPv6 without the brackets).
+        host: String,
+        /// The port.
+        port: u16,
+        /// How to check the server and present the client.
+        tls: TlsArgs,
     },
 }
 
@@ -95,6 +111,7 @@ impl Address {
     /// - `unix:PATH` or anything containing a `/` is a Unix socket path;
     /// - `tcp:HOST:PORT`, or `HOST:PORT` where `PORT` is a number, is a TCP address (`HOST` may
     ///   be `[IPv6]`);
+    /// - `tls:HOST:PORT` is a TLS monitor ([`TlsArgs::apply`] adds the `--tls-*` options);
     /// - anything else is a Unix socket path relative to the current directory.
     ///
     /// ```
@@ -119,6 +136,16 @@ impl Address {
             }
             return Ok(Address::Unix(path.into()));
         }
+        if let Some(rest) = text.strip_prefix("tls:") {
+            return match Self::parse_tcp(rest)? {
+                Some(Address::Tcp { host, port }) => Ok(Address::Tls {
+                    host,
+                    port,
+                    tls: TlsArgs::default(),
+                }),
+                _ => Err(AddressError("expected tls:HOST:PORT".into())),
+            };
+        }
         if let Some(rest) = text.strip_prefix("tcp:") {
             return Self::parse_tcp(rest)?
                 .ok_or_else(|| AddressError("expected tcp:HOST:PORT".into()));
@@ -126,6 +153,7 @@ impl Address {
         if text.contains('/') {
             return Ok(Address::Unix(text.into()));
         }
+        check_port(text)?;
         Ok(Self::parse_tcp(text)?.unwrap_or_else(|| Address::Unix(text.into())))
     }
 
@@ -151,9 +179,23 @@ impl Address {
                 host: host.to_owned(),
                 port,
             })),
-            _ => Err(AddressError("bad port number".into())),
+            _ => Err(AddressError(format!("bad port {port:?} (1 to 65535)"))),
         }
     }
+}
+
+/// `HOST:PORT` whose `PORT` is no number (`localhost:abc`) is a mistyped TCP address, not a
+/// Unix socket path (write `./NAME:X` or `unix:NAME:X` for such a path).
+fn check_port(text: &str) -> Result<(), AddressError> {
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Ok(());
+    };
+    if host.is_empty() || port.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(());
+    }
+    Err(AddressError(format!(
+        "bad port {port:?} in HOST:PORT (a Unix socket path with a colon: ./{text} or unix:{text})"
+    )))
 }
 
 impl fmt::Display for Address {
@@ -162,6 +204,10 @@ impl fmt::Display for Address {
             Address::Unix(path) => write!(f, "{}", path.display()),
             Address::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
             Address::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Address::Tls { host, port, .. } if host.contains(':') => {
+                write!(f, "tls:[{host}]:{port}")
+            }
+            Address::Tls { host, port, .. } => write!(f, "tls:{host}:{port}"),
         }
     }
 }
@@ -176,6 +222,8 @@ pub enum Connection {
     Unix(UnixStream),
     /// A TCP socket.
     Tcp(TcpStream),
+    /// A TLS connection over TCP.
+    Tls(qmp_std::tls::TlsStream),
 }
 
 impl Read for Connection {
@@ -183,6 +231,7 @@ impl Read for Connection {
         match self {
             Connection::Unix(s) => s.read(buf),
             Connection::Tcp(s) => s.read(buf),
+            Connection::Tls(s) => s.read(buf),
         }
     }
 }
@@ -192,11 +241,15 @@ impl Write for Connection {
         match self {
             Connection::Unix(s) => s.write(buf),
             Connection::Tcp(s) => s.write(buf),
+            Connection::Tls(s) => s.write(buf),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        match self {
+            Connection::Tls(s) => s.flush(),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -205,6 +258,7 @@ impl qmp_std::Stream for Connection {
         match self {
             Connection::Unix(s) => qmp_std::Stream::set_read_timeout(s, timeout),
             Connection::Tcp(s) => qmp_std::Stream::set_read_timeout(s, timeout),
+            Connection::Tls(s) => qmp_std::Stream::set_read_timeout(s, timeout),
         }
     }
 
@@ -212,6 +266,7 @@ impl qmp_std::Stream for Connection {
         match self {
             Connection::Unix(s) => qmp_std::Stream::set_write_timeout(s, timeout),
             Connection::Tcp(s) => qmp_std::Stream::set_write_timeout(s, timeout),
+            Connection::Tls(s) => qmp_std::Stream::set_write_timeout(s, timeout),
         }
     }
 
@@ -219,6 +274,7 @@ impl qmp_std::Stream for Connection {
         match self {
             Connection::Unix(s) => qmp_std::Stream::write_message(s, bytes),
             Connection::Tcp(s) => qmp_std::Stream::write_message(s, bytes),
+            Connection::Tls(s) => qmp_std::Stream::write_message(s, bytes),
         }
     }
 
@@ -226,6 +282,7 @@ impl qmp_std::Stream for Connection {
         match self {
             Connection::Unix(s) => qmp_std::Stream::write_some(s, bytes),
             Connection::Tcp(s) => qmp_std::Stream::write_some(s, bytes),
+            Connection::Tls(s) => qmp_std::Stream::write_some(s, bytes),
         }
     }
 }
@@ -235,6 +292,7 @@ impl AsFd for Connection {
         match self {
             Connection::Unix(s) => s.as_fd(),
             Connection::Tcp(s) => s.as_fd(),
+            Connection::Tls(s) => s.tcp().as_fd(),
         }
     }
 }
@@ -294,18 +352,51 @@ pub fn connect(
     address: &Address,
     options: qmp_std::Options,
 ) -> Result<Client<Connection>, ConnectError> {
+    connect_with(address, options, |stream| stream)
+}
+
+/// Like [`connect`], with the connected socket wrapped by `wrap` before the handshake (to
+/// record the session with [`qmp_std::transcript::Recorder`], say).
+pub fn connect_with<T: qmp_std::Stream>(
+    address: &Address,
+    options: qmp_std::Options,
+    wrap: impl FnOnce(Connection) -> T,
+) -> Result<Client<T>, ConnectError> {
     let fail = |e: qmp_std::Error| ConnectError::new(address, &options, e);
     let stream = match address {
-        Address::Unix(path) => {
-            Connection::Unix(UnixStream::connect(path).map_err(|e| fail(e.into()))?)
+        Address::Unix(_) | Address::Tcp { .. } => connect_socket(address, options.connect_timeout)
+            .expect("not TLS")
+            .map_err(|e| fail(e.into()))?,
+        Address::Tls { host, port, tls } => {
+            let addr = Address::Tcp {
+                host: host.clone(),
+                port: *port,
+            };
+            let stream = qmp_std::tls::TlsStream::connect(
+                &addr.to_string(),
+                &tls.config(),
+                options.connect_timeout,
+            )
+            .map_err(fail)?;
+            Connection::Tls(stream)
         }
-        Address::Tcp { host, port } => Connection::Tcp(
-            connect_tcp(host, *port, options.connect_timeout).map_err(|e| fail(e.into()))?,
-        ),
     };
     ClientBuilder::with_options(options.clone())
-        .handshake(stream)
+        .handshake(wrap(stream))
         .map_err(fail)
+}
+
+/// Connects to a Unix or TCP `address` (TCP within `timeout`, Nagle's algorithm off);
+/// `None` for a TLS address, which needs a handshake of its own.
+pub fn connect_socket(
+    address: &Address,
+    timeout: Option<Duration>,
+) -> Option<io::Result<Connection>> {
+    Some(match address {
+        Address::Unix(path) => UnixStream::connect(path).map(Connection::Unix),
+        Address::Tcp { host, port } => connect_tcp(host, *port, timeout).map(Connection::Tcp),
+        Address::Tls { .. } => return None,
+    })
 }
 
 fn connect_tcp(host: &str, port: u16, timeout: Option<Duration>) -> io::Result<TcpStream> {
@@ -392,7 +483,24 @@ impl ThrowawayQemu {
         program: impl AsRef<OsStr>,
         extra: &[impl AsRef<OsStr>],
     ) -> Result<ThrowawayQemu, LaunchError> {
-        let program = program.as_ref();
+        let usual = ["-machine", "none", "-nodefaults", "-display", "none"];
+        Self::launch(program.as_ref(), &usual, extra)
+    }
+
+    /// Runs the user's own QEMU command line, `program` with `args`, adding only the QMP
+    /// monitor (as QEMU's `qmp-shell-wrap` does); otherwise like [`ThrowawayQemu::start`].
+    pub fn wrap(
+        program: impl AsRef<OsStr>,
+        args: &[impl AsRef<OsStr>],
+    ) -> Result<ThrowawayQemu, LaunchError> {
+        Self::launch(program.as_ref(), &[], args)
+    }
+
+    fn launch(
+        program: &OsStr,
+        usual: &[&str],
+        extra: &[impl AsRef<OsStr>],
+    ) -> Result<ThrowawayQemu, LaunchError> {
         let name = program.to_string_lossy();
         let dir = make_temp_dir().map_err(|e| {
             LaunchError(format!(
@@ -416,14 +524,8 @@ impl ThrowawayQemu {
             qmp.push(",server=on,wait=off");
             let mut command = Command::new(program);
             command
-                .args([
-                    "-machine",
-                    "none",
-                    "-nodefaults",
-                    "-display",
-                    "none",
-                    "-qmp",
-                ])
+                .args(usual)
+                .arg("-qmp")
                 .arg(qmp)
                 .args(extra)
                 .current_dir(&dir)
@@ -503,6 +605,16 @@ impl ThrowawayQemu {
     /// a second is given up on and the connection made again, with longer waits, for up to
     /// [`START_TIMEOUT`] or the connect timeout in `options`, whichever is longer.
     pub fn connect(&self, options: qmp_std::Options) -> Result<Client<Connection>, ConnectError> {
+        self.connect_with(options, |stream| stream)
+    }
+
+    /// Like [`ThrowawayQemu::connect`], each connection wrapped by `wrap` before the
+    /// handshake (see [`connect_with`]).
+    pub fn connect_with<T: qmp_std::Stream>(
+        &self,
+        options: qmp_std::Options,
+        wrap: impl Fn(Connection) -> T,
+    ) -> Result<Client<T>, ConnectError> {
         let address = self.address();
         let limit = options
             .connect_timeout
@@ -514,7 +626,7 @@ impl ThrowawayQemu {
             let left = deadline.saturating_duration_since(Instant::now());
             let mut attempt = options.clone();
             attempt.connect_timeout = Some(wait.min(left));
-            match connect(&address, attempt) {
+            match connect_with(&address, attempt, &wrap) {
                 Err(e) if matches!(e.source, Some(qmp_std::Error::Timeout(_))) && left > wait => {
                     wait *= 2;
                 }
@@ -667,12 +779,22 @@ static EXITING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::n
 /// the process exits: it should call [`wait_if_exiting`] before reporting a failure or
 /// returning from `main`. Fails only if the handlers cannot be installed.
 pub fn exit_on_signal(cleanup: impl FnOnce() + Send + 'static) -> io::Result<()> {
+    exit_on_signal_unless(|_| false, cleanup)
+}
+
+/// Like [`exit_on_signal`], except for a signal that `divert` takes (returns `true` for):
+/// the program goes on (to cancel a command on Ctrl-C, say). `divert` runs on the signal
+/// thread.
+pub fn exit_on_signal_unless(
+    divert: impl Fn(i32) -> bool + Send + 'static,
+    cleanup: impl FnOnce() + Send + 'static,
+) -> io::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
+            if let Some(signal) = signals.forever().find(|&signal| !divert(signal)) {
                 EXITING.store(true, Ordering::SeqCst);
                 stop_all();
                 cleanup();
@@ -691,6 +813,23 @@ pub fn wait_if_exiting() {
 }
 
 // ---- messages ----------------------------------------------------------------------------
+
+/// Raises this process's limit on open files (to 65,536 if allowed, else to the hard limit):
+/// the fleet programs hold 10,000 monitors' connections (and the fake fleet their listeners).
+pub fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    // Root may raise the hard limit too; anyone may raise the soft one to the hard one.
+    let wanted = Some(limit.maximum.unwrap_or(u64::MAX).max(1 << 16));
+    let raised = rustix::process::Rlimit {
+        current: wanted,
+        maximum: wanted,
+    };
+    if setrlimit(Resource::Nofile, raised).is_err() {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
+}
 
 /// Prints `PROGRAM: MESSAGE` on standard error. Unlike `eprintln!`, it does not panic when
 /// standard error is gone (a closed terminal, say), which with `panic = "abort"` would skip
@@ -914,6 +1053,104 @@ fn write_string(out: &mut String, s: &str) {
     }
 }
 
+// ---- JSON as received ----------------------------------------------------------------------
+
+/// A message's JSON text as one line with QEMU's separators (`", "`, `": "`), keeping the
+/// members in the order they came and every string and number exactly as written (so a
+/// reply from QEMU's default monitor prints as QEMU sent it); `None` if `text` is not JSON.
+///
+/// ```
+/// let wire = "{\"return\":{\"status\":\"running\",\"running\":true},\"id\":2}";
+/// assert_eq!(
+///     qmp_examples::wire_json_line(wire).unwrap(),
+///     r#"{"return": {"status": "running", "running": true}, "id": 2}"#
+/// );
+/// ```
+pub fn wire_json_line(text: &str) -> Option<String> {
+    let value = qmp_std::qmp_proto::RawJson::parse(text).ok()?;
+    let mut out = String::with_capacity(text.len() + text.len() / 8);
+    write_wire(&mut out, value, None);
+    Some(out)
+}
+
+/// A message's JSON text pretty-printed with 4-space indents, keeping the members in the
+/// order they came (see [`wire_json_line`]); `None` if `text` is not JSON.
+///
+/// ```
+/// assert_eq!(
+///     qmp_examples::wire_json_pretty(r#"{"return": {"b": [1], "a": {}}}"#).unwrap(),
+///     "{\n    \"return\": {\n        \"b\": [\n            1\n        ],\n        \"a\": {}\n    }\n}"
+/// );
+/// ```
+pub fn wire_json_pretty(text: &str) -> Option<String> {
+    let value = qmp_std::qmp_proto::RawJson::parse(text).ok()?;
+    let mut out = String::with_capacity(text.len() * 2);
+    write_wire(&mut out, value, Some(0));
+    Some(out)
+}
+
+fn write_wire(out: &mut String, value: qmp_std::qmp_proto::RawJson<'_>, indent: Option<usize>) {
+    use qmp_std::qmp_proto::JsonKind;
+    let newline = |out: &mut String, depth: usize| {
+        out.push('\n');
+        out.extend(std::iter::repeat_n("    ", depth));
+    };
+    let (open, close) = match value.kind() {
+        JsonKind::Object => ('{', '}'),
+        JsonKind::Array => ('[', ']'),
+        _ => return out.push_str(value.as_json()),
+    };
+    out.push(open);
+    let mut first = true;
+    let mut item = |out: &mut String, key: Option<&str>, item| {
+        if !first {
+            out.push(',');
+            if indent.is_none() {
+                out.push(' ');
+            }
+        }
+        first = false;
+        if let Some(depth) = indent {
+            newline(out, depth + 1);
+        }
+        if let Some(key) = key {
+            out.push('"');
+            out.push_str(key);
+            out.push_str("\": ");
+        }
+        write_wire(out, item, indent.map(|d| d + 1));
+    };
+    if value.kind() == JsonKind::Object {
+        for (key, member) in value.members() {
+            item(out, Some(key.as_escaped()), member);
+        }
+    } else {
+        for element in value.elements() {
+            item(out, None, element);
+        }
+    }
+    if !first && let Some(depth) = indent {
+        newline(out, depth);
+    }
+    out.push(close);
+}
+
+/// A QMP timestamp as a UTC time of day for people: `14:35:02.123456`.
+///
+/// ```
+/// assert_eq!(qmp_examples::time_of_day(1_733_405_702, 123_456), "13:35:02.123456");
+/// ```
+pub fn time_of_day(seconds: i64, microseconds: i64) -> String {
+    let day = seconds.rem_euclid(86_400);
+    format!(
+        "{:02}:{:02}:{:02}.{:06}",
+        day / 3600,
+        day / 60 % 60,
+        day % 60,
+        microseconds.clamp(0, 999_999)
+    )
+}
+
 // ---- tables ------------------------------------------------------------------------------
 
 /// Text in aligned columns, with a header row; every line is indented by `indent` spaces.
@@ -1003,7 +1240,12 @@ mod tests {
         assert_eq!(Address::parse("./a:1").unwrap(), unix("./a:1"));
         assert_eq!(Address::parse("unix:a:1").unwrap(), unix("a:1"));
         assert_eq!(Address::parse("sock").unwrap(), unix("sock"));
-        assert_eq!(Address::parse("host:name").unwrap(), unix("host:name"));
+        // A port that is no number is a mistake, named in the message.
+        let err = Address::parse("localhost:abc").unwrap_err().to_string();
+        assert!(err.starts_with("bad port \"abc\""), "{err}");
+        let err = Address::parse("localhost:99999").unwrap_err().to_string();
+        assert!(err.starts_with("bad port \"99999\""), "{err}");
+        assert_eq!(Address::parse("./host:name").unwrap(), unix("./host:name"));
         assert_eq!(
             Address::parse("127.0.0.1:4444").unwrap(),
             tcp("127.0.0.1", 4444)
@@ -1044,6 +1286,24 @@ mod tests {
         );
         assert_eq!(json_line(&json!("text")), r#""text""#);
         assert_eq!(json_line(&json!([])), "[]");
+    }
+
+    #[test]
+    fn wire_json_keeps_order_and_text() {
+        let wire = r#"{"timestamp":{"seconds":1,"microseconds":2},"event":"X","data":{"z":1.50,"a":"\u00e9\"","e":[],"o":{}}}"#;
+        assert_eq!(
+            wire_json_line(wire).unwrap(),
+            r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "X", "data": {"z": 1.50, "a": "\u00e9\"", "e": [], "o": {}}}"#
+        );
+        // QEMU's own one-line format is kept as it is.
+        let qemu = r#"{"return": {"status": "running", "singlestep": false, "running": true}, "id": [1, {"b": null}]}"#;
+        assert_eq!(wire_json_line(qemu).unwrap(), qemu);
+        assert_eq!(
+            wire_json_pretty(r#"{"a":[{"b":1},[]],"c":"x"}"#).unwrap(),
+            "{\n    \"a\": [\n        {\n            \"b\": 1\n        },\n        []\n    ],\n    \"c\": \"x\"\n}"
+        );
+        assert_eq!(wire_json_line("{"), None);
+        assert_eq!(time_of_day(86_399, 7), "23:59:59.000007");
     }
 
     #[test]

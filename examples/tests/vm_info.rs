@@ -19,6 +19,7 @@ fn throwaway_qemu() {
     assert_eq!(lines[3], "KVM     enabled: no, present: yes");
     assert!(lines.contains(&"CPUs: none"), "{}", out.stdout);
     assert!(lines.contains(&"Block devices: none"), "{}", out.stdout);
+    assert!(lines.contains(&"NICs: none"), "{}", out.stdout);
     tmp.assert_cleaned_up();
 }
 
@@ -97,4 +98,46 @@ fn bad_address_and_usage() {
         "{}",
         out.stderr
     );
+}
+
+/// A booted Linux guest (`qmp_e2e::guest`) with two vCPUs and a NIC: running, both CPUs, its
+/// disk, its NIC.
+#[test]
+fn real_linux_guest() {
+    let guest = qmp_e2e::guest::Guest::builder()
+        .cpus(2)
+        .arg("-netdev")
+        .arg("hubport,id=net0,hubid=0")
+        .arg("-device")
+        .arg("virtio-net-pci,netdev=net0,id=nic0,mac=52:54:00:12:34:56")
+        .boot()
+        .unwrap_or_else(|e| panic!("boot the guest: {e}"));
+    let out = run(VM_INFO, &[&address_arg(guest.qemu())], "", None);
+    out.assert_clean();
+    let text = &out.stdout;
+    assert!(text.contains("Status  running\n"), "{text}");
+    assert!(text.contains("KVM     enabled: no, present: "), "{text}");
+    assert!(text.contains("CPUs (2):\n"), "{text}");
+    for (index, core) in [("0 ", "core 0"), ("1 ", "core 1")] {
+        let row = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(index) && l.contains("x86_64"))
+            .unwrap_or_else(|| panic!("no CPU {index}row: {text}"));
+        assert!(row.contains(core), "{row}");
+    }
+    // The guest's virtio-blk disk on a null-co node (no -drive id: QEMU names it by path).
+    assert!(text.contains("Block devices (1):\n"), "{text}");
+    let disk = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("/machine/peripheral/vda/"))
+        .unwrap_or_else(|| panic!("no vda row: {text}"));
+    for part in ["null-co", "64 MiB", " rw "] {
+        assert!(disk.contains(part), "{part:?} not in {disk:?}");
+    }
+    assert!(text.contains("NICs (1):\n"), "{text}");
+    let nic = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("nic0 "))
+        .unwrap_or_else(|| panic!("no nic0 row: {text}"));
+    assert!(nic.contains("52:54:00:12:34:56"), "{nic}");
 }

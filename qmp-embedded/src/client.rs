@@ -42,6 +42,7 @@ pub(crate) fn failure<E>(outcome: Option<Outcome<'_>>, reported: &mut bool) -> E
         Some(Outcome::Failed(Failure::Unframed(e))) => Error::Unframed(e),
         Some(Outcome::Failed(Failure::TimedOut)) => Error::Timeout(Expired::Command),
         Some(Outcome::Failed(Failure::Disconnected)) => gone(reported),
+        Some(Outcome::Failed(Failure::ServerRestarted)) => Error::ServerRestarted,
         // A failure this crate does not know yet is reported as a malformed reply.
         Some(Outcome::Return(_) | Outcome::Failed(_)) | None => {
             Error::Malformed(MessageError::Syntax { offset: 0 })
@@ -175,8 +176,10 @@ macro_rules! client {
             }
 
             /// Messages dropped as the protocol asks, since the start: replies whose id
-            /// matches no command waiting, id-less errors, second greetings, malformed
-            /// frames and bytes that could not be framed, with no command to blame.
+            /// matches no command waiting, id-less errors, malformed frames and bytes that
+            /// could not be framed, with no command to blame. (A second greeting restarts
+            /// the session: the command waiting fails with `Error::ServerRestarted` and the
+            /// handshake is done again.)
             pub fn dropped_messages(&self) -> u64 {
                 self.driver.dropped_messages()
             }

@@ -62,6 +62,10 @@ pub enum Error<E> {
         /// How many events were dropped at this point.
         missed: u64,
     },
+    /// The server restarted (it greeted again: QEMU restarted at the far end of the line)
+    /// before the answer; the session started over and the handshake was done again (see
+    /// `qmp_proto::Driver::restarts`).
+    ServerRestarted,
 }
 
 impl<E> Error<E> {
@@ -113,6 +117,7 @@ impl<E> Error<E> {
             Self::Send(e) => Error::Send(e),
             Self::Decode(e) => Error::Decode(e),
             Self::Lagged { missed } => Error::Lagged { missed },
+            Self::ServerRestarted => Error::ServerRestarted,
         }
     }
 }
@@ -136,6 +141,7 @@ impl<E: fmt::Debug> fmt::Display for Error<E> {
             Self::Lagged { missed } => {
                 write!(f, "{missed} QMP event(s) lost: the event queue was full")
             }
+            Self::ServerRestarted => f.write_str("the server restarted before the reply"),
         }
     }
 }

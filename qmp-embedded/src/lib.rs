@@ -25,6 +25,9 @@
 //!   peer (QMP error class and description, malformed, too large), timeouts (which wait ran
 //!   out) and lost events.
 //! - **Time** comes from the caller's [`Clock`] (any `Fn() -> Instant`).
+//! - **No TLS**: these clients speak plain QMP over the link they are given, for a serial
+//!   line or a socket on the same host. TLS monitors (QEMU's `tls-creds-x509`) are for
+//!   `qmp-std` with its `tls` feature.
 //!
 //! # Example
 //! A whole session against an in-memory link that plays what a real QEMU 7.2.22 sent

@@ -487,8 +487,9 @@ impl Command for BlockdevDel<'_> {
     type Output<'de> = Empty;
 }
 
-/// `migrate`: start migrating to `uri` (progress is reported by `MIGRATION` events and
-/// `query-migrate`).
+/// `migrate`: start migrating to `uri`. Progress is in `query-migrate`; QEMU sends `MIGRATION`
+/// events (and `MIGRATION_PASS`) only after `migrate-set-capabilities` has turned the `events`
+/// capability on (`{"capabilities": [{"capability": "events", "state": true}]}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Migrate<'a> {
@@ -827,7 +828,8 @@ pub mod events {
         DeviceDeleted = "DEVICE_DELETED" => DeviceDeletedData<'de>;
         /// `BLOCK_JOB_COMPLETED`: a block job ended.
         BlockJobCompleted = "BLOCK_JOB_COMPLETED" => BlockJobCompletedData<'de>;
-        /// `MIGRATION`: the migration status changed.
+        /// `MIGRATION`: the migration status changed (sent only once `migrate-set-capabilities`
+        /// has turned the `events` capability on).
         Migration = "MIGRATION" => MigrationData;
     }
 

@@ -12,10 +12,13 @@ use crate::message::{Message, QmpError};
 use crate::session::{CommandId, Failure, Notice, Outcome, Received, SendError, Session, State};
 use crate::time::Instant;
 
+mod agent;
 mod config;
 mod outbox;
+mod restart;
 mod steps;
 
+pub use agent::AGENT_SENTINEL;
 pub use config::{Buffer, Deadline, DriverConfig, RESYNC, SendOptions, ServerInfo};
 pub use steps::{CloseReason, Done, Expired, Io, LinkError, Wait};
 
@@ -29,6 +32,8 @@ enum Held {
     Error(CommandId, (usize, usize), (usize, usize)),
     Failed(CommandId, Failure),
     Message((usize, usize)),
+    /// A command with no reply on success that got none (guest agent).
+    Silent(CommandId),
 }
 
 /// A QMP client's protocol, whole, for any transport: the one loop every client runs.
@@ -117,7 +122,9 @@ pub struct Driver<R, T, Q, const N: usize = { crate::QEMU_QUEUE_LEN }> {
     drained: bool,
     events: EventQueue<Q>,
     config: DriverConfig,
-    server: Option<ServerInfo>,
+    /// Who is on the other end: a QMP server (and what its greeting said), or the guest
+    /// agent (and the dialect's state).
+    peer: agent::Peer,
     negotiation: Option<CommandId>,
     handshake_deadline: Option<Instant>,
     held: Held,
@@ -126,12 +133,13 @@ pub struct Driver<R, T, Q, const N: usize = { crate::QEMU_QUEUE_LEN }> {
     last_activity: Instant,
     dropped: u64,
     discarded: u64,
+    restarts: u64,
 }
 
 impl<R, T, Q: fmt::Debug, const N: usize> fmt::Debug for Driver<R, T, Q, N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Driver")
-            .field("server", &self.server)
+            .field("server", &self.peer.server())
             .field("closed", &self.closed)
             .field("queued_bytes", &self.outbox.len())
             .field("events", &self.events)
@@ -157,7 +165,7 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
             drained: false,
             events: EventQueue::new(events),
             config,
-            server: None,
+            peer: agent::Peer::Qmp(None),
             negotiation: None,
             handshake_deadline: config.handshake_timeout.map(|t| now + t),
             held: Held::None,
@@ -166,6 +174,7 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
             last_activity: now,
             dropped: 0,
             discarded: 0,
+            restarts: 0,
         }
     }
 
@@ -187,6 +196,9 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
 
     /// Whether the handshake is complete (command mode, or greeted when not negotiating).
     pub fn is_ready(&self) -> bool {
+        if let Some(agent) = self.peer.agent() {
+            return agent.is_synced() && self.session.state() != State::Closed;
+        }
         match self.session.state() {
             State::Ready => true,
             State::Negotiating => !self.config.negotiate && self.negotiation.is_none(),
@@ -196,7 +208,7 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
 
     /// What the greeting said, once it came.
     pub fn server(&self) -> Option<&ServerInfo> {
-        self.server.as_ref()
+        self.peer.server()
     }
 
     /// The settings in force.
@@ -242,8 +254,9 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
     }
 
     /// Messages dropped as the protocol asks, so far: replies matching no command (late
-    /// replies to commands that timed out), id-less errors, second greetings, malformed
-    /// frames and unframeable bytes with no command to blame.
+    /// replies to commands that timed out), id-less errors, malformed frames and unframeable
+    /// bytes with no command to blame. (A second greeting is not dropped: see
+    /// [`restarts`](Self::restarts).)
     pub fn dropped_messages(&self) -> u64 {
         self.dropped
     }
@@ -288,6 +301,9 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
         options: SendOptions,
         now: Instant,
     ) -> Result<CommandId, SendError> {
+        if self.rehandshaking() {
+            return Err(SendError::QueueFull);
+        }
         let deadline = self.deadline(options.deadline, now);
         let oob = options.oob;
         self.encode(options.attach, |session, out| {
@@ -326,8 +342,7 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
     /// Gives up on a command: its outcome will not be yielded, and a late reply is
     /// discarded by id. Unwritten bytes of it are dropped. Returns whether it was pending.
     pub fn abandon(&mut self, id: CommandId) -> bool {
-        if matches!(self.held, Held::Return(h, _) | Held::Error(h, ..) | Held::Failed(h, _) if h == id)
-        {
+        if self.holds(id) {
             self.held = Held::None;
             return true;
         }
@@ -420,7 +435,9 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
     fn timed_out(&self, now: Instant, wait: Wait<'_>, deadline: Option<Instant>) -> Option<Done> {
         let handshake = matches!(wait, Wait::Handshake) && !self.is_ready();
         let due = |d: Option<Instant>| d.is_some_and(|d| d <= now);
-        (due(deadline) || (handshake && due(self.handshake_deadline))).then_some(Done::TimedOut)
+        let expired = self.peer.agent().is_some_and(|a| a.is_expired());
+        (due(deadline) || (handshake && (due(self.handshake_deadline) || expired)))
+            .then_some(Done::TimedOut)
     }
 
     fn satisfied(&mut self, wait: Wait<'_>) -> Option<Done> {
@@ -442,12 +459,12 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
     }
 
     fn holds(&self, id: CommandId) -> bool {
-        matches!(self.held, Held::Return(h, _) | Held::Error(h, ..) | Held::Failed(h, _) if h == id)
+        matches!(self.held, Held::Return(h, _) | Held::Error(h, ..) | Held::Failed(h, _) | Held::Silent(h) if h == id)
     }
 
     /// Whether a command (out of band, or in band) could be queued now.
     pub fn has_room(&self, oob: bool) -> bool {
-        self.session.has_room(oob) && !self.outbox.is_full()
+        self.session.has_room(oob) && !self.outbox.is_full() && !self.rehandshaking()
     }
 
     /// Handles the next buffered message, if any: `Some` when it completed something the
@@ -476,17 +493,8 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
             };
             match item {
                 Received::Greeting(g) => {
-                    self.server = Some(ServerInfo::from_greeting(&g));
-                    if self.config.negotiate && self.negotiation.is_none() {
-                        let oob = self.config.oob && g.capabilities.oob();
-                        let deadline = self.handshake_deadline;
-                        // The transmit buffer holds at least `qmp_capabilities`; if it did
-                        // not, the handshake would time out, which the caller hears of.
-                        if let Ok(id) = self.encode(false, |s, out| s.negotiate(oob, deadline, out))
-                        {
-                            self.negotiation = Some(id);
-                        }
-                    }
+                    let (server, oob) = (ServerInfo::from_greeting(&g), g.capabilities.oob());
+                    self.greeted(server, oob, self.config.negotiate);
                 }
                 Received::Reply(reply) => {
                     let id = reply.id;
@@ -501,16 +509,26 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
                         }
                     };
                     let oob = self.session.oob_enabled();
-                    if let Some(server) = &mut self.server {
+                    if let Some(server) = self.peer.server_mut() {
                         server.oob_enabled = oob;
                     }
+                    self.agent_outcome(id);
                     return Some(Done::Completed(id));
                 }
                 Received::Event(event) => {
                     self.events.push(&event);
                     return Some(Done::Event);
                 }
+                // The agent's reply to the sync it waits for; any other unmatched reply
+                // (a stale sync's included) is dropped below.
+                Received::Notice(notice) if agent::awaits_sync_reply(&self.peer, &notice) => {
+                    self.agent_synced();
+                }
                 Received::Notice(notice) => match notice {
+                    Notice::SecondGreeting(g) => {
+                        let (server, oob) = (ServerInfo::from_greeting(&g), g.capabilities.oob());
+                        self.restarted(server, oob);
+                    }
                     Notice::Discarded(_) => self.discarded += 1,
                     Notice::Framing(FrameError::TooLarge {
                         id: None,
@@ -563,6 +581,7 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
                 desc: JsonStr::from_escaped(text(desc)?),
             }),
             Held::Failed(h, failure) if h == id => Outcome::Failed(failure),
+            Held::Silent(h) if h == id => Outcome::Return(RawJson::new_unchecked("{}")),
             _ => return None,
         };
         let scratch = self.outbox.scratch();
@@ -632,19 +651,35 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
         self.held = Held::None;
         if self.session.framer().is_full() {
             let len = self.session.framer().capacity();
+            // An empty (released) buffer grows back to whatever its owner starts with.
             let _ = self
                 .session
                 .framer_mut()
                 .buffer_mut()
-                .grow_to(len.saturating_mul(2));
+                .grow_to(len.saturating_mul(2).max(1));
         }
         self.session.read_buf()
+    }
+
+    /// Lets the receive and transmit buffers give their memory back ([`Buffer::release`])
+    /// where they hold nothing the driver still needs: no byte of an unfinished message and
+    /// no outcome left to take for the one, no unwritten byte for the other. For an adapter
+    /// that waits for the link to be readable before it asks for [`read_buf`](Self::read_buf)
+    /// (an async client), so that a fleet of idle connections holds no buffers; the driver
+    /// takes them back (growing them from empty) the next time it reads or encodes.
+    pub fn release_buffers(&mut self) {
+        let framer = self.session.framer_mut();
+        if matches!(self.held, Held::None) && framer.capacity() > 0 && framer.rewind_if_idle() {
+            framer.buffer_mut().release();
+        }
+        self.outbox.release_if_empty();
     }
 
     /// `n` bytes of [`read_buf`](Self::read_buf) were read at `now` (`0`: the end of the
     /// stream, unless [`DriverConfig::zero_read_is_eof`] is off).
     pub fn handle_read(&mut self, n: usize, now: Instant) {
         if n > 0 {
+            self.agent_read(n);
             self.session.commit(n);
             self.last_activity = now;
         } else if self.config.zero_read_is_eof {
@@ -687,6 +722,7 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
     /// [`Failure::TimedOut`], a stalled peer ends the connection).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.session.handle_timeout(now);
+        self.agent_timeout(now);
         if self.stall_deadline().is_some_and(|d| d <= now) {
             self.end(CloseReason::Stalled);
         }

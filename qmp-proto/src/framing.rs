@@ -393,6 +393,18 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Framer<B> {
         &mut self.buf
     }
 
+    /// When no byte is held (nothing buffered, no object begun), moves the offsets back to
+    /// the start of the buffer so that it may be emptied, and says so; `false` otherwise.
+    pub(crate) fn rewind_if_idle(&mut self) -> bool {
+        if self.start != self.end || self.scan != self.end || !matches!(self.mode, Mode::Between) {
+            return false;
+        }
+        self.base += self.end as u64;
+        (self.start, self.scan, self.end) = (0, 0, 0);
+        self.forget_last();
+        true
+    }
+
     /// Gives back the storage.
     pub fn into_inner(self) -> B {
         self.buf

@@ -22,6 +22,11 @@
 //! commands and events, on top of everything), and **server** ([`Server`]: the other end,
 //! answering the way QEMU 7.2 does, with [`encode_reply`], [`encode_error`], [`encode_event`]).
 //!
+//! The same [`Driver`] also speaks the dialect of QEMU's guest agent (`qemu-ga`: no greeting,
+//! a `guest-sync-delimited` with a random id instead, the 0xFF sentinel, commands that do
+//! not answer on success): see [`Driver::new_agent`] for the agent's rules, with their
+//! sources in QEMU, and how the driver applies them.
+//!
 //! Frames are found by nesting depth with string awareness, never by line ends alone (QEMU
 //! can pretty-print over many lines), and oversized messages are skimmed for their id.
 //!
@@ -89,7 +94,7 @@
 //! exact envelopes; both cost code. Building with `RUSTFLAGS="--cfg qmp_proto_small"` keeps
 //! only the byte-at-a-time scanner and the general walk: same behaviour (the test suite runs
 //! in both modes), several times slower decoding, about 10 KB less code. The freestanding
-//! `qmp-firmware` example builds this way to 42 KB of text.
+//! `qmp-firmware` example builds this way to 43 KB of text.
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -112,8 +117,8 @@ mod skim;
 mod time;
 
 pub use driver::{
-    Buffer, CloseReason, Deadline, Done, Driver, DriverConfig, Expired, Io, LinkError, RESYNC,
-    SendOptions, ServerInfo, Wait,
+    AGENT_SENTINEL, Buffer, CloseReason, Deadline, Done, Driver, DriverConfig, Expired, Io,
+    LinkError, RESYNC, SendOptions, ServerInfo, Wait,
 };
 pub use encode::{
     EncodeError, Envelope, QEMU_MAX_MESSAGE, QEMU_MAX_NESTING, QEMU_MAX_TOKENS,

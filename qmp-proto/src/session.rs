@@ -259,6 +259,9 @@ pub enum Failure {
     TimedOut,
     /// The stream ended first.
     Disconnected,
+    /// The server restarted first (a new greeting on the link: QEMU restarted at the far end
+    /// of a serial line); the new server never saw the command, or cannot answer it.
+    ServerRestarted,
 }
 
 impl fmt::Display for Failure {
@@ -269,6 +272,7 @@ impl fmt::Display for Failure {
             Self::Unframed(e) => write!(f, "reply could not be framed: {e}"),
             Self::TimedOut => f.write_str("timed out"),
             Self::Disconnected => f.write_str("disconnected before the reply"),
+            Self::ServerRestarted => f.write_str("the server restarted before the reply"),
         }
     }
 }
@@ -285,7 +289,10 @@ pub enum Notice<'a> {
     /// An error reply without an id when no command went without one: QEMU's answer to input
     /// it could not parse.
     UntaggedError(QmpError<'a>),
-    /// A greeting after the first one.
+    /// A greeting after the first one: the server restarted (QEMU at the far end of a serial
+    /// line). The session starts over: every command in flight fails with
+    /// [`Failure::ServerRestarted`], the state is [`State::Negotiating`] again, and what the
+    /// greeting offers replaces what the first one did.
     SecondGreeting(Greeting<'a>),
     /// The reply to a command abandoned with [`Session::abandon`], dropped as asked.
     Discarded(CommandId),
@@ -408,6 +415,12 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
     /// Whether `id` is still waiting for its outcome.
     pub fn is_pending(&self, id: CommandId) -> bool {
         self.proto.table.is_waiting_for(id.0)
+    }
+
+    /// Numbers the next command `id` (later ones count up from it), before any was sent:
+    /// the guest agent dialect starts from a random one.
+    pub(crate) fn set_next_id(&mut self, id: u64) {
+        self.proto.next_id = id;
     }
 
     /// The framer, e.g. to check [`Framer::is_full`].
@@ -568,7 +581,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
         if p.status == PendingStatus::Abandoned {
             return false;
         }
-        if closed {
+        // No reply can come once the session is closed, or the server restarted.
+        if closed || p.status == PendingStatus::Restarted {
             self.proto.table.free(index);
         } else {
             p.status = PendingStatus::Abandoned;
@@ -686,12 +700,13 @@ impl<const N: usize> Protocol<N> {
         match message {
             Message::Greeting(greeting) => {
                 if self.state != State::AwaitingGreeting {
+                    if self.state != State::Closed {
+                        self.restart();
+                        self.greeted(&greeting);
+                    }
                     return Received::Notice(Notice::SecondGreeting(greeting));
                 }
-                self.state = State::Negotiating;
-                self.oob_offered = greeting.capabilities.oob();
-                let v = greeting.version;
-                self.version = Some((v.major, v.minor, v.micro));
+                self.greeted(&greeting);
                 Received::Greeting(greeting)
             }
             Message::Event(event) => Received::Event(event),
@@ -754,6 +769,21 @@ impl<const N: usize> Protocol<N> {
         }
     }
 
+    /// A greeting came: negotiation is next.
+    fn greeted(&mut self, greeting: &Greeting<'_>) {
+        self.state = State::Negotiating;
+        self.oob_offered = greeting.capabilities.oob();
+        let v = greeting.version;
+        self.version = Some((v.major, v.minor, v.micro));
+    }
+
+    /// The server restarted: what was negotiated is gone, and the commands in flight fail.
+    fn restart(&mut self) {
+        self.oob_enabled = false;
+        self.may_untag = self.config.untagged_when_alone;
+        self.table.restart();
+    }
+
     fn close(&mut self) {
         self.state = State::Closed;
         self.table.disconnect();
@@ -766,12 +796,14 @@ impl<const N: usize> Protocol<N> {
             return Some(Received::Notice(Notice::Framing(error)));
         }
         let p = self.table.take_failed()?;
-        let failure = if p.status == PendingStatus::Expired {
-            // Its reply may still come, without an id if it went without one.
-            self.may_untag &= p.tagged;
-            Failure::TimedOut
-        } else {
-            Failure::Disconnected
+        let failure = match p.status {
+            PendingStatus::Expired => {
+                // Its reply may still come, without an id if it went without one.
+                self.may_untag &= p.tagged;
+                Failure::TimedOut
+            }
+            PendingStatus::Restarted => Failure::ServerRestarted,
+            _ => Failure::Disconnected,
         };
         Some(Received::Reply(Reply {
             id: CommandId(p.id),

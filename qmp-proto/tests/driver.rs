@@ -731,3 +731,126 @@ fn feeding_nothing_is_not_the_end_of_the_stream() {
     assert_eq!(d.feed(reply, now), reply.len());
     assert_eq!(d.poll(), Some(Done::Completed(id)));
 }
+
+/// What a [`Releasable`] buffer went through: (grows, releases, current length).
+type Stats = std::rc::Rc<std::cell::Cell<(usize, usize, usize)>>;
+
+/// A heap buffer that gives its bytes back when released, and reports what it was asked.
+#[derive(Default)]
+struct Releasable {
+    bytes: Vec<u8>,
+    stats: Stats,
+}
+
+impl Releasable {
+    fn record(&self, grew: usize, released: usize) {
+        let (g, r, _) = self.stats.get();
+        self.stats.set((g + grew, r + released, self.bytes.len()));
+    }
+}
+
+impl AsRef<[u8]> for Releasable {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl AsMut<[u8]> for Releasable {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes
+    }
+}
+
+impl qmp_proto::Buffer for Releasable {
+    fn grow_to(&mut self, len: usize) -> bool {
+        let len = len.max(512);
+        if len <= self.bytes.len() {
+            return false;
+        }
+        self.bytes.resize(len, 0);
+        self.record(1, 0);
+        true
+    }
+
+    fn release(&mut self) {
+        self.bytes = Vec::new();
+        self.record(0, 1);
+    }
+}
+
+type Releasing = Driver<Releasable, Releasable, EventBuffer<128>, 4>;
+
+/// Writes everything the driver has to send; returns it.
+fn drain_writes(d: &mut Releasing, now: Instant) -> Vec<u8> {
+    let mut sent = Vec::new();
+    while let Io::Write { bytes, .. } = d.poll_io(now, Wait::Idle, None) {
+        let n = bytes.len();
+        sent.extend_from_slice(bytes);
+        d.handle_written(n, now);
+    }
+    sent
+}
+
+#[test]
+fn buffers_are_released_only_while_they_hold_nothing_and_come_back_when_needed() {
+    let now = ms(0);
+    let (rx, tx) = (Releasable::default(), Releasable::default());
+    let (rxs, txs) = (rx.stats.clone(), tx.stats.clone());
+    let mut d: Releasing = Driver::new(rx, tx, EventBuffer::new(), config(), now);
+    // An empty receive buffer is grown before the first read: the greeting goes in.
+    assert_eq!(d.feed(GREETING, now), GREETING.len());
+    assert!(d.poll().is_none());
+    let negotiation = drain_writes(&mut d, now);
+    assert!(negotiation.starts_with(br#"{"execute":"qmp_capabilities""#));
+    let ok = b"{\"return\": {}, \"id\": 1}\r\n";
+    assert_eq!(d.feed(ok, now), ok.len());
+    while d.poll().is_some() {}
+    assert!(d.is_ready());
+
+    // Idle: both buffers go.
+    d.release_buffers();
+    assert_eq!((rxs.get().1, rxs.get().2), (1, 0));
+    assert_eq!((txs.get().1, txs.get().2), (1, 0));
+    let id = d.execute("stop", &(), SendOptions::new(), now).unwrap();
+    // The transmit buffer came back once, before encoding (so the command was encoded once,
+    // into it), and stays while its bytes are unwritten.
+    assert_eq!(txs.get().0, 2);
+    d.release_buffers();
+    assert_eq!(
+        (rxs.get().1, txs.get().1),
+        (1, 1),
+        "released once, not again while empty"
+    );
+    assert_eq!(drain_writes(&mut d, now), br#"{"execute":"stop","id":2}"#);
+
+    // Half a reply is kept across a release; the rest completes it.
+    let reply = b"{\"timestamp\": {\"seconds\": 1, \"microseconds\": 2}, \"event\": \"STOP\"}\r\n{\"return\": {\"a\": 1}, \"id\": 2}\r\n";
+    let (head, tail) = reply.split_at(reply.len() - 10);
+    assert_eq!(d.feed(head, now), head.len());
+    while d.poll().is_some() {}
+    d.release_buffers();
+    assert_eq!(rxs.get().1, 1, "half a message is never released");
+    assert_eq!(txs.get().1, 2, "the written transmit buffer is");
+    assert_eq!(d.feed(tail, now), tail.len());
+    assert_eq!(d.poll(), Some(Done::Completed(id)));
+    // The outcome lives in the receive buffer until it is taken: no release before.
+    d.release_buffers();
+    assert_eq!(rxs.get().1, 1);
+    let Some(Outcome::Return(value)) = d.outcome(id) else {
+        panic!("no outcome")
+    };
+    assert_eq!(value.as_json(), r#"{"a": 1}"#);
+    let event = d.take_event(Some("STOP")).unwrap().unwrap();
+    assert_eq!(event.timestamp.microseconds, 2);
+    assert!(d.poll().is_none());
+    d.release_buffers();
+    assert_eq!((rxs.get().1, rxs.get().2), (2, 0));
+
+    // And the connection goes on from empty buffers.
+    let id = d.execute("cont", &(), SendOptions::new(), now).unwrap();
+    assert_eq!(drain_writes(&mut d, now), br#"{"execute":"cont","id":3}"#);
+    let reply = b"{\"return\": {}, \"id\": 3}\r\n";
+    assert_eq!(d.feed(reply, now), reply.len());
+    assert_eq!(d.poll(), Some(Done::Completed(id)));
+    assert_eq!(d.dropped_messages(), 0);
+}

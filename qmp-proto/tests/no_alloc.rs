@@ -226,6 +226,71 @@ fn the_client_driver_allocates_nothing() {
 }
 
 #[test]
+fn the_guest_agent_dialect_allocates_nothing() {
+    use qmp_proto::{Deadline, Done, Driver, DriverConfig, EventBuffer, Io, SendOptions, Wait};
+
+    // Recorded from the real qemu-ga (tests/data/qga/record.py): a dirty channel, our sync.
+    let dirty = common::data("qga/dirty.out");
+    let mut driver: Driver<[u8; 8192], [u8; 256], EventBuffer<64>, 8> = Driver::new_agent(
+        [0; 8192],
+        [0; 256],
+        EventBuffer::new(),
+        DriverConfig::default(),
+        987654321,
+        Instant::ZERO,
+    );
+
+    let before = allocations();
+    let mut now = Instant::from_millis(1);
+    let mut input = &dirty[..];
+    let mut written = 0;
+    loop {
+        match driver.poll_io(now, Wait::Handshake, None) {
+            Io::Write { bytes, .. } => {
+                written += bytes.len();
+                let n = bytes.len();
+                driver.handle_written(n, now);
+            }
+            Io::Read { buf, .. } => {
+                let n = buf.len().min(input.len()).min(7);
+                buf[..n].copy_from_slice(&input[..n]);
+                input = &input[n..];
+                driver.handle_read(n, now);
+            }
+            Io::Done(done) => {
+                assert_eq!(done, Done::Ready);
+                break;
+            }
+        }
+    }
+    // A command without a success reply, completed by silence; a timeout and its resync.
+    let opts = SendOptions::new().deadline(Deadline::After(core::time::Duration::from_secs(1)));
+    let shutdown = driver
+        .execute_no_reply("guest-shutdown", &(), opts, now)
+        .unwrap();
+    let ping = driver.execute("guest-ping", &(), opts, now).unwrap();
+    while let Some(bytes) = driver.poll_transmit() {
+        written += bytes.len();
+        let n = bytes.len();
+        driver.handle_written(n, now);
+    }
+    now = Instant::from_millis(2000);
+    driver.handle_timeout(now);
+    let mut completed = 0;
+    while let Some(done) = driver.poll() {
+        if let Done::Completed(id) = done {
+            assert!(id == shutdown || id == ping);
+            assert!(driver.outcome(id).is_some());
+            completed += 1;
+        }
+    }
+    let sync = driver.agent_pending_sync().unwrap();
+    assert_eq!(allocations(), before, "the agent dialect allocated");
+    assert_eq!(completed, 2);
+    assert!(written > 60 && sync != 987654321, "{written}");
+}
+
+#[test]
 fn a_whole_server_session_allocates_nothing() {
     use qmp_proto::{Incoming, RawJson, Server, encode_event};
     let input: &[u8] = b"{\"execute\": \"query-status\", \"id\": 1}[1]{\"execute\": }\

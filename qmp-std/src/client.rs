@@ -28,7 +28,7 @@ use crate::drive::{
     EventList, Request, StdDriver, closed_error, failure_error, link_error, new_driver, now_since,
     outcome_result,
 };
-use crate::error::{Error, QmpError, Result};
+use crate::error::{Error, QmpError, Result, decode};
 use crate::event::{Event, owned_str};
 use crate::stream::{FdStream, Stream};
 
@@ -92,6 +92,12 @@ pub struct Options {
     /// every command on the wire, or against a server that does not answer in order. See
     /// `qmp_proto::Config::untagged_when_alone`, which the core leaves off by default.
     pub untagged_when_alone: bool,
+    /// Check every command's arguments against the server's own schema before sending it
+    /// (off by default): the first command fetches `query-qmp-schema` once for the
+    /// connection; a command whose arguments do not fit is refused with [`Error::Invalid`],
+    /// which says where and what (see [`Schema::check`](crate::Schema::check)).
+    #[cfg(feature = "qapi")]
+    pub check_arguments: bool,
 }
 
 impl Default for Options {
@@ -107,6 +113,8 @@ impl Default for Options {
             max_in_flight: qmp_proto::QEMU_QUEUE_LEN,
             max_queued_events: Some(DEFAULT_MAX_QUEUED_EVENTS),
             untagged_when_alone: true,
+            #[cfg(feature = "qapi")]
+            check_arguments: false,
         }
     }
 }
@@ -123,7 +131,7 @@ impl Default for Options {
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct ClientBuilder {
-    options: Options,
+    pub(crate) options: Options,
 }
 
 impl ClientBuilder {
@@ -172,11 +180,30 @@ impl ClientBuilder {
 
     /// The handshake, bounded (with connecting, which began at `start`) by the connect
     /// timeout: the driver's handshake deadline counts from `start`.
-    fn handshake_from<S: Stream>(self, stream: S, start: std::time::Instant) -> Result<Client<S>> {
+    pub(crate) fn handshake_from<S: Stream>(
+        self,
+        stream: S,
+        start: std::time::Instant,
+    ) -> Result<Client<S>> {
+        self.start(stream, start, None)
+    }
+
+    /// Starts a client over `stream`, connected at `start`: the QMP handshake, or with
+    /// `agent` (a random sync id) the guest agent's sync ([`crate::agent`]).
+    pub(crate) fn start<S: Stream>(
+        self,
+        stream: S,
+        start: std::time::Instant,
+        agent: Option<u64>,
+    ) -> Result<Client<S>> {
         let options = self.options;
         let events = EventList::new(options.max_queued_events);
-        let driver = new_driver(&options, options.max_in_flight, events, Instant::ZERO);
+        let driver = match agent {
+            None => new_driver(&options, options.max_in_flight, events, Instant::ZERO),
+            Some(sync) => crate::agent::new_driver(&options, sync),
+        };
         let mut client = Client {
+            arguments: crate::check::ArgumentCheck::new(&options),
             stream,
             driver,
             origin: start,
@@ -193,8 +220,23 @@ impl ClientBuilder {
         if write_timeout.is_some() {
             let _ = client.stream.set_write_timeout(write_timeout);
         }
+        let result = client.finish_handshake(agent.is_some());
+        // The guest agent has no greeting to report.
+        if agent.is_none() {
+            crate::trace::handshake(start, result.as_ref().map(Client::server));
+        }
+        result
+    }
+}
+
+impl<S: Stream> Client<S> {
+    /// The rest of the handshake: the greeting, and negotiation unless it is off (or, for
+    /// the guest `agent`, the sync).
+    fn finish_handshake(self, agent: bool) -> Result<Self> {
+        let mut client = self;
         match client.run(Wait::Handshake, None, None) {
             Done::Ready => Ok(client),
+            Done::TimedOut if agent => Err(Error::Timeout(Expired::Sync)),
             Done::TimedOut => Err(Error::Timeout(Expired::Greeting)),
             // The negotiation was refused (or failed).
             Done::Completed(id) => {
@@ -347,6 +389,8 @@ pub struct Client<S> {
     /// The I/O error that ended the connection, until reported.
     io_error: Option<io::Error>,
     timer: ReadTimer,
+    /// The optional check of arguments against the schema (`Options::check_arguments`).
+    arguments: crate::check::ArgumentCheck,
 }
 
 impl<S> fmt::Debug for Client<S> {
@@ -414,10 +458,6 @@ fn reply_value(message: &Message<'_>) -> Value {
         reply.insert("id".into(), parse_value(id.as_json()));
     }
     Value::Object(reply)
-}
-
-fn decode<T: DeserializeOwned>(json: &str) -> Result<T> {
-    serde_json::from_str(json).map_err(Error::Decode)
 }
 
 impl<S: Stream> Client<S> {
@@ -699,13 +739,33 @@ impl<S: Stream> Client<S> {
     }
 
     /// Runs a command (without descriptors) and decodes its result.
-    fn call<A: Serialize + ?Sized, T: DeserializeOwned>(
+    pub(crate) fn call<A: Serialize + ?Sized, T: DeserializeOwned>(
         &mut self,
         request: Request<'_, A>,
     ) -> Result<T> {
+        self.check_arguments(request.name, request.arguments)?;
+        let trace = crate::trace::CommandTrace::start(request.name);
         let timeout = request.timeout_or(self.options.command_timeout);
-        let handle = self.send_as(request.name, request.arguments, request.oob, timeout, None)?;
-        self.wait(handle)
+        let result = self
+            .send_as(request.name, request.arguments, request.oob, timeout, None)
+            .and_then(|handle| {
+                trace.sent(handle.id());
+                self.wait(handle)
+            });
+        trace.finish(&result);
+        result
+    }
+
+    /// The optional schema check (`Options::check_arguments`), fetching the schema first.
+    fn check_arguments<A: Serialize + ?Sized>(&mut self, name: &str, arguments: &A) -> Result<()> {
+        if self.arguments.needs_schema(name) {
+            let timeout = self.options.command_timeout;
+            let handle: Handle<Value> =
+                self.send_as(crate::check::SCHEMA_COMMAND, &(), false, timeout, None)?;
+            let json = self.wait_id(handle.id, |json| Ok(json.to_owned()))?;
+            self.arguments.load(&json)?;
+        }
+        self.arguments.check(name, arguments)
     }
 
     /// Queues a command with a deadline `timeout` from now (waiting for room until then),
@@ -725,7 +785,7 @@ impl<S: Stream> Client<S> {
             .attach(attach.is_some());
         let id = loop {
             let now = self.now();
-            match self.driver.execute(name, arguments, options, now) {
+            match crate::drive::execute(&mut self.driver, name, arguments, options, now) {
                 Ok(id) => break id,
                 Err(SendError::QueueFull | SendError::TableFull) => {
                     match self.run(Wait::Room { oob }, at, None) {
@@ -742,6 +802,27 @@ impl<S: Stream> Client<S> {
         // command, which its `wait` reports.
         self.run(Wait::Flush, None, attach);
         Ok(Handle::new(id))
+    }
+
+    /// Syncs with the guest agent again (0xFF and `guest-sync-delimited` with a fresh id),
+    /// within the connect timeout.
+    pub(crate) fn resync(&mut self) -> Result<()> {
+        let now = self.now();
+        self.driver.resync(now);
+        loop {
+            match self.run(Wait::Handshake, None, None) {
+                Done::Ready => return Ok(()),
+                Done::TimedOut => return Err(Error::Timeout(Expired::Sync)),
+                // Another command finished meanwhile: kept for its own wait.
+                Done::Completed(id) => self.keep(id),
+                done => return Err(self.ended(done)),
+            }
+        }
+    }
+
+    /// The driver, read only.
+    pub(crate) fn driver(&self) -> &StdDriver<EventList> {
+        &self.driver
     }
 
     /// Writes out what is queued.
@@ -959,6 +1040,7 @@ impl<S: FdStream> Client<S> {
         &mut self,
         request: Request<'_, A>,
     ) -> Result<T> {
+        self.check_arguments(request.name, request.arguments)?;
         let timeout = request.timeout_or(self.options.command_timeout);
         let fds = request.fds;
         let mut send = |stream: &mut S, bytes: &[u8]| stream.send_with_fds(bytes, fds);

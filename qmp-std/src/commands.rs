@@ -63,6 +63,9 @@
 //!
 //! Results ignore members they do not know, and optional or version-dependent members are
 //! `Option`s or default to zero, so they keep decoding on newer QEMUs.
+//!
+//! Every other command and event of QEMU 7.2, typed, is in `qmp_std::qapi` (the crate
+//! qmp-qapi, generated from QEMU's schema; the default feature `qapi`).
 
 #[cfg(doc)]
 use serde::de::DeserializeOwned;
@@ -159,6 +162,7 @@ macro_rules! no_argument_commands {
         }
     )*};
 }
+pub(crate) use no_argument_commands;
 
 no_argument_commands! {
     /// `query-commands`: the commands this server knows.
@@ -321,9 +325,22 @@ impl BlockdevAdd {
         }
     }
 
-    /// Adds an option (anything that converts into a JSON value).
-    pub fn option(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
-        self.options.insert(name.into(), value.into());
+    /// Adds an option: any value with a JSON form (`&str`, `&String`, numbers, `bool`, a
+    /// nested `json!({..})` or any `Serialize` type).
+    ///
+    /// ```
+    /// use qmp_std::commands::BlockdevAdd;
+    /// let path = String::from("/tmp/disk.img");
+    /// let cmd = BlockdevAdd::new("file", "disk0").option("filename", &path);
+    /// assert_eq!(serde_json::to_string(&cmd).unwrap(), r#"{"driver":"file","node-name":"disk0","filename":"/tmp/disk.img"}"#);
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If `value` has no JSON form (a map whose keys are not strings).
+    pub fn option(mut self, name: impl Into<String>, value: impl Serialize) -> Self {
+        let value = serde_json::to_value(value).expect("the option has a JSON form");
+        self.options.insert(name.into(), value);
         self
     }
 }

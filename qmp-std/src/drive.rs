@@ -16,27 +16,69 @@ use crate::client::Options;
 use crate::error::{Error, QmpError};
 use crate::event::Event;
 
-/// Capacity of the in-flight table: QEMU's in-band queue of 8, plus out-of-band commands and
-/// abandoned ones still owed a reply.
-pub(crate) const TABLE: usize = 32;
+/// Capacity of the in-flight table: QEMU's in-band queue of 8, plus as many out-of-band
+/// commands and abandoned ones still owed a reply. Every slot is part of each connection's
+/// fixed state (a fleet of 10,000 idle connections holds 10,000 tables), so no larger.
+pub(crate) const TABLE: usize = 16;
 
 /// The driver every std client runs, over heap buffers and events stored in `Q`.
 pub(crate) type StdDriver<Q> = Driver<HeapBuffer, HeapBuffer, Q, TABLE>;
 
-/// A byte buffer on the heap that doubles when asked, up to `max` bytes.
+/// Has `driver` encode command `name`: the guest agent's commands without a success reply
+/// ([`NO_SUCCESS_RESPONSE`](crate::agent_commands::NO_SUCCESS_RESPONSE)) as commands that
+/// complete in silence, every other one as usual. Every client sends through here.
+pub(crate) fn execute<Q: EventStore, A: serde::Serialize + ?Sized>(
+    driver: &mut StdDriver<Q>,
+    name: &str,
+    arguments: &A,
+    options: qmp_proto::SendOptions,
+    now: Instant,
+) -> Result<qmp_proto::CommandId, qmp_proto::SendError> {
+    if driver.is_agent() && crate::agent_commands::NO_SUCCESS_RESPONSE.contains(&name) {
+        driver.execute_no_reply(name, arguments, options, now)
+    } else {
+        driver.execute(name, arguments, options, now)
+    }
+}
+
+/// A byte buffer on the heap that doubles when asked, up to `max` bytes. Released (see
+/// [`Buffer::release`]) it holds nothing: its `initial` bytes go to this thread's pool and
+/// come back from it when it grows again.
 #[derive(Debug, Clone)]
 pub(crate) struct HeapBuffer {
     bytes: Vec<u8>,
+    initial: usize,
     max: usize,
+}
+
+/// Released buffers kept for reuse per thread, at most this many: a fleet of idle
+/// connections shares a few buffers instead of holding one each, and taking one back costs
+/// neither an allocation nor zeroing.
+const POOL_MAX: usize = 64;
+
+thread_local! {
+    static POOL: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl HeapBuffer {
     /// `initial` bytes, growing to at most `max`.
     pub(crate) fn new(initial: usize, max: usize) -> Self {
+        let initial = initial.min(max);
         Self {
-            bytes: vec![0; initial.min(max)],
+            bytes: vec![0; initial],
+            initial,
             max,
         }
+    }
+
+    /// `initial` bytes from this thread's pool, or new ones.
+    fn take(initial: usize) -> Vec<u8> {
+        POOL.with(|pool| {
+            let mut pool = pool.borrow_mut();
+            let at = pool.iter().rposition(|b| b.len() == initial)?;
+            Some(pool.swap_remove(at))
+        })
+        .unwrap_or_else(|| vec![0; initial])
     }
 }
 
@@ -58,8 +100,25 @@ impl Buffer for HeapBuffer {
         if len <= self.bytes.len() {
             return false;
         }
-        self.bytes.resize(len, 0);
+        if self.bytes.is_empty() && self.initial > 0 {
+            self.bytes = Self::take(self.initial);
+        }
+        if len > self.bytes.len() {
+            self.bytes.resize(len, 0);
+        }
         true
+    }
+
+    fn release(&mut self) {
+        let bytes = std::mem::take(&mut self.bytes);
+        if bytes.len() == self.initial && !bytes.is_empty() {
+            POOL.with(|pool| {
+                let mut pool = pool.borrow_mut();
+                if pool.len() < POOL_MAX {
+                    pool.push(bytes);
+                }
+            });
+        }
     }
 }
 
@@ -209,6 +268,7 @@ pub(crate) fn failure_error(
         Failure::Malformed(e) => Error::Malformed(e),
         Failure::Unframed(e) => Error::Unframed(e),
         Failure::TimedOut => Error::Timeout(Expired::Command),
+        Failure::ServerRestarted => Error::ServerRestarted,
         _ => closed(),
     }
 }

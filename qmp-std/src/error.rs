@@ -47,12 +47,15 @@ impl std::error::Error for QmpError {}
 /// Everything that can go wrong with a command or the connection.
 ///
 /// - Errors that concern one command leave the connection usable: [`Error::Qmp`],
-///   [`Error::Timeout`], [`Error::TooLarge`], [`Error::Malformed`], [`Error::Decode`].
+///   [`Error::Timeout`], [`Error::TooLarge`], [`Error::Malformed`], [`Error::Decode`],
+///   [`Error::ServerRestarted`].
 /// - Errors that mean the connection is gone: [`Error::Disconnected`], [`Error::Stalled`],
 ///   [`Error::Io`] (see [`Error::is_disconnect`]); every later command fails too, with
 ///   [`Error::Disconnected`] or [`Error::Stalled`].
 /// - Errors for commands refused before anything was sent: [`Error::Refused`],
 ///   [`Error::Encode`], [`Error::UnknownHandle`].
+/// - [`Error::Tls`]: connecting to a TLS monitor failed a check (which one, see
+///   [`TlsFailure`]).
 /// - [`Error::Lagged`], from an event subscription: events were missed, and the
 ///   subscription goes on.
 #[derive(Debug)]
@@ -79,8 +82,9 @@ pub enum Error {
     /// The reply could not even be framed (nested too deep, a raw control character, a
     /// mismatched bracket); the connection stays usable.
     Unframed(FrameError),
-    /// The reply's value did not match the command's typed output.
-    Decode(serde_json::Error),
+    /// The reply's value (or an event's data) did not match the typed output; the error
+    /// keeps the JSON that came ([`DecodeError::json`]).
+    Decode(DecodeError),
     /// The server closed the connection (or it was closed earlier) before the reply.
     Disconnected,
     /// Nothing arrived for the read timeout while commands were waiting: the client gave up
@@ -93,6 +97,10 @@ pub enum Error {
     /// The command was refused locally, before anything was sent (for example `exec-oob`
     /// without the `oob` capability negotiated).
     Refused(SendError),
+    /// The command's arguments do not fit the server's schema ([`Options::check_arguments`](crate::Options::check_arguments));
+    /// nothing was sent.
+    #[cfg(feature = "qapi")]
+    Invalid(Box<crate::SchemaError>),
     /// [`Client::wait`](crate::Client::wait) was given a handle this client does not know.
     UnknownHandle,
     /// An event subscriber fell behind and this many events were dropped for it (not for
@@ -104,6 +112,23 @@ pub enum Error {
         /// How many events this subscriber missed.
         missed: u64,
     },
+    /// The connection ended and a reconnecting client
+    /// ([`reconnect`](crate::reconnect)) connected again: delivered once per gap, in the
+    /// event stream, where the gap is. Events the old QEMU sent after the last one read are
+    /// lost; the next events are the new QEMU's, from its handshake on.
+    Reconnected {
+        /// From the end of the old connection to the new handshake's completion.
+        downtime: std::time::Duration,
+        /// Connect attempts it took (the successful one included).
+        attempts: u32,
+    },
+    /// The server restarted before the reply: a second greeting on the link (QEMU restarted
+    /// at the far end of a serial line or pty). The session started over by itself (the
+    /// handshake was done again); this command was lost, and may be sent again.
+    ServerRestarted,
+    /// Connecting to a TLS monitor (feature `tls`) failed; [`TlsError::failure`] says which
+    /// check.
+    Tls(TlsError),
 }
 
 impl Error {
@@ -142,6 +167,14 @@ impl Error {
         )
     }
 
+    /// Which TLS check failed, for [`Error::Tls`].
+    pub fn tls_failure(&self) -> Option<TlsFailure> {
+        match self {
+            Error::Tls(e) => Some(e.failure),
+            _ => None,
+        }
+    }
+
     /// Whether the connection is gone (as opposed to one command failing).
     pub fn is_disconnect(&self) -> bool {
         matches!(self, Error::Disconnected | Error::Stalled | Error::Io(_))
@@ -164,7 +197,15 @@ impl fmt::Display for Error {
             Error::Io(e) => write!(f, "I/O error: {e}"),
             Error::Encode(e) => write!(f, "cannot encode the command: {e}"),
             Error::Refused(e) => write!(f, "command refused: {e}"),
+            #[cfg(feature = "qapi")]
+            Error::Invalid(e) => write!(f, "invalid arguments: {e}"),
             Error::UnknownHandle => f.write_str("unknown command handle"),
+            Error::Tls(e) => write!(f, "TLS: {e}"),
+            Error::Reconnected { downtime, attempts } => write!(
+                f,
+                "reconnected after {downtime:?} down ({attempts} attempts): events of the gap are lost"
+            ),
+            Error::ServerRestarted => f.write_str("the QMP server restarted before the reply"),
             Error::Lagged { missed } => {
                 write!(
                     f,
@@ -185,6 +226,9 @@ impl std::error::Error for Error {
             Error::Io(e) => Some(e),
             Error::Encode(e) => Some(e),
             Error::Refused(e) => Some(e),
+            #[cfg(feature = "qapi")]
+            Error::Invalid(e) => Some(&**e),
+            Error::Tls(e) => Some(e),
             _ => None,
         }
     }
@@ -200,6 +244,137 @@ impl From<QmpError> for Error {
     fn from(e: QmpError) -> Self {
         Error::Qmp(e)
     }
+}
+
+/// Which check failed when connecting to a TLS monitor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TlsFailure {
+    /// The server's certificate is not signed by a CA this client trusts.
+    UnknownCa,
+    /// The server's certificate is for another name (see `TlsConfig::server_name`).
+    NameMismatch,
+    /// The server's certificate has expired, or is not valid yet.
+    Expired,
+    /// The server wanted a client certificate (QEMU's `verify-peer=on`) and got none.
+    ClientCertRequired,
+    /// The server refused the client's certificate (not signed by its CA, or otherwise bad).
+    ClientCertRejected,
+    /// The server does not speak TLS (a plain monitor answered in plain text).
+    NotTls,
+    /// The local TLS configuration is unusable: a file that cannot be read or parsed, a key
+    /// that does not fit, no CA to trust, a server name that is not one.
+    Config,
+    /// Another TLS failure; the description says which.
+    Other,
+}
+
+impl fmt::Display for TlsFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TlsFailure::UnknownCa => "the server's certificate is not signed by a trusted CA",
+            TlsFailure::NameMismatch => "the server's certificate is for another name",
+            TlsFailure::Expired => "the server's certificate has expired or is not valid yet",
+            TlsFailure::ClientCertRequired => "the server wants a client certificate",
+            TlsFailure::ClientCertRejected => "the server refused the client certificate",
+            TlsFailure::NotTls => "the server does not speak TLS",
+            TlsFailure::Config => "the TLS configuration is unusable",
+            TlsFailure::Other => "the TLS connection failed",
+        })
+    }
+}
+
+/// A failed TLS check ([`Error::Tls`]): which one, and the TLS library's words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsError {
+    /// Which check failed.
+    pub failure: TlsFailure,
+    /// What the TLS library (or the configuration) said, for people.
+    pub detail: String,
+}
+
+impl TlsError {
+    /// A failure with its detail.
+    pub fn new(failure: TlsFailure, detail: impl Into<String>) -> Self {
+        Self {
+            failure,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.failure, self.detail)
+    }
+}
+
+impl std::error::Error for TlsError {}
+
+impl From<TlsError> for Error {
+    fn from(e: TlsError) -> Self {
+        Error::Tls(e)
+    }
+}
+
+/// A reply (or event data) that does not fit its type: why, and the JSON that came, so the
+/// caller still has the answer ([`Error::Decode`]).
+#[derive(Debug)]
+pub struct DecodeError {
+    error: serde_json::Error,
+    json: String,
+}
+
+impl DecodeError {
+    pub(crate) fn new(error: serde_json::Error, json: impl Into<String>) -> Self {
+        Self {
+            error,
+            json: json.into(),
+        }
+    }
+
+    /// The JSON text that did not fit, as received (the `return` value or the event's data).
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+
+    /// The JSON that did not fit, parsed (a string holding the text if it is not JSON that
+    /// `serde_json` reads, such as QEMU's `inf`).
+    pub fn value(&self) -> serde_json::Value {
+        serde_json::from_str(&self.json)
+            .unwrap_or_else(|_| serde_json::Value::String(self.json.clone()))
+    }
+
+    /// Why it did not fit.
+    pub fn serde_error(&self) -> &serde_json::Error {
+        &self.error
+    }
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 200;
+        if self.json.len() <= SHOWN {
+            write!(f, "{} in {}", self.error, self.json)
+        } else {
+            let mut end = SHOWN;
+            while !self.json.is_char_boundary(end) {
+                end -= 1;
+            }
+            write!(f, "{} in {}…", self.error, &self.json[..end])
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+/// Decodes a command's result (or an event's data) from its JSON text.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
+    serde_json::from_str(json).map_err(|e| Error::Decode(DecodeError::new(e, json)))
 }
 
 /// A `Result` with this crate's [`Error`].

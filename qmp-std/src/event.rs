@@ -20,8 +20,10 @@ pub struct Event {
 
 impl Event {
     pub(crate) fn from_view(e: &qmp_proto::Event<'_>) -> Self {
+        let name = owned_str(e.name);
+        crate::trace::event_received(&name, &e.timestamp);
         Self {
-            name: owned_str(e.name),
+            name,
             // The framer validated the JSON; serde_json only fails on QEMU's non-finite
             // numbers, which such data then keeps as its raw text.
             data: e.data.map(|d| {
@@ -53,7 +55,13 @@ impl Event {
             Some(data) => E::Data::<'static>::deserialize(data),
             None => E::Data::<'static>::deserialize(&Value::Object(Default::default())),
         };
-        result.map_err(Error::Decode)
+        result.map_err(|e| {
+            let json = self
+                .data
+                .as_ref()
+                .map_or_else(|| "{}".to_owned(), Value::to_string);
+            Error::Decode(crate::error::DecodeError::new(e, json))
+        })
     }
 }
 

@@ -10,6 +10,11 @@
 //! * [`FakeQemuBuilder::spawn_unix`]: on a fresh [`UnixStream::pair`]; you get the client end.
 //! * [`FakeQemuBuilder::listen_unix`]: on a socket path, serving one client at a time, like
 //!   QEMU's `-qmp unix:PATH,server=on,wait=off`.
+//! * [`FakeQemuBuilder::in_memory`]: no thread and no socket: a [`MemoryLink`] that the client
+//!   reads and writes (`std::io`, and `embedded_io` with the `embedded-io` feature), run in
+//!   the caller's thread on a [`VirtualClock`]. With a client that takes its time from the
+//!   caller (qmp-embedded's, or [`qmp_proto::Driver`] itself), delays, dropped replies and
+//!   deadlines play out on the virtual clock, deterministically, without waiting.
 //!
 //! The returned [`FakeQemu`] (through [`Control`], which handlers get too) pushes events with
 //! the current wall-clock time ([`Control::event`]), delays or drops a command's replies
@@ -207,6 +212,27 @@ impl FakeQemuBuilder {
         ))
     }
 
+    /// Makes the fake an in-memory link on the virtual `clock`, run in the caller's thread
+    /// by the client's reads and writes (see [`MemoryLink`]); the greeting is already there
+    /// to read. For clients that take their time from the caller, such as
+    /// [`qmp-embedded`](https://docs.rs/qmp-embedded)'s (`move || clock.now()`), so that
+    /// delays and deadlines pass without waiting.
+    pub fn in_memory(self, clock: VirtualClock) -> io::Result<MemoryLink> {
+        let inbox = Arc::new(Mutex::new(Inbox::default()));
+        let control = Control::default();
+        let (engine, greeting) = Engine::start(&self)?;
+        control.connect(Sink::Memory(Arc::clone(&inbox)));
+        control.write(&greeting)?;
+        Ok(MemoryLink {
+            config: self,
+            engine,
+            control,
+            inbox,
+            clock,
+            idle_step: Duration::from_millis(10),
+        })
+    }
+
     /// Starts the fake listening on the Unix socket `path`: it accepts a client, serves it
     /// until the connection closes, then accepts the next one, like QEMU. Dropping the
     /// [`FakeQemu`] stops it and removes the socket file.
@@ -259,9 +285,16 @@ struct Shared {
     stopping: AtomicBool,
 }
 
+/// Where a connection's answers go.
+#[derive(Debug)]
+enum Sink {
+    Stream(UnixStream),
+    Memory(Arc<Mutex<Inbox>>),
+}
+
 #[derive(Debug)]
 struct Conn {
-    stream: UnixStream,
+    sink: Sink,
     negotiated: bool,
 }
 
@@ -302,13 +335,30 @@ impl Control {
         let mut conn = lock(&self.shared.conn);
         match conn.as_mut() {
             Some(c) if c.negotiated => {
-                let sent = c.stream.write_all(&bytes).is_ok();
+                let sent = c.sink.write(&bytes).is_ok();
                 if sent {
                     self.shared.events.fetch_add(1, Ordering::SeqCst);
                 }
                 sent
             }
             _ => false,
+        }
+    }
+
+    /// A new connection, answered through `sink`.
+    fn connect(&self, sink: Sink) {
+        *lock(&self.shared.conn) = Some(Conn {
+            sink,
+            negotiated: false,
+        });
+        self.shared.connected.store(true, Ordering::SeqCst);
+    }
+
+    /// Writes to the current connection; an error once it is gone.
+    fn write(&self, bytes: &[u8]) -> io::Result<()> {
+        match lock(&self.shared.conn).as_mut() {
+            Some(conn) => conn.sink.write(bytes),
+            None => Err(io::ErrorKind::NotConnected.into()),
         }
     }
 
@@ -338,7 +388,15 @@ impl Control {
     /// Closes the current connection now (replies still delayed are never sent).
     pub fn cut(&self) {
         if let Some(conn) = lock(&self.shared.conn).take() {
-            let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+            match conn.sink {
+                Sink::Stream(stream) => {
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                }
+                Sink::Memory(inbox) => {
+                    lock(&inbox).closed = true;
+                    self.shared.connected.store(false, Ordering::SeqCst);
+                }
+            }
         }
     }
 
@@ -433,8 +491,20 @@ impl Drop for FakeQemu {
     }
 }
 
+impl Sink {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Sink::Stream(stream) => stream.write_all(bytes),
+            Sink::Memory(inbox) => {
+                lock(inbox).bytes.extend(bytes);
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Runs an encoder into a buffer big enough.
-fn encode_vec(
+pub(crate) fn encode_vec(
     mut encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
 ) -> Result<Vec<u8>, EncodeError> {
     let mut out = vec![0; 4096];
@@ -450,52 +520,154 @@ fn encode_vec(
     }
 }
 
-/// A reply waiting for its time.
+/// A reply waiting for its time (since the connection started, on the fake's clock).
 struct Due {
-    at: Instant,
+    at: Duration,
     bytes: Vec<u8>,
     cut: bool,
 }
 
-/// Serves one connection until it closes.
+/// One connection's protocol, apart from its I/O and its clock: the [`Server`], and the
+/// replies held back by a delay. Both the thread ([`serve`]) and the in-memory link
+/// ([`MemoryLink`]) run it; answers go out through [`Control`]'s sink.
+struct Engine {
+    server: Server<'static, Vec<u8>>,
+    pending: VecDeque<Due>,
+}
+
+impl Engine {
+    /// A connection of a fake configured by `config`, with its greeting.
+    fn start(config: &FakeQemuBuilder) -> io::Result<(Engine, Vec<u8>)> {
+        // The package string only goes into the greeting, encoded here once.
+        let greeter = Server::new(Vec::new(), config.version, &config.package, config.oob);
+        let greeting = encode_vec(|out| greeter.greeting(out)).map_err(io::Error::other)?;
+        let server = Server::new(vec![0u8; 1 << 20], config.version, "", config.oob);
+        let pending = VecDeque::new();
+        Ok((Engine { server, pending }, greeting))
+    }
+
+    /// When the next held-back reply is due.
+    fn next_due(&self) -> Option<Duration> {
+        self.pending.front().map(|d| d.at)
+    }
+
+    /// Sends the held-back replies due at `now`; `false` once the connection was cut.
+    fn send_due(&mut self, ctl: &Control, now: Duration) -> io::Result<bool> {
+        while self.pending.front().is_some_and(|due| due.at <= now) {
+            let due = self.pending.pop_front().expect("checked");
+            ctl.write(&due.bytes)?;
+            if due.cut {
+                ctl.cut();
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Answers every whole request received so far (at `now`); `false` once the connection
+    /// was cut.
+    fn answer(
+        &mut self,
+        config: &FakeQemuBuilder,
+        ctl: &Control,
+        now: Duration,
+    ) -> io::Result<bool> {
+        let shared = &ctl.shared;
+        while let Some(incoming) = self.server.poll() {
+            let (bytes, oob, name) = match incoming {
+                Incoming::Answer(answer) => {
+                    let bytes = encode_vec(|out| answer.encode(out)).map_err(io::Error::other)?;
+                    (bytes, false, None)
+                }
+                Incoming::Request(req) => {
+                    let name = req.name.to_string();
+                    let arguments = req
+                        .arguments
+                        .and_then(|a| serde_json::from_str::<Value>(a.as_json()).ok());
+                    lock(&shared.requests).push(Received {
+                        name: name.clone(),
+                        arguments: arguments.clone(),
+                        id: req.id.map(|id| id.as_json().to_owned()),
+                        oob: req.oob,
+                    });
+                    let args = arguments.unwrap_or_else(|| Value::Object(Default::default()));
+                    let answer = match (config.handlers.get(&name), &config.fallback) {
+                        (Some(h), _) => Some(h(&args, ctl)),
+                        (None, Some(f)) => Some(f(&name, &args, ctl)),
+                        (None, None) => None,
+                    };
+                    let bytes = match answer {
+                        None => encode_vec(|out| req.not_found(out)),
+                        Some(Ok(value)) => {
+                            let text = value.to_string();
+                            let raw = RawJson::parse(&text).expect("serde_json's output");
+                            encode_vec(|out| req.reply(raw, out))
+                        }
+                        Some(Err((class, desc))) => encode_vec(|out| req.error(&class, &desc, out)),
+                    }
+                    .map_err(io::Error::other)?;
+                    (bytes, req.oob, Some(name))
+                }
+            };
+            if let Some(conn) = lock(&shared.conn).as_mut() {
+                conn.negotiated = self.server.state() == qmp_proto::ServerState::Command;
+            }
+            let rules = lock(&shared.rules);
+            let (delay, dropped, cut) = match &name {
+                Some(name) => (
+                    rules.delay.get(name).copied().unwrap_or_default(),
+                    rules.drop.contains(name),
+                    rules.cut_after.contains(name),
+                ),
+                None => (Duration::ZERO, false, false),
+            };
+            drop(rules);
+            if dropped {
+                if cut {
+                    ctl.cut();
+                    return Ok(false);
+                }
+                continue;
+            }
+            if oob || (self.pending.is_empty() && delay.is_zero()) {
+                ctl.write(&bytes)?;
+                if cut {
+                    ctl.cut();
+                    return Ok(false);
+                }
+            } else {
+                let at = self
+                    .pending
+                    .back()
+                    .map_or(now + delay, |p| p.at.max(now + delay));
+                self.pending.push_back(Due { at, bytes, cut });
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Serves one connection until it closes, on the wall clock.
 fn serve(config: &FakeQemuBuilder, ctl: &Control, stream: UnixStream) -> io::Result<()> {
     let shared = &ctl.shared;
     stream.set_nonblocking(false)?;
     let mut reader = stream.try_clone()?;
-    let mut server = Server::new(
-        vec![0u8; 1 << 20],
-        config.version,
-        &config.package,
-        config.oob,
-    );
-    let greeting = encode_vec(|out| server.greeting(out)).map_err(io::Error::other)?;
-    *lock(&shared.conn) = Some(Conn {
-        stream,
-        negotiated: false,
-    });
-    shared.connected.store(true, Ordering::SeqCst);
+    let (mut engine, greeting) = Engine::start(config)?;
+    ctl.connect(Sink::Stream(stream));
+    let origin = Instant::now();
     let result = (|| {
-        write(ctl, &greeting)?;
-        let mut pending: VecDeque<Due> = VecDeque::new();
+        ctl.write(&greeting)?;
         loop {
             // Send what is due, then wait for input until the next reply is.
-            while let Some(due) = pending.front() {
-                if due.at > Instant::now() {
-                    break;
-                }
-                let due = pending.pop_front().unwrap();
-                write(ctl, &due.bytes)?;
-                if due.cut {
-                    ctl.cut();
-                    return Ok(());
-                }
+            if !engine.send_due(ctl, origin.elapsed())? {
+                return Ok(());
             }
-            let wait = pending.front().map(|d| {
-                d.at.saturating_duration_since(Instant::now())
+            let wait = engine.next_due().map(|at| {
+                at.saturating_sub(origin.elapsed())
                     .max(Duration::from_millis(1))
             });
             reader.set_read_timeout(wait)?;
-            let n = match reader.read(server.read_buf()) {
+            let n = match reader.read(engine.server.read_buf()) {
                 Ok(0) => return Ok(()),
                 Ok(n) => n,
                 Err(e)
@@ -509,79 +681,9 @@ fn serve(config: &FakeQemuBuilder, ctl: &Control, stream: UnixStream) -> io::Res
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
-            server.commit(n);
-            while let Some(incoming) = server.poll() {
-                let (bytes, oob, name) = match incoming {
-                    Incoming::Answer(answer) => {
-                        let bytes =
-                            encode_vec(|out| answer.encode(out)).map_err(io::Error::other)?;
-                        (bytes, false, None)
-                    }
-                    Incoming::Request(req) => {
-                        let name = req.name.to_string();
-                        let arguments = req
-                            .arguments
-                            .and_then(|a| serde_json::from_str::<Value>(a.as_json()).ok());
-                        lock(&shared.requests).push(Received {
-                            name: name.clone(),
-                            arguments: arguments.clone(),
-                            id: req.id.map(|id| id.as_json().to_owned()),
-                            oob: req.oob,
-                        });
-                        let args = arguments.unwrap_or_else(|| Value::Object(Default::default()));
-                        let answer = match (config.handlers.get(&name), &config.fallback) {
-                            (Some(h), _) => Some(h(&args, ctl)),
-                            (None, Some(f)) => Some(f(&name, &args, ctl)),
-                            (None, None) => None,
-                        };
-                        let bytes = match answer {
-                            None => encode_vec(|out| req.not_found(out)),
-                            Some(Ok(value)) => {
-                                let text = value.to_string();
-                                let raw = RawJson::parse(&text).expect("serde_json's output");
-                                encode_vec(|out| req.reply(raw, out))
-                            }
-                            Some(Err((class, desc))) => {
-                                encode_vec(|out| req.error(&class, &desc, out))
-                            }
-                        }
-                        .map_err(io::Error::other)?;
-                        (bytes, req.oob, Some(name))
-                    }
-                };
-                if let Some(conn) = lock(&shared.conn).as_mut() {
-                    conn.negotiated = server.state() == qmp_proto::ServerState::Command;
-                }
-                let rules = lock(&shared.rules);
-                let (delay, dropped, cut) = match &name {
-                    Some(name) => (
-                        rules.delay.get(name).copied().unwrap_or_default(),
-                        rules.drop.contains(name),
-                        rules.cut_after.contains(name),
-                    ),
-                    None => (Duration::ZERO, false, false),
-                };
-                drop(rules);
-                if dropped {
-                    if cut {
-                        ctl.cut();
-                        return Ok(());
-                    }
-                    continue;
-                }
-                let now = Instant::now();
-                if oob || (pending.is_empty() && delay.is_zero()) {
-                    write(ctl, &bytes)?;
-                    if cut {
-                        ctl.cut();
-                        return Ok(());
-                    }
-                } else {
-                    let at = pending
-                        .back()
-                        .map_or(now + delay, |p| p.at.max(now + delay));
-                    pending.push_back(Due { at, bytes, cut });
-                }
+            engine.server.commit(n);
+            if !engine.answer(config, ctl, origin.elapsed())? {
+                return Ok(());
             }
         }
     })();
@@ -590,16 +692,201 @@ fn serve(config: &FakeQemuBuilder, ctl: &Control, stream: UnixStream) -> io::Res
     result
 }
 
-/// Writes to the current connection; an error once it is gone.
-fn write(ctl: &Control, bytes: &[u8]) -> io::Result<()> {
-    match lock(&ctl.shared.conn).as_mut() {
-        Some(conn) => conn.stream.write_all(bytes),
-        None => Err(io::ErrorKind::NotConnected.into()),
+/// A virtual clock for a [`MemoryLink`] and the client on it: it moves only when the link
+/// waits (to a held-back reply's time, or by [`MemoryLink::idle_step`] when nothing will come)
+/// or when the test [advances](VirtualClock::advance) it. Cheap to clone; clones share the
+/// time.
+#[derive(Debug, Clone, Default)]
+pub struct VirtualClock {
+    micros: Arc<AtomicU64>,
+}
+
+impl VirtualClock {
+    /// A clock at zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The time since the clock started.
+    pub fn elapsed(&self) -> Duration {
+        Duration::from_micros(self.micros.load(Ordering::SeqCst))
+    }
+
+    /// The time as the sans-IO core counts it (for a client's clock:
+    /// `move || clock.now()`).
+    pub fn now(&self) -> qmp_proto::Instant {
+        qmp_proto::Instant::from_micros(self.micros.load(Ordering::SeqCst))
+    }
+
+    /// Moves the clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        let by = u64::try_from(by.as_micros()).unwrap_or(u64::MAX);
+        self.micros.fetch_add(by, Ordering::SeqCst);
+    }
+
+    /// Moves the clock forward to `to`, if it is not there yet.
+    fn advance_to(&self, to: Duration) {
+        let to = u64::try_from(to.as_micros()).unwrap_or(u64::MAX);
+        self.micros.fetch_max(to, Ordering::SeqCst);
+    }
+}
+
+/// The client's end of a fake QEMU that runs in memory, in the caller's thread, on a
+/// [`VirtualClock`]: from [`FakeQemuBuilder::in_memory`].
+///
+/// Writing to it hands the bytes to the fake, which answers at once (into the link's
+/// receive side) or, for a [delayed](Control::delay) command, at its time on the virtual
+/// clock. Reading takes what was answered; with nothing there, a read moves the clock to the
+/// next held-back reply's time, or, if none is held back, by [`idle_step`](Self::idle_step)
+/// and fails with [`io::ErrorKind::TimedOut`] (a client that waits on its own deadlines sees
+/// them pass, at no cost in real time). After [`Control::cut`] and everything sent before it,
+/// a read returns `Ok(0)`, the end of the stream. With the `embedded-io` feature it is also
+/// an `embedded_io` link, for [`qmp-embedded`](https://docs.rs/qmp-embedded)'s clients.
+pub struct MemoryLink {
+    config: FakeQemuBuilder,
+    engine: Engine,
+    control: Control,
+    /// What the fake sent and the client has not read (the fake's connection writes here).
+    inbox: Arc<Mutex<Inbox>>,
+    clock: VirtualClock,
+    idle_step: Duration,
+}
+
+impl fmt::Debug for MemoryLink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryLink")
+            .field("clock", &self.clock.elapsed())
+            .field("idle_step", &self.idle_step)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a [`MemoryLink`]'s fake has sent and the client not yet read.
+#[derive(Debug, Default)]
+struct Inbox {
+    bytes: VecDeque<u8>,
+    closed: bool,
+}
+
+impl MemoryLink {
+    /// How far a read with nothing to return moves the virtual clock (10 ms by default).
+    pub fn idle_step(mut self, step: Duration) -> Self {
+        self.idle_step = step.max(Duration::from_micros(1));
+        self
+    }
+
+    /// The fake's [`Control`].
+    pub fn control(&self) -> Control {
+        self.control.clone()
+    }
+
+    /// The virtual clock.
+    pub fn clock(&self) -> VirtualClock {
+        self.clock.clone()
+    }
+
+    /// Copies out what waits for the client; `None` if nothing does (and the link is open).
+    fn take(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        if self
+            .engine
+            .send_due(&self.control, self.clock.elapsed())
+            .is_err()
+        {
+            return Ok(Some(0));
+        }
+        let mut inbox = lock(&self.inbox);
+        if !inbox.bytes.is_empty() {
+            return io::Read::read(&mut inbox.bytes, buf).map(Some);
+        }
+        Ok(inbox.closed.then_some(0))
+    }
+}
+
+impl io::Read for MemoryLink {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if let Some(n) = self.take(buf)? {
+            return Ok(n);
+        }
+        match self.engine.next_due() {
+            Some(at) => {
+                self.clock.advance_to(at);
+                Ok(self.take(buf)?.unwrap_or(0))
+            }
+            None => {
+                self.clock.advance(self.idle_step);
+                Err(io::ErrorKind::TimedOut.into())
+            }
+        }
+    }
+}
+
+impl io::Write for MemoryLink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if lock(&self.inbox).closed {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        let mut rest = buf;
+        while !rest.is_empty() {
+            let n = self.engine.server.feed(rest);
+            rest = &rest[n..];
+            if !self
+                .engine
+                .answer(&self.config, &self.control, self.clock.elapsed())?
+            {
+                break;
+            }
+            if n == 0 && !rest.is_empty() {
+                return Err(io::Error::other(
+                    "fake QEMU: request larger than its buffer",
+                ));
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(feature = "embedded-io")]
+impl embedded_io::ErrorType for MemoryLink {
+    type Error = embedded_io::ErrorKind;
+}
+
+#[cfg(feature = "embedded-io")]
+fn embedded_kind(e: &io::Error) -> embedded_io::ErrorKind {
+    match e.kind() {
+        io::ErrorKind::TimedOut => embedded_io::ErrorKind::TimedOut,
+        io::ErrorKind::BrokenPipe => embedded_io::ErrorKind::BrokenPipe,
+        _ => embedded_io::ErrorKind::Other,
+    }
+}
+
+#[cfg(feature = "embedded-io")]
+impl embedded_io::Read for MemoryLink {
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, embedded_io::ErrorKind> {
+        io::Read::read(self, buf).map_err(|e| embedded_kind(&e))
+    }
+}
+
+#[cfg(feature = "embedded-io")]
+impl embedded_io::Write for MemoryLink {
+    fn write(&mut self, buf: &[u8]) -> Result<usize, embedded_io::ErrorKind> {
+        io::Write::write(self, buf).map_err(|e| embedded_kind(&e))
+    }
+
+    fn flush(&mut self) -> Result<(), embedded_io::ErrorKind> {
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
     use std::time::{Duration, Instant};
 
     use serde_json::json;
@@ -741,5 +1028,43 @@ mod tests {
         drop(fake);
         assert!(!path.exists());
         let _ = std::fs::remove_dir(&dir);
+    }
+
+    #[test]
+    fn in_memory_the_fake_answers_on_the_virtual_clock() {
+        let clock = super::VirtualClock::new();
+        let mut link = FakeQemu::builder()
+            .on("query-name", |_| Ok(json!({"name": "vm"})))
+            .in_memory(clock.clone())
+            .unwrap()
+            .idle_step(Duration::from_millis(250));
+        let mut buf = [0u8; 512];
+        let n = link.read(&mut buf).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&buf[..n]).unwrap().trim_end(),
+            default_greeting()
+        );
+        // Nothing more will come: the clock moves by the idle step, and the read says so.
+        let err = link.read(&mut buf).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(clock.elapsed(), Duration::from_millis(250));
+
+        link.write_all(br#"{"execute": "qmp_capabilities"}"#)
+            .unwrap();
+        let n = link.read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"{\"return\": {}}\r\n");
+        link.control().delay("query-name", Duration::from_secs(2));
+        link.write_all(br#"{"execute": "query-name", "id": 7}"#)
+            .unwrap();
+        // Held back: the read moves the clock to its time.
+        let n = link.read(&mut buf).unwrap();
+        assert_eq!(
+            &buf[..n],
+            b"{\"return\": {\"name\": \"vm\"}, \"id\": 7}\r\n"
+        );
+        assert_eq!(clock.elapsed(), Duration::from_millis(2250));
+        link.control().cut();
+        assert_eq!(link.read(&mut buf).unwrap(), 0);
+        assert!(link.write(b"{}").is_err());
     }
 }

@@ -1,8 +1,9 @@
 //! What the clients that share one connection among many callers ([`SharedClient`] on
 //! threads, the tokio `Client` on tasks) keep under their lock, written once: the driver, who
 //! waits for which command, the event subscribers and how the connection ended. They differ
-//! only in how a caller waits (a channel or a oneshot for an answer, a condition variable or
-//! a waker for an event); the [`Waiter`] and [`Ready`] traits say that part.
+//! only in how a caller waits (a channel for an answer, or the answer left here for a woken
+//! task; a condition variable or a waker for an event); the [`Waiter`] and [`Ready`] traits
+//! say that part.
 //!
 //! [`SharedClient`]: crate::SharedClient
 
@@ -21,20 +22,31 @@ use crate::event::Event;
 
 /// Whoever waits for a command's answer.
 pub(crate) trait Waiter {
-    /// Hands the answer over (if the caller went away, it is dropped).
-    fn answer(self, answer: Answer);
+    /// Hands the answer to `id` over: sent on (if the caller went away, it is dropped), or
+    /// left in `answered` for the caller to take under the lock.
+    fn answer(self, id: CommandId, answer: Answer, answered: &mut Vec<(CommandId, Answer)>);
 }
 
 impl Waiter for mpsc::Sender<Answer> {
-    fn answer(self, answer: Answer) {
+    fn answer(self, _: CommandId, answer: Answer, _: &mut Vec<(CommandId, Answer)>) {
         let _ = self.send(answer);
     }
 }
 
+/// A task waiting for a command's answer: the answer is left in the hub and the task woken
+/// (no channel to allocate per command). No waker while the task itself runs (it looks for
+/// its answer under the lock before it waits).
 #[cfg(feature = "tokio")]
-impl Waiter for ::tokio::sync::oneshot::Sender<Answer> {
-    fn answer(self, answer: Answer) {
-        let _ = self.send(answer);
+#[derive(Debug)]
+pub(crate) struct TaskWaiter(pub(crate) Option<std::task::Waker>);
+
+#[cfg(feature = "tokio")]
+impl Waiter for TaskWaiter {
+    fn answer(self, id: CommandId, answer: Answer, answered: &mut Vec<(CommandId, Answer)>) {
+        answered.push((id, answer));
+        if let Some(waker) = self.0 {
+            waker.wake();
+        }
     }
 }
 
@@ -135,18 +147,22 @@ impl<R: Ready> Queue<R> {
 }
 
 /// What the connection's lock guards: the driver, who waits for which command, and the
-/// subscribers.
+/// subscribers. The small fields come first (`repr(C)`), to share cache lines with the
+/// lock's word and each other rather than sit past the driver's two kilobytes.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct Hub<W, R: Ready> {
-    pub(crate) driver: StdDriver<EventList>,
     /// Who waits for which command's answer.
     waiters: Vec<(CommandId, W)>,
+    /// Answers left for their callers to take (see [`Waiter::answer`]).
+    answered: Vec<(CommandId, Answer)>,
     subscribers: Vec<Weak<Queue<R>>>,
     /// The first subscriber's queue, made at the start so that it misses nothing.
     pub(crate) first: Option<Arc<Queue<R>>>,
+    pub(crate) ended: Option<Ended>,
     /// The I/O error that ended the connection, if one did.
     pub(crate) io_error: Option<io::Error>,
-    pub(crate) ended: Option<Ended>,
+    pub(crate) driver: StdDriver<EventList>,
 }
 
 impl<W: Waiter, R: Ready> Hub<W, R> {
@@ -157,6 +173,7 @@ impl<W: Waiter, R: Ready> Hub<W, R> {
         Self {
             driver,
             waiters: Vec::new(),
+            answered: Vec::new(),
             subscribers: vec![Arc::downgrade(&first)],
             first: Some(first),
             io_error: None,
@@ -176,8 +193,11 @@ impl<W: Waiter, R: Ready> Hub<W, R> {
         if self.ended.is_some() {
             return Err(self.closed_error());
         }
-        match self.driver.execute(name, arguments, options, now) {
-            Ok(id) => Ok(Some(id)),
+        match drive::execute(&mut self.driver, name, arguments, options, now) {
+            Ok(id) => {
+                crate::trace::sent(name, id.get());
+                Ok(Some(id))
+            }
             Err(SendError::QueueFull | SendError::TableFull | SendError::Busy) => Ok(None),
             Err(SendError::Closed) => Err(self.closed_error()),
             Err(SendError::Encode(e)) => Err(Error::Encode(e)),
@@ -193,7 +213,24 @@ impl<W: Waiter, R: Ready> Hub<W, R> {
     /// Forgets the command `id`: nobody waits for it any more.
     pub(crate) fn abandon(&mut self, id: CommandId) {
         self.waiters.retain(|w| w.0 != id);
+        self.answered.retain(|a| a.0 != id);
         self.driver.abandon(id);
+    }
+
+    /// The answer to `id` if it was left here (see [`Waiter::answer`]).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn take_answered(&mut self, id: CommandId) -> Option<Answer> {
+        let at = self.answered.iter().position(|a| a.0 == id)?;
+        Some(self.answered.swap_remove(at).1)
+    }
+
+    /// The waiter for `id`, if its answer has not come yet.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn waiter_mut(&mut self, id: CommandId) -> Option<&mut W> {
+        self.waiters
+            .iter_mut()
+            .find(|w| w.0 == id)
+            .map(|(_, waiter)| waiter)
     }
 
     /// Hands the outcome of `id` (just reported by `Done::Completed`) to its waiter.
@@ -206,7 +243,10 @@ impl<W: Waiter, R: Ready> Hub<W, R> {
         if let Some(at) = self.waiters.iter().position(|w| w.0 == id)
             && let Some(answer) = answer
         {
-            self.waiters.swap_remove(at).1.answer(answer);
+            self.waiters
+                .swap_remove(at)
+                .1
+                .answer(id, answer, &mut self.answered);
         }
     }
 
@@ -233,8 +273,8 @@ impl<W: Waiter, R: Ready> Hub<W, R> {
             return false;
         }
         let ended = Ended::new(reason, self.io_error.as_ref());
-        for (_, waiter) in self.waiters.drain(..) {
-            waiter.answer(Err(ended.error()));
+        for (id, waiter) in self.waiters.drain(..) {
+            waiter.answer(id, Err(ended.error()), &mut self.answered);
         }
         for queue in self.subscribers.drain(..).filter_map(|q| q.upgrade()) {
             queue.end(&ended);
@@ -330,9 +370,4 @@ pub(crate) fn fmt_client(
 /// A copy of an I/O error, to hand to more than one caller.
 pub(crate) fn copy_io(e: &io::Error) -> io::Error {
     io::Error::new(e.kind(), e.to_string())
-}
-
-/// A command's result, from its answer's JSON text.
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
-    serde_json::from_str(json).map_err(Error::Decode)
 }

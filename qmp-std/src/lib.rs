@@ -32,9 +32,19 @@
 //!   tasks, with cancel-safe commands and event streams. All share one core with
 //!   [`Client`] and the same verbs (`execute`, `execute_timeout`, `send`/`wait`, `abandon`,
 //!   `next_event`, `wait_event`, …).
+//! - With the `tls` feature, `qmp_std::tls`: TLS monitors (QEMU's `tls-creds-x509`) for
+//!   all three clients, `connect_tls` with a `tls::TlsConfig` (CA file or system roots,
+//!   client certificate, server name); failed checks are [`Error::Tls`] with a
+//!   [`TlsFailure`].
+//! - [`agent::Agent`]: QEMU's guest agent (`qemu-ga`) on the same driver and loop, synced
+//!   on every connect and after a timeout, over a Unix socket, TCP, a serial line
+//!   ([`Serial`]) or any stream, with typed guest commands in [`agent_commands`].
 //! - For your tests, [`fake::FakeQemu`]: a fake QEMU on a socket pair or path, answering
 //!   commands through your handlers with QEMU's exact greeting, negotiation and errors
 //!   (built on [`qmp_proto::Server`]), pushing events, delaying or dropping replies.
+//! - [`transcript`]: record every message each way ([`transcript::Recorder`], the format
+//!   `qmp-shell -l` writes); [`replay`] plays a transcript back as a fake QEMU that checks
+//!   the client sends what was recorded.
 //!
 //! # Talking to QEMU
 //! ```no_run
@@ -159,7 +169,7 @@ macro_rules! shared_option_setters {
         }
 
         /// See [`Options::max_in_flight`] (QEMU queues at most 8 in-band commands; the
-        /// in-flight table holds 32, and out-of-band commands keep at least 4 of them).
+        /// in-flight table holds 16, and out-of-band commands keep at least 4 of them).
         pub fn max_in_flight(mut self, n: usize) -> Self {
             self.options.max_in_flight = n.max(1);
             self
@@ -168,6 +178,13 @@ macro_rules! shared_option_setters {
         /// See [`Options::untagged_when_alone`].
         pub fn untagged_when_alone(mut self, on: bool) -> Self {
             self.options.untagged_when_alone = on;
+            self
+        }
+
+        /// See [`Options::check_arguments`].
+        #[cfg(feature = "qapi")]
+        pub fn check_arguments(mut self, on: bool) -> Self {
+            self.options.check_arguments = on;
             self
         }
     };
@@ -218,11 +235,53 @@ macro_rules! hub_getters {
 /// or `[] []`, and `$call`, the client's primitive
 /// `fn $call<A: Serialize + ?Sized, T: DeserializeOwned>(&self, Request<'_, A>) -> Result<T>`
 /// (`async` and `&mut self` as the client's methods are). `oob` names the setting that
-/// enables out-of-band execution; the attributes in braces are added to the docs.
+/// enables out-of-band execution; the attributes in braces are added to the docs. Arms:
+/// `commands:` (every verb), `in_band:` (`execute`, `execute_raw` and their `_timeout`
+/// forms alone: the guest agent's clients), `fds:` (the `_with_fds` verbs).
 macro_rules! command_verbs {
     (
         commands: [$($mut:tt)?] [$($async:tt)?] [$($await:tt)*] $call:ident,
         oob: $oob:literal,
+        execute: {$(#[$execute_doc:meta])*}
+    ) => {
+        command_verbs! {
+            in_band: [$($mut)?] [$($async)?] [$($await)*] $call,
+            execute: {$(#[$execute_doc])*}
+        }
+
+        /// Runs a typed command out of band (`exec-oob`): its reply may overtake in-band
+        /// ones.
+        #[doc = concat!("Needs [`", $oob, "`] and a server that offers it, and a command QEMU")]
+        /// allows out of band (in 7.2: `migrate-recover`, `migrate-pause`, `yank`,
+        /// `query-yank`).
+        pub $($async)? fn execute_oob<C>(
+            &$($mut)? self,
+            command: &C,
+        ) -> Result<C::Output<'static>>
+        where
+            C: Command,
+            for<'de> C::Output<'de>: DeserializeOwned,
+        {
+            self.$call(crate::drive::Request::new(true, C::NAME, command, None, &[])) $($await)*
+        }
+
+        /// [`execute_raw`](Self::execute_raw), out of band.
+        pub $($async)? fn execute_oob_raw(
+            &$($mut)? self,
+            name: &str,
+            arguments: &Value,
+        ) -> Result<Value> {
+            self.$call(crate::drive::Request::new(true, name, arguments, None, &[])) $($await)*
+        }
+
+        /// Runs an HMP command line through `human-monitor-command` and returns its output.
+        pub $($async)? fn hmp(&$($mut)? self, command_line: &str) -> Result<String> {
+            self.execute(&HumanMonitorCommand::new(command_line)) $($await)*
+        }
+    };
+    // The in-band verbs alone (the guest agent's clients have no oob and no HMP).
+    (
+        in_band: [$($mut:tt)?] [$($async:tt)?] [$($await:tt)*] $call:ident,
         execute: {$(#[$execute_doc:meta])*}
     ) => {
         /// Runs a typed command and waits for its result, within the client's command
@@ -241,8 +300,8 @@ macro_rules! command_verbs {
 
         /// [`execute`](Self::execute) with a deadline of its own (`None`: wait forever), which
         /// also bounds waiting for room in flight. When it passes, this returns
-        /// [`Error::Timeout`]`(`[`Expired::Command`]`)` and the command's late reply is
-        /// discarded.
+        /// [`Error::Timeout`](crate::Error::Timeout)`(`[`Expired::Command`](qmp_proto::Expired::Command)`)`
+        /// and the command's late reply is discarded.
         pub $($async)? fn execute_timeout<C>(
             &$($mut)? self,
             command: &C,
@@ -276,36 +335,6 @@ macro_rules! command_verbs {
         ) -> Result<Value> {
             let request = crate::drive::Request::new(false, name, arguments, Some(timeout), &[]);
             self.$call(request) $($await)*
-        }
-
-        /// Runs a typed command out of band (`exec-oob`): its reply may overtake in-band
-        /// ones.
-        #[doc = concat!("Needs [`", $oob, "`] and a server that offers it, and a command QEMU")]
-        /// allows out of band (in 7.2: `migrate-recover`, `migrate-pause`, `yank`,
-        /// `query-yank`).
-        pub $($async)? fn execute_oob<C>(
-            &$($mut)? self,
-            command: &C,
-        ) -> Result<C::Output<'static>>
-        where
-            C: Command,
-            for<'de> C::Output<'de>: DeserializeOwned,
-        {
-            self.$call(crate::drive::Request::new(true, C::NAME, command, None, &[])) $($await)*
-        }
-
-        /// [`execute_raw`](Self::execute_raw), out of band.
-        pub $($async)? fn execute_oob_raw(
-            &$($mut)? self,
-            name: &str,
-            arguments: &Value,
-        ) -> Result<Value> {
-            self.$call(crate::drive::Request::new(true, name, arguments, None, &[])) $($await)*
-        }
-
-        /// Runs an HMP command line through `human-monitor-command` and returns its output.
-        pub $($async)? fn hmp(&$($mut)? self, command_line: &str) -> Result<String> {
-            self.execute(&HumanMonitorCommand::new(command_line)) $($await)*
         }
     };
     (
@@ -341,6 +370,9 @@ macro_rules! command_verbs {
     };
 }
 
+pub mod agent;
+pub mod agent_commands;
+mod check;
 mod client;
 pub mod commands;
 mod connect;
@@ -349,28 +381,45 @@ mod error;
 mod event;
 pub mod fake;
 mod hub;
+pub mod reconnect;
+pub mod replay;
+#[cfg(feature = "qapi")]
+mod schema;
+mod serial;
 mod shared;
 #[cfg(test)]
 mod shared_tests;
 mod stream;
 #[cfg(test)]
 mod tests;
+#[cfg(feature = "tls")]
+pub mod tls;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 #[cfg(all(test, feature = "tokio"))]
 mod tokio_tests;
+mod trace;
+pub mod transcript;
 
 pub use client::{Client, ClientBuilder, DEFAULT_MAX_QUEUED_EVENTS, Handle, Options};
 pub use commands::{Command, EventKind};
-pub use error::{Error, QmpError, Result};
+pub use error::{DecodeError, Error, QmpError, Result, TlsError, TlsFailure};
 pub use event::{Event, Timestamp};
 pub use qmp_proto::ErrorClass;
 pub use qmp_proto::ServerInfo;
+#[cfg(feature = "qapi")]
+pub use schema::{Argument, Schema, SchemaError, SchemaErrorKind};
+pub use serial::Serial;
 pub use shared::{DEFAULT_SUBSCRIPTION_CAPACITY, SharedClient, SplitStream, Subscription};
 pub use stream::{FdStream, Plain, Stream};
 
 /// The sans-IO core this client is built on.
 pub use qmp_proto;
+/// The whole QMP vocabulary of QEMU 7.2, typed (the crate `qmp-qapi`; feature `qapi`, on by
+/// default): every command, event and type of its schema, for [`Client::execute`] and
+/// [`Event::data_as`].
+#[cfg(feature = "qapi")]
+pub use qmp_qapi as qapi;
 /// serde, re-exported for the `for<'de> C::Output<'de>: serde::de::DeserializeOwned` bound
 /// of code generic over commands, and for deriving your own commands' arguments and outputs.
 pub use serde;

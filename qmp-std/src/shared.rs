@@ -44,9 +44,10 @@ use serde::de::DeserializeOwned;
 
 use crate::commands::{Command, HumanMonitorCommand};
 use crate::drive::{self, Answer, Request};
+use crate::error::decode;
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::hub::{self, Hub, copy_io, decode};
+use crate::hub::{self, Hub, copy_io};
 use crate::stream::{FdStream, Stream};
 
 /// How many events a [`Subscription`] holds before it drops new ones (and says so with
@@ -119,6 +120,8 @@ struct Inner {
     origin: Instant,
     command_timeout: Option<Duration>,
     max_reply_size: usize,
+    /// The optional check of arguments against the schema (`Options::check_arguments`).
+    arguments: crate::check::ArgumentCheck,
 }
 
 impl Inner {
@@ -308,7 +311,11 @@ impl SharedClient {
             return Err(Error::Refused(SendError::Busy));
         }
         let origin = parts.origin;
-        let server = driver.server().cloned().ok_or(Error::Disconnected)?;
+        let server = match driver.server() {
+            Some(server) => server.clone(),
+            None if driver.is_agent() => crate::agent::server_info(),
+            None => return Err(Error::Disconnected),
+        };
         let mut reader = parts.stream.try_clone()?;
         // The reader thread's read timeout follows the driver's deadlines.
         reader.set_read_timeout(None)?;
@@ -327,6 +334,7 @@ impl SharedClient {
             origin,
             command_timeout: options.command_timeout,
             max_reply_size: options.max_reply_size,
+            arguments: crate::check::ArgumentCheck::new(&options),
         });
         inner.deliver(&mut inner.lock());
         let reader = {
@@ -390,7 +398,16 @@ impl SharedClient {
         &self,
         request: Request<'_, A>,
     ) -> Result<T> {
-        decode(&self.answer(request)?)
+        let check = &self.inner().arguments;
+        if check.needs_schema(request.name) {
+            let fetch = Request::new(false, crate::check::SCHEMA_COMMAND, &(), None, &[]);
+            check.load(&self.answer(fetch)?)?;
+        }
+        check.check(request.name, request.arguments)?;
+        let trace = crate::trace::CommandTrace::start(request.name);
+        let result = self.answer(request).and_then(|text| decode(&text));
+        trace.finish(&result);
+        result
     }
 
     /// Runs a command: its result's JSON text, or the error.

@@ -29,13 +29,18 @@
 //! transmit buffer, matches replies by id, applies every deadline, and decides what a failed
 //! write or the end of the stream means. Around it:
 //! - A caller locks, has the driver encode its command (with the command's deadline), writes
-//!   what the socket takes at once, registers a oneshot for the answer, unlocks and awaits
-//!   it. No room in flight (QEMU's queue or the in-flight table full): it waits until a
-//!   command completes, bounded by the command's deadline.
+//!   what the socket takes at once, leaves its waker for the answer, unlocks and waits; the
+//!   answer is left under the lock for it (no channel per command). No room in flight
+//!   (QEMU's queue or the in-flight table full): it waits until a command completes,
+//!   bounded by the command's deadline.
 //! - One drive task per connection writes the rest when the socket is writable, reads
 //!   whenever it is readable (even when nobody waits, so QEMU is never left blocked on a
 //!   full socket), keeps one timer set to the driver's next deadline, and delivers what the
 //!   driver completed: each outcome to its caller, each event to every subscriber.
+//! - While a caller waits for its answer, the socket wakes the caller's task instead of the
+//!   drive task's: the caller reads and delivers for everyone (the same driver, under the
+//!   same lock), and gives the reading back to the drive task when its answer comes or its
+//!   future is dropped. A round trip then wakes one task, not two.
 //!
 //! # Cancellation
 //! Every `execute*` future is cancel-safe: dropping it (a `select!` branch that lost,
@@ -83,7 +88,6 @@ use std::time::Duration;
 
 use ::tokio::io::Interest;
 use ::tokio::net::{TcpStream, ToSocketAddrs, UnixStream};
-use ::tokio::sync::{Notify, oneshot};
 use ::tokio::time::Sleep;
 use serde::Serialize;
 use serde_json::Value;
@@ -95,9 +99,10 @@ use serde::de::DeserializeOwned;
 
 use crate::commands::{Command, HumanMonitorCommand};
 use crate::drive::{self, Answer, EventList, Request, StdDriver, TABLE};
+use crate::error::decode;
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::hub::{self, Hub, WakeReady, decode};
+use crate::hub::{self, Hub, TaskWaiter, WakeReady};
 
 /// Events a subscriber may fall behind by before new ones are dropped (and it is told).
 pub const DEFAULT_EVENT_CAPACITY: usize = 64;
@@ -116,7 +121,7 @@ pub const DEFAULT_INITIAL_BUFFER: usize = 4 << 10;
 /// negotiation to you (`execute_raw("qmp_capabilities", …)`).
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
-    options: Options,
+    pub(crate) options: Options,
 }
 
 impl Default for ClientBuilder {
@@ -160,68 +165,118 @@ impl ClientBuilder {
     /// Connects to a QMP Unix socket and does the handshake. Needs a tokio runtime with I/O
     /// and time enabled; the drive task is spawned on it.
     pub async fn connect_unix(self, path: impl AsRef<Path>) -> Result<Client> {
+        self.connect_unix_as(path, None).await
+    }
+
+    /// [`connect_unix`](Self::connect_unix), as QMP or (with a random sync id) the guest
+    /// agent dialect ([`crate::agent::tokio`]).
+    pub(crate) async fn connect_unix_as(
+        self,
+        path: impl AsRef<Path>,
+        agent: Option<u64>,
+    ) -> Result<Client> {
         let path = path.as_ref().to_owned();
-        self.start(async move {
+        let connect = async move {
             let stream = crate::connect::connect_unix_tokio(&path).await?;
             Ok(Socket::Unix(stream))
-        })
-        .await
+        };
+        self.start(connect, agent).await
     }
 
     /// Connects to a QMP TCP socket (Nagle's algorithm off) and does the handshake.
     pub async fn connect_tcp(self, addr: impl ToSocketAddrs) -> Result<Client> {
-        self.start(async move {
+        self.connect_tcp_as(addr, None).await
+    }
+
+    /// [`connect_tcp`](Self::connect_tcp), as QMP or the guest agent dialect.
+    pub(crate) async fn connect_tcp_as(
+        self,
+        addr: impl ToSocketAddrs,
+        agent: Option<u64>,
+    ) -> Result<Client> {
+        let connect = async move {
             let stream = TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
             Ok(Socket::Tcp(stream))
-        })
-        .await
+        };
+        self.start(connect, agent).await
     }
 
     /// Does the handshake over a connected Unix stream (e.g. one end of
     /// [`UnixStream::pair`]).
     pub async fn handshake_unix(self, stream: UnixStream) -> Result<Client> {
-        self.start(async move { Ok(Socket::Unix(stream)) }).await
+        self.handshake_unix_as(stream, None).await
+    }
+
+    /// [`handshake_unix`](Self::handshake_unix), as QMP or the guest agent dialect.
+    pub(crate) async fn handshake_unix_as(
+        self,
+        stream: UnixStream,
+        agent: Option<u64>,
+    ) -> Result<Client> {
+        self.start(async move { Ok(Socket::Unix(stream)) }, agent)
+            .await
     }
 
     /// Does the handshake over a connected TCP stream.
     pub async fn handshake_tcp(self, stream: TcpStream) -> Result<Client> {
-        self.start(async move { Ok(Socket::Tcp(stream)) }).await
+        self.start(async move { Ok(Socket::Tcp(stream)) }, None)
+            .await
     }
 
     /// Connects and does the handshake, both within the connect timeout:
     /// `Expired::Connect` if connecting ran out of it, `Expired::Greeting` if the handshake
     /// did.
-    async fn start(self, connect: impl Future<Output = Result<Socket>>) -> Result<Client> {
+    async fn start(
+        self,
+        connect: impl Future<Output = Result<Socket>>,
+        agent: Option<u64>,
+    ) -> Result<Client> {
         let options = self.options;
         let origin = std::time::Instant::now();
         let in_band = options.max_in_flight.clamp(1, TABLE - 4);
         let now = drive::now_since(origin);
-        let mut driver = drive::new_driver(&options, in_band, EventList::new(None), now);
+        let mut driver = match agent {
+            None => drive::new_driver(&options, in_band, EventList::new(None), now),
+            Some(sync) => crate::agent::new_driver(&options, sync),
+        };
         let socket = match options.connect_timeout {
             Some(t) => ::tokio::time::timeout(t, connect)
                 .await
                 .map_err(|_| Error::Timeout(Expired::Connect))??,
             None => connect.await?,
         };
-        handshake(&socket, &mut driver, origin, options.max_reply_size).await?;
-        let server = driver.server().cloned().ok_or(Error::Disconnected)?;
+        let shaken = handshake(&socket, &mut driver, origin, options.max_reply_size).await;
+        let shaken = shaken.and_then(|()| match agent {
+            None => driver.server().cloned().ok_or(Error::Disconnected),
+            Some(_) => Ok(crate::agent::server_info()),
+        });
+        crate::trace::handshake(origin, shaken.as_ref());
+        let server = shaken?;
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
                 hub: Hub::new(driver, options.max_queued_events),
                 task: None,
+                timer: Timer::default(),
+                room: Vec::new(),
+                reader: None,
                 fds: None,
             }),
             socket,
-            room: Notify::new(),
             closing: AtomicBool::new(false),
             server,
             origin,
             command_timeout: options.command_timeout,
             max_reply_size: options.max_reply_size,
             event_capacity: options.max_queued_events,
+            arguments: crate::check::ArgumentCheck::new(&options),
         });
-        inner.run(&mut inner.lock(), None);
+        {
+            let mut st = inner.lock();
+            inner.run(&mut st, None, inner.now());
+            // Until the drive task sees bytes or a command is sent, hold no buffer.
+            st.hub.driver.release_buffers();
+        }
         ::tokio::spawn(drive_task(Arc::clone(&inner)));
         Ok(Client {
             owner: Arc::new(Owner { inner }),
@@ -237,12 +292,17 @@ async fn handshake(
     origin: std::time::Instant,
     limit: usize,
 ) -> Result<()> {
+    let expired = if driver.is_agent() {
+        Expired::Sync
+    } else {
+        Expired::Greeting
+    };
     let mut io_error = None;
     loop {
         let now = drive::now_since(origin);
         match driver.poll_io(now, Wait::Handshake, None) {
             Io::Done(Done::Ready) => return Ok(()),
-            Io::Done(Done::TimedOut) => return Err(Error::Timeout(Expired::Greeting)),
+            Io::Done(Done::TimedOut) => return Err(Error::Timeout(expired)),
             Io::Done(Done::Closed(reason)) => {
                 return Err(drive::closed_error(Some(reason), io_error));
             }
@@ -411,16 +471,28 @@ fn unsupported_fds() -> io::Error {
 /// One subscriber's queue: a reader waiting for an event leaves its waker there.
 type Sub = hub::Queue<WakeReady>;
 
-/// What the lock guards.
+/// What the lock guards: the small fields first (`repr(C)`), beside the lock's own word.
 #[derive(Debug)]
+#[repr(C)]
 struct State {
-    /// The driver, who waits for which command, the subscribers.
-    hub: Hub<oneshot::Sender<Answer>, WakeReady>,
+    /// The caller (by its command) whose task the socket wakes when bytes come, instead of
+    /// the drive task's: a caller waiting for its answer reads for everyone meanwhile, which
+    /// spares a round trip one task wake-up. `None`: the drive task.
+    reader: Option<CommandId>,
     /// The drive task, to wake when bytes wait to be written, a deadline may come before
     /// its timer, or the client closes.
     task: Option<Waker>,
+    /// The drive task's one timer, set to the driver's next deadline by the drive task, or
+    /// by a caller for the drive task (with its waker) when a command's deadline comes
+    /// before the timer's: no wake-up of the drive task per command.
+    timer: Timer,
+    /// Callers waiting for room in flight, woken when a command completes (room may have
+    /// freed, the transmit buffer may be empty) or the connection ends.
+    room: Vec<Waker>,
     /// The file descriptors to send with the next command sent with an attachment.
     fds: Option<Vec<OwnedFd>>,
+    /// The driver, who waits for which command, the subscribers.
+    hub: Hub<TaskWaiter, WakeReady>,
 }
 
 impl State {
@@ -429,22 +501,33 @@ impl State {
             task.wake_by_ref();
         }
     }
+
+    /// Wakes the callers waiting for room (they try again).
+    fn wake_room(&mut self) {
+        for waker in self.room.drain(..) {
+            waker.wake();
+        }
+    }
 }
 
 /// One connection, shared by every [`Client`] clone and the drive task.
+///
+/// In declaration order (`repr(C)`): what every command touches first, so that it shares
+/// the fewest cache lines (with 10,000 connections, each line a command touches is a cache
+/// miss), then the lock, then what is rarely read.
 #[derive(Debug)]
+#[repr(C)]
 struct Inner {
-    state: Mutex<State>,
     socket: Socket,
-    /// Notified when a command completes (room may have freed, the transmit buffer may
-    /// be empty), or the connection ends.
-    room: Notify,
-    /// Set when the last handle went away or `close` was called.
-    closing: AtomicBool,
-    server: ServerInfo,
     origin: std::time::Instant,
     command_timeout: Option<Duration>,
     max_reply_size: usize,
+    /// Set when the last handle went away or `close` was called.
+    closing: AtomicBool,
+    /// The optional check of arguments against the schema (`Options::check_arguments`).
+    arguments: crate::check::ArgumentCheck,
+    state: Mutex<State>,
+    server: ServerInfo,
     event_capacity: Option<usize>,
 }
 
@@ -457,13 +540,37 @@ impl Inner {
         drive::now_since(self.origin)
     }
 
+    /// Sets the drive task's timer (for the drive task: it is woken when the timer fires)
+    /// if the driver's next deadline comes before it. Without the drive task's waker (it has
+    /// not run yet), it sets its timer when it does.
+    fn arm_timer(&self, st: &mut State, now: qmp_proto::Instant) {
+        let Some(due) = st.hub.driver.poll_timeout() else {
+            return;
+        };
+        let due = drive::std_instant(self.origin, due);
+        if st
+            .timer
+            .pending_at(drive::std_instant(self.origin, now))
+            .is_some_and(|wakes| wakes <= due)
+        {
+            return;
+        }
+        if let Some(task) = &st.task
+            && st.timer.poll_until(&mut Context::from_waker(task), due)
+        {
+            // Already due: the drive task applies it.
+            task.wake_by_ref();
+        }
+    }
+
     /// Runs the driver as far as it goes without reading: writes what the socket takes now
     /// (with `cx`, registering for writability when it takes no more; without, waking the
     /// drive task for the rest) and delivers what completed.
-    fn run(&self, st: &mut State, mut cx: Option<&mut Context<'_>>) {
+    /// `now` is read once by the caller (a clock read per pass of this loop cost more than
+    /// the loop's other work).
+    fn run(&self, st: &mut State, mut cx: Option<&mut Context<'_>>, now: qmp_proto::Instant) {
         let mut freed = false;
         loop {
-            let now = self.now();
             match st.hub.driver.poll_io(now, Wait::Idle, None) {
                 Io::Done(Done::Completed(id)) => {
                     freed = true;
@@ -512,7 +619,7 @@ impl Inner {
         }
         st.hub.fan_out();
         if freed || st.hub.driver.queued_bytes() == 0 {
-            self.room.notify_waiters();
+            st.wake_room();
         }
     }
 
@@ -526,7 +633,7 @@ impl Inner {
         st.hub.first = None;
         st.fds = None;
         self.socket.shutdown();
-        self.room.notify_waiters();
+        st.wake_room();
         if let Some(task) = st.task.take() {
             task.wake();
         }
@@ -538,12 +645,12 @@ impl Inner {
         let mut st = self.lock();
         if st.hub.ended.is_none() {
             st.hub.driver.close();
-            self.run(&mut st, None);
+            self.run(&mut st, None, self.now());
         }
     }
 
     /// The drive task's body: write what waits, read what came, apply the time, deliver.
-    fn poll_drive(&self, cx: &mut Context<'_>, timer: &mut Timer) -> Poll<()> {
+    fn poll_drive(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut guard = self.lock();
         let st = &mut *guard;
         if self.closing.load(Ordering::Acquire) && st.hub.ended.is_none() {
@@ -552,38 +659,82 @@ impl Inner {
         if !st.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             st.task = Some(cx.waker().clone());
         }
+        // One clock read per pass: what happens within it takes microseconds.
+        let mut now = self.now();
+        // The socket wakes this task from now on (a caller that was reading loses that).
+        st.reader = None;
         loop {
-            self.run(st, Some(cx));
+            self.run(st, Some(cx), now);
             if st.hub.ended.is_some() {
                 return Poll::Ready(());
             }
-            match self.socket.poll_read_ready(cx) {
-                Poll::Pending => {}
-                Poll::Ready(result) => {
-                    let now = self.now();
-                    let driver = &mut st.hub.driver;
-                    match result.and_then(|()| self.socket.read_drained(driver.read_buf())) {
-                        Ok(n) => driver.handle_read(n, now),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => st.hub.read_failed(e, now),
-                    }
-                    continue;
-                }
-            }
-            let Some(at) = st.hub.driver.poll_timeout() else {
-                return Poll::Pending;
-            };
-            if timer.poll_until(cx, drive::std_instant(self.origin, at)) {
-                st.hub.driver.handle_timeout(self.now());
+            if self.read_when_ready(st, cx, now).is_ready() {
                 continue;
             }
+            if let Some(at) = st.hub.driver.poll_timeout()
+                && st.timer.poll_until(cx, drive::std_instant(self.origin, at))
+            {
+                now = self.now();
+                st.hub.driver.handle_timeout(now);
+                continue;
+            }
+            // Waiting for the socket: an idle connection holds no buffer meanwhile (the
+            // driver takes them back from the pool when bytes come or a command is sent).
+            st.hub.driver.release_buffers();
             return Poll::Pending;
         }
     }
 }
 
+impl Inner {
+    /// A caller's read: delivers what the socket has (writing what waits, without waiting
+    /// for writability: the drive task does that), until it has no more and `cx` is
+    /// registered to be woken when more comes. Returns whether the connection ended.
+    fn read_for(&self, st: &mut State, cx: &mut Context<'_>, now: qmp_proto::Instant) -> bool {
+        loop {
+            self.run(st, None, now);
+            if st.hub.ended.is_some() {
+                return true;
+            }
+            if self.read_when_ready(st, cx, now).is_pending() {
+                return false;
+            }
+        }
+    }
+
+    /// Reads what the socket has into the driver if it is readable (else `cx` is woken when
+    /// it is): `Ready` when it read (or failed), to go round again.
+    fn read_when_ready(
+        &self,
+        st: &mut State,
+        cx: &mut Context<'_>,
+        now: qmp_proto::Instant,
+    ) -> Poll<()> {
+        let result = std::task::ready!(self.socket.poll_read_ready(cx));
+        let driver = &mut st.hub.driver;
+        match result.and_then(|()| self.socket.read_drained(driver.read_buf())) {
+            Ok(n) => driver.handle_read(n, now),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => st.hub.read_failed(e, now),
+        }
+        Poll::Ready(())
+    }
+
+    /// A caller that was reading for everyone has its answer (or went away): the socket wakes
+    /// the drive task again. What came meanwhile is delivered first.
+    fn hand_back_reads(&self, st: &mut State, now: qmp_proto::Instant) {
+        st.reader = None;
+        // No drive task waker yet: it registers itself when it first runs. (A clone: the
+        // reads below may need `st.task` to wake it for a write that would block.)
+        if let Some(task) = st.task.clone() {
+            self.read_for(st, &mut Context::from_waker(&task), now);
+        }
+        st.hub.driver.release_buffers();
+    }
+}
+
 /// The drive task's one timer.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Timer {
     sleep: Option<Pin<Box<Sleep>>>,
     at: Option<std::time::Instant>,
@@ -601,7 +752,18 @@ impl Timer {
             }
         }
         let sleep = self.sleep.as_mut().expect("set above");
-        sleep.as_mut().poll(cx).is_ready()
+        let fired = sleep.as_mut().poll(cx).is_ready();
+        if fired {
+            self.at = None;
+        }
+        fired
+    }
+
+    /// When the timer will wake the task, if it is armed: it was polled when last set, and
+    /// its time has not come (it may have fired unpolled, the driver having applied that
+    /// deadline on its own).
+    fn pending_at(&self, now: std::time::Instant) -> Option<std::time::Instant> {
+        self.at.filter(|&at| at > now)
     }
 }
 
@@ -615,8 +777,7 @@ async fn drive_task(inner: Arc<Inner>) {
         }
     }
     let guard = Guard(inner);
-    let mut timer = Timer::default();
-    poll_fn(|cx| guard.0.poll_drive(cx, &mut timer)).await;
+    poll_fn(|cx| guard.0.poll_drive(cx)).await;
 }
 
 /// Closes the connection when the last [`Client`] clone goes.
@@ -723,11 +884,20 @@ impl Client {
     }
 
     /// Runs a command and decodes its result.
-    async fn call<A: Serialize + ?Sized, T: DeserializeOwned>(
+    pub(crate) async fn call<A: Serialize + ?Sized, T: DeserializeOwned>(
         &self,
         request: Request<'_, A>,
     ) -> Result<T> {
-        decode(&self.answer(request).await?)
+        let check = &self.inner().arguments;
+        if check.needs_schema(request.name) {
+            let fetch = Request::new(false, crate::check::SCHEMA_COMMAND, &(), None, &[]);
+            check.load(&self.answer(fetch).await?)?;
+        }
+        check.check(request.name, request.arguments)?;
+        let trace = crate::trace::CommandTrace::start(request.name);
+        let result = self.answer(request).await.and_then(|text| decode(&text));
+        trace.finish(&result);
+        result
     }
 
     /// Runs a command: its result's JSON text, or the error.
@@ -749,36 +919,43 @@ impl Client {
         };
         let wait_until = timeout.map(|t| ::tokio::time::Instant::now() + t);
         let options = hub::send_options(oob, timeout, attach, inner.now());
-        let (reply, answer) = oneshot::channel();
-        let mut reply = Some(reply);
-        let id = loop {
-            let room = inner.room.notified();
-            let mut room = std::pin::pin!(room);
-            {
-                let mut st = inner.lock();
-                room.as_mut().enable();
-                if let Some(id) = st.hub.execute(name, arguments, options, inner.now())? {
-                    st.hub.wait_for(id, reply.take().expect("sent once"));
+        // Sends the command once there is room in flight. Cancelled while it waits: nothing
+        // was sent.
+        let send = poll_fn(|cx| {
+            let mut st = inner.lock();
+            let now = inner.now();
+            match st.hub.execute(name, arguments, options, now) {
+                Err(e) => Poll::Ready(Err(e)),
+                Ok(Some(id)) => {
+                    // The answer is left in the hub for this task, which looks for it
+                    // (below, in this same poll) before it leaves its waker there.
+                    st.hub.wait_for(id, TaskWaiter(None));
                     if attach {
                         st.fds = fds.take();
                     }
-                    // Written now if the socket takes it; else by the drive task, which also
-                    // sets its timer to this command's deadline.
-                    inner.run(&mut st, None);
-                    st.wake_task();
-                    break id;
+                    // Written now if the socket takes it (else `run` wakes the drive task
+                    // to write the rest). The drive task's timer is set here for it if this
+                    // command's deadline comes first: no wake-up of the drive task per
+                    // command.
+                    inner.run(&mut st, None, now);
+                    inner.arm_timer(&mut st, now);
+                    Poll::Ready(Ok(id))
                 }
-                // No room: wait until a command completes, within the deadline.
-            }
-            // Cancelled while waiting here: nothing was sent.
-            match wait_until {
-                Some(at) => {
-                    if ::tokio::time::timeout_at(at, room).await.is_err() {
-                        return Err(Error::Timeout(Expired::Command));
+                Ok(None) => {
+                    // No room: woken when a command completes or the connection ends.
+                    if !st.room.iter().any(|w| w.will_wake(cx.waker())) {
+                        st.room.push(cx.waker().clone());
                     }
+                    Poll::Pending
                 }
-                None => room.await,
             }
+        });
+        let id = match wait_until {
+            Some(at) => match ::tokio::time::timeout_at(at, send).await {
+                Ok(sent) => sent?,
+                Err(_) => return Err(Error::Timeout(Expired::Command)),
+            },
+            None => send.await?,
         };
         // Cancelled from here on: the command is (or will be) on the wire; abandon it.
         let mut pending = InFlight {
@@ -786,9 +963,45 @@ impl Client {
             id,
             done: false,
         };
-        let answer = answer.await;
+        // Waiting, this task reads for everyone: the socket wakes it (not the drive task)
+        // when bytes come, it delivers them, and it gives the reading back with its answer.
+        let answer = poll_fn(|cx| {
+            let mut guard = inner.lock();
+            let st = &mut *guard;
+            let now = inner.now();
+            let mut answer = st.hub.take_answered(id);
+            if answer.is_none()
+                && let Some(TaskWaiter(waker)) = st.hub.waiter_mut(id)
+            {
+                // This task runs: its own answer, delivered here, must not wake it.
+                let mine = waker.take();
+                st.reader = Some(id);
+                inner.read_for(st, cx, now);
+                answer = st.hub.take_answered(id);
+                if answer.is_none()
+                    && let Some(TaskWaiter(waker)) = st.hub.waiter_mut(id)
+                {
+                    *waker = Some(match mine {
+                        Some(mine) if mine.will_wake(cx.waker()) => mine,
+                        _ => cx.waker().clone(),
+                    });
+                    // The command is written: its transmit buffer goes back to the pool
+                    // while this task waits (with thousands of connections busy at once,
+                    // holding it until the reply would run the pool dry, and every command
+                    // allocate a buffer).
+                    st.hub.driver.release_buffers();
+                    return Poll::Pending;
+                }
+            }
+            if st.reader == Some(id) {
+                inner.hand_back_reads(st, now);
+            }
+            // Neither answered nor awaited: the connection's end took it.
+            Poll::Ready(answer.unwrap_or_else(|| Err(st.hub.closed_error())))
+        })
+        .await;
         pending.done = true;
-        answer.unwrap_or_else(|_| Err(inner.lock().hub.closed_error()))
+        answer
     }
 }
 
@@ -804,8 +1017,12 @@ impl Drop for InFlight<'_> {
         if !self.done {
             let mut st = self.inner.lock();
             st.hub.abandon(self.id);
+            let now = self.inner.now();
             // Abandoning may have dropped unwritten bytes (room for others).
-            self.inner.run(&mut st, None);
+            self.inner.run(&mut st, None, now);
+            if st.reader == Some(self.id) {
+                self.inner.hand_back_reads(&mut st, now);
+            }
         }
     }
 }

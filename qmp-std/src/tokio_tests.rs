@@ -151,6 +151,90 @@ async fn a_command_timeout_fails_it_and_the_next_command_works() {
     server.join();
 }
 
+/// The drive task's timer is only re-armed when a command's deadline comes before the one it
+/// is armed for: each command still fails at its own deadline, whether the one before had a
+/// later deadline (the timer must be pulled in) or an earlier one (the timer fires early, and
+/// is re-armed for the later deadline).
+#[::tokio::test]
+async fn each_command_fails_at_its_own_deadline_whatever_came_before() {
+    let (qmp, server) = connect(echo()).await;
+    // The fake takes REPLY_MS to answer `sleep`: a command must fail at its deadline, well
+    // before that, not when the late reply happens to wake the client.
+    const REPLY_MS: u64 = 1500;
+    let expect_timeout = |result: crate::Result<Value>, started: std::time::Instant, after| {
+        assert!(matches!(result, Err(Error::Timeout(_))), "{result:?}");
+        let took = started.elapsed();
+        assert!(
+            took >= after,
+            "failed after {took:?}, before its deadline {after:?}"
+        );
+        assert!(
+            took < Duration::from_millis(REPLY_MS - 300),
+            "the deadline {after:?} was missed: failed after {took:?}, with the late reply"
+        );
+    };
+    // A long deadline first (answered at once), then a short one that is never met.
+    let long = Some(Duration::from_secs(20));
+    let args = json!({"x": 1});
+    assert_eq!(
+        qmp.execute_raw_timeout("echo", &args, long).await.unwrap(),
+        args
+    );
+    let started = std::time::Instant::now();
+    let short = Duration::from_millis(50);
+    let slow = qmp
+        .execute_raw_timeout("sleep", &json!({"ms": REPLY_MS}), Some(short))
+        .await;
+    expect_timeout(slow, started, short);
+    // The fake answers in order: let it finish the sleep (its late reply is dropped).
+    sleep(Duration::from_millis(REPLY_MS)).await;
+    // A short deadline first (answered at once), then a longer one that is never met.
+    assert_eq!(
+        qmp.execute_raw_timeout("echo", &args, Some(short))
+            .await
+            .unwrap(),
+        args
+    );
+    let started = std::time::Instant::now();
+    let longer = Duration::from_millis(300);
+    let slow = qmp
+        .execute_raw_timeout("sleep", &json!({"ms": REPLY_MS}), Some(longer))
+        .await;
+    expect_timeout(slow, started, longer);
+    assert_eq!(qmp.execute_raw("echo", &args).await.unwrap(), args);
+    drop(qmp);
+    server.join();
+}
+
+/// A caller waiting for its answer reads the socket for everyone meanwhile (the socket wakes
+/// its task instead of the drive task's). Dropped while it does, it gives the reading back:
+/// an event that comes after, with no command running, still arrives at once; and the next
+/// caller reads again.
+#[::tokio::test]
+async fn a_caller_dropped_while_reading_gives_the_reading_back() {
+    let (qmp, server) = connect(echo()).await;
+    let mut events = qmp.subscribe();
+    let waited = timeout(
+        Duration::from_millis(50),
+        qmp.execute_raw("sleep", &json!({"ms": 1000})),
+    )
+    .await;
+    assert!(waited.is_err(), "{waited:?}");
+    assert!(server.control().event("NUDGE", None));
+    let event = timeout(Duration::from_secs(2), events.next())
+        .await
+        .expect("the event within 2 s, with no command running")
+        .expect("the stream goes on")
+        .expect("an event");
+    assert_eq!(event.name, "NUDGE");
+    // The late reply to `sleep` is dropped by id; commands carry on.
+    let args = json!({"after": "the drop"});
+    assert_eq!(qmp.execute_raw("echo", &args).await.unwrap(), args);
+    assert_eq!(qmp.in_flight(), 0);
+    drop(qmp);
+    server.join();
+}
+
 #[::tokio::test]
 async fn exec_oob_overtakes_in_band_commands() {
     let fake = echo().on("held", |_| Ok(json!("held")));

@@ -49,6 +49,13 @@
 //! delays and stalls the bytes, cuts connections and injects garbage between server
 //! messages, keeping an exact record of what was delivered (used by `tests/chaos.rs`).
 //!
+//! # A real guest
+//!
+//! [`guest::Guest`] boots a small Linux guest (Debian's kernel, busybox and the host's
+//! `qemu-ga`, fetched with apt and cached) in such a QEMU, adding `-machine pc,accel=tcg`
+//! (which overrides `-machine none`) and its devices to the extra arguments: for the events and
+//! the agent that only a running OS produces. See the [`guest`] module.
+//!
 //! # Missing QEMU
 //!
 //! There is no silent skip: if `qemu-system-x86_64` is not installed, [`Qemu::start`] fails with
@@ -56,7 +63,11 @@
 
 #![deny(missing_docs)]
 
+pub mod agent;
 pub mod chaos;
+pub mod guest;
+pub mod qsd;
+pub mod tls;
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -589,6 +600,9 @@ impl Qemu {
 
     /// Waits until QEMU is in its main loop and the monitor is reachable.
     fn wait_ready(&mut self, deadline: Instant) -> io::Result<()> {
+        // How long a main loop that never settles (a busy vCPU, a client already at work on
+        // another monitor) must have been running before QEMU counts as ready.
+        const MAIN_LOOP_GRACE: Duration = Duration::from_secs(2);
         // Consecutive polls (5 ms apart) that found QEMU settled, and when its main loop was
         // first seen idle.
         let mut settled = 0;
@@ -606,15 +620,18 @@ impl Qemu {
             let now = Instant::now();
             let ready = match progress(self.pid()) {
                 Progress::Starting => {
-                    main_loop_since = None;
+                    // Before the main loop, the main thread runs QEMU's set-up. In the main
+                    // loop it also runs, between waits: serving a client that found the
+                    // monitor already (a reconnecting client does), so once the main loop has
+                    // been seen, a running main thread does not start the clock again.
                     settled = 0;
-                    false
+                    main_loop_since.is_some_and(|since| now - since >= MAIN_LOOP_GRACE)
                 }
                 Progress::MainLoop => {
                     // A busy vCPU (a guest given in extra arguments) never lets QEMU settle:
-                    // then an idle main loop for 2 s has to do.
+                    // then a main loop seen 2 s ago has to do.
                     settled = 0;
-                    now - *main_loop_since.get_or_insert(now) >= Duration::from_secs(2)
+                    now - *main_loop_since.get_or_insert(now) >= MAIN_LOOP_GRACE
                 }
                 Progress::Settled => {
                     main_loop_since.get_or_insert(now);
@@ -833,7 +850,7 @@ fn opt_value(prefix: &str, path: &Path, suffix: &str) -> OsString {
 }
 
 /// A loopback TCP port that was free a moment ago.
-fn free_port() -> io::Result<u16> {
+pub(crate) fn free_port() -> io::Result<u16> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     Ok(listener.local_addr()?.port())
 }

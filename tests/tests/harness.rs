@@ -435,3 +435,79 @@ fn many_at_once() {
         assert!(!dir.exists(), "{dir:?} not removed");
     }
 }
+
+/// A client that finds QEMU's other monitor the moment it exists and keeps the main loop busy
+/// from then on (as a reconnecting client does when QEMU comes back on the same path) must not
+/// keep the harness from seeing QEMU ready. CI once timed out here: a running main thread
+/// restarted the harness's wait for an idle main loop on every command.
+#[test]
+fn a_busy_second_monitor_does_not_delay_readiness() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixStream;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    const BATCH: usize = 8;
+    let dir = std::env::temp_dir().join(format!("qmp-harness-busy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("other.sock");
+    let stop = Arc::new(AtomicBool::new(false));
+    let replies = Arc::new(AtomicU64::new(0));
+    let client = {
+        let (path, stop, replies) = (path.clone(), stop.clone(), replies.clone());
+        thread::spawn(move || {
+            let stream = loop {
+                match UnixStream::connect(&path) {
+                    Ok(stream) => break stream,
+                    // QEMU did not start (the test fails on that).
+                    Err(_) if stop.load(Ordering::Relaxed) => return,
+                    Err(_) => thread::sleep(Duration::from_millis(1)),
+                }
+            };
+            stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+            let mut writer = stream.try_clone().unwrap();
+            let mut lines = BufReader::new(stream).lines();
+            let greeting = lines.next().unwrap().unwrap();
+            assert!(greeting.starts_with("{\"QMP\""), "{greeting}");
+            writer
+                .write_all(b"{\"execute\": \"qmp_capabilities\"}\n")
+                .unwrap();
+            lines.next().unwrap().unwrap();
+            // Commands in batches, so QEMU always has the next one waiting; at least one
+            // batch, even if the harness saw QEMU ready while this thread was descheduled.
+            let batch = b"{\"execute\": \"query-status\"}\n".repeat(BATCH);
+            loop {
+                writer.write_all(&batch).unwrap();
+                for _ in 0..BATCH {
+                    let reply = lines.next().unwrap().unwrap();
+                    assert!(reply.contains("\"return\""), "{reply}");
+                }
+                replies.fetch_add(BATCH as u64, Ordering::Relaxed);
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+        })
+    };
+    let started = Instant::now();
+    let qemu = Qemu::builder(Monitor::Unix)
+        .args([
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", path.display()),
+        ])
+        .start();
+    let took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let qemu = qemu.expect("QEMU with a busy second monitor counts as ready");
+    client.join().expect("the busy client failed");
+    // Every batch was answered in full on the second monitor while the harness's own
+    // monitor (below) works too.
+    assert!(replies.load(Ordering::Relaxed) >= BATCH as u64);
+    let mut conn = negotiate(&qemu);
+    conn.send(br#"{"execute": "query-status"}"#);
+    assert!(conn.message().contains("\"return\""));
+    eprintln!("ready after {took:?} with a busy second monitor");
+    drop(qemu);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -171,6 +171,10 @@ fn timed(qemu_pid: u32, seconds: f64, mut step: impl FnMut() -> Result<()>) -> R
 
 struct Target<'a> {
     socket: &'a Path,
+    /// The same QEMU's plain TCP monitor on 127.0.0.1, and its TLS monitor
+    /// (`verify-peer=on`) with the client's configuration.
+    tcp: std::net::SocketAddr,
+    tls: (std::net::SocketAddr, &'a qmp_std::tls::TlsConfig),
     qemu_pid: u32,
     seconds: f64,
     /// The Python process that runs the Python clients, started on first use.
@@ -184,6 +188,23 @@ fn check_status(status: &StatusInfo) -> Result<()> {
         return Err(format!("unexpected status {status:?}").into());
     }
     Ok(())
+}
+
+/// Sequential over plain TCP on loopback: the baseline of the TLS row.
+fn qmp_std_tcp(t: &Target<'_>) -> Result<Sample> {
+    let mut qmp = qmp_std::Client::connect_tcp(t.tcp)?;
+    timed(t.qemu_pid, t.seconds, || {
+        check_status(&qmp.execute(&QueryStatus)?)
+    })
+}
+
+/// Sequential over TLS (rustls, `ring`; QEMU's GnuTLS with `verify-peer=on` and a client
+/// certificate), on loopback.
+fn qmp_std_tls(t: &Target<'_>) -> Result<Sample> {
+    let mut qmp = qmp_std::Client::connect_tls(&t.tls.0.to_string(), t.tls.1)?;
+    timed(t.qemu_pid, t.seconds, || {
+        check_status(&qmp.execute(&QueryStatus)?)
+    })
 }
 
 fn qmp_std_sequential(t: &Target<'_>) -> Result<Sample> {
@@ -486,6 +507,20 @@ const CLIENTS: &[Client] = &[
         run: qmp_std_sequential,
     },
     Client {
+        key: "std-tcp",
+        name: "qmp-std, sequential, TCP on 127.0.0.1",
+        wire: r#"{"execute":"query-status"}"#,
+        role: Role::Ours,
+        run: qmp_std_tcp,
+    },
+    Client {
+        key: "std-tls",
+        name: "qmp-std, sequential, TLS on 127.0.0.1 (client cert)",
+        wire: r#"{"execute":"query-status"}"#,
+        role: Role::Ours,
+        run: qmp_std_tls,
+    },
+    Client {
         key: "std-tagged",
         name: "qmp-std, sequential, `untagged_when_alone(false)`",
         wire: r#"{"execute":"query-status","id":N}"#,
@@ -730,12 +765,41 @@ fn main() -> Result<()> {
                 .is_none_or(|o| o.iter().any(|k| k == c.key))
         })
         .collect();
-    let qemu = Qemu::start(Monitor::Unix)?;
+    // Besides its Unix socket, the QEMU serves a plain TCP monitor and a TLS one, for the
+    // TCP and TLS rows (certificates made with `openssl`, see qmp_e2e::tls).
+    let pki_dir = std::env::temp_dir().join(format!("qmp-bench-tls-{}", std::process::id()));
+    let pki = qmp_e2e::tls::Pki::create(&pki_dir)?;
+    let (tcp_port, tls_port) = (qmp_e2e::tls::free_port()?, qmp_e2e::tls::free_port()?);
+    let qemu = Qemu::builder(Monitor::Unix)
+        .args([
+            "-chardev".to_owned(),
+            format!("socket,id=tcpmon,host=127.0.0.1,port={tcp_port},server=on,wait=off"),
+            "-mon".to_owned(),
+            "chardev=tcpmon,mode=control".to_owned(),
+            "-object".to_owned(),
+            format!(
+                "tls-creds-x509,id=tls0,dir={},endpoint=server,verify-peer=on",
+                pki.dir().display()
+            ),
+            "-chardev".to_owned(),
+            format!(
+                "socket,id=tlsmon,host=127.0.0.1,port={tls_port},server=on,wait=off,tls-creds=tls0"
+            ),
+            "-mon".to_owned(),
+            "chardev=tlsmon,mode=control".to_owned(),
+        ])
+        .start()?;
     let Address::Unix(socket) = qemu.address().clone() else {
         return Err("not a Unix socket".into());
     };
+    let tls_config = qmp_std::tls::TlsConfig::new()
+        .ca_file(pki.file("ca-cert.pem"))
+        .client_auth(pki.file("client-cert.pem"), pki.file("client-key.pem"));
+    let loopback = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let target = Target {
         socket: &socket,
+        tcp: loopback(tcp_port),
+        tls: (loopback(tls_port), &tls_config),
         qemu_pid: qemu.pid(),
         seconds: args.seconds,
         python: RefCell::new(None),
@@ -903,6 +967,7 @@ fn main() -> Result<()> {
     out.push_str(&memory(&socket)?);
     print!("{out}");
     drop(qemu);
+    let _ = std::fs::remove_dir_all(&pki_dir);
     Ok(())
 }
 

@@ -11,12 +11,26 @@
 //!
 //! ```text
 //! qmp-fleet [--vms N] [--rounds N] [--cycles N] [--threads N] [--json] [--qemu PROGRAM]
+//!           [--connect DIR] [--raw]
 //!   --vms N       how many QEMUs (default 100)
 //!   --rounds N    query-status round trips per VM in the timed phase (default 200)
 //!   --cycles N    stop/cont cycles (default 3)
 //!   --threads N   tokio worker threads; 0 (default): a current-thread runtime
 //!   --json        one JSON object on stdout instead of the report
+//!   --connect DIR connect to DIR/vmI.sock (started elsewhere) instead of starting QEMUs
+//!   --raw         no QMP library: the floor (see below)
 //! ```
+//!
+//! `--raw` runs the connect and round-trip phases with no QMP client at all: on the same
+//! runtime, one task per VM writes the command's bytes to its tokio `UnixStream` and reads up
+//! to the reply's line end. That is the floor a client's CPU per round trip stands on (the
+//! runtime, the kernel's sockets, the peer's wake-ups); the tokio client's figure minus the
+//! raw one is what the client itself costs, at each fleet size.
+//!
+//! With `--connect DIR` it starts nothing and connects to `DIR/vm0.sock` … `DIR/vm{N-1}.sock`
+//! instead: the simulated monitors of `qmp-fake-fleet` (10,000 of them, more than this
+//! machine can run as QEMUs). Event latency is the time from an event's QMP timestamp (the
+//! server's wall clock when it wrote the event) to the moment the waiting task receives it.
 //!
 //! `bash bench/fleet.sh` runs it next to the same program written on Python's `qemu.qmp`.
 
@@ -25,7 +39,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use qmp_std::commands::{Cont, QueryStatus, RunState, Stop};
 use qmp_std::tokio::{Client, ClientBuilder, EventStream};
@@ -142,6 +156,8 @@ struct Args {
     threads: usize,
     json: bool,
     qemu: String,
+    connect: Option<PathBuf>,
+    raw: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -152,6 +168,8 @@ fn parse_args() -> Result<Args, String> {
         threads: 0,
         json: false,
         qemu: "qemu-system-x86_64".into(),
+        connect: None,
+        raw: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -166,11 +184,15 @@ fn parse_args() -> Result<Args, String> {
             "--cycles" => args.cycles = number("--cycles")?,
             "--threads" => args.threads = number("--threads")?,
             "--json" => args.json = true,
+            "--raw" => args.raw = true,
             "--qemu" => args.qemu = it.next().ok_or("--qemu needs a program")?,
+            "--connect" => {
+                args.connect = Some(it.next().ok_or("--connect needs a directory")?.into());
+            }
             "-h" | "--help" => {
                 return Err(
                     "usage: qmp-fleet [--vms N] [--rounds N] [--cycles N] [--threads N] [--json] \
-                     [--qemu PROGRAM]"
+                     [--qemu PROGRAM] [--connect DIR] [--raw]"
                         .into(),
                 );
             }
@@ -180,19 +202,30 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-/// The QEMUs, killed and reaped (and their directory removed) on drop.
+/// The QEMUs, killed and reaped (and their directory removed) on drop; or the sockets of
+/// monitors started elsewhere (`--connect`), left alone.
 struct Fleet {
     dir: PathBuf,
     children: Vec<Child>,
+    owned: bool,
 }
 
 impl Fleet {
+    fn existing(dir: PathBuf) -> Fleet {
+        Fleet {
+            dir,
+            children: Vec::new(),
+            owned: false,
+        }
+    }
+
     fn start(program: &str, n: usize) -> std::io::Result<Fleet> {
         let dir = std::env::temp_dir().join(format!("qmp-fleet-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let mut fleet = Fleet {
             dir,
             children: Vec::with_capacity(n),
+            owned: true,
         };
         for i in 0..n {
             let socket = fleet.socket(i);
@@ -223,7 +256,9 @@ impl Drop for Fleet {
         for child in &mut self.children {
             let _ = child.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if self.owned {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -264,23 +299,72 @@ where
     Ok(out.into_iter().map(Option::unwrap).collect())
 }
 
-/// Waits for the next event on each VM's stream and checks its name.
-async fn collect(streams: &mut [EventStream], name: &'static str) -> Result<usize, String> {
-    let mut seen = 0;
-    for (i, stream) in streams.iter_mut().enumerate() {
-        match tokio::time::timeout(Duration::from_secs(30), stream.next()).await {
-            Ok(Some(Ok(event))) if event.name == name => seen += 1,
-            Ok(Some(Ok(event))) => return Err(format!("vm{i}: {} instead of {name}", event.name)),
-            Ok(Some(Err(e))) => return Err(format!("vm{i}: {e}")),
-            Ok(None) => return Err(format!("vm{i}: event stream ended")),
-            Err(_) => return Err(format!("vm{i}: no {name} within 30 s")),
-        }
+/// Microseconds from an event's QMP timestamp (the server's wall clock) to now.
+fn latency_us(event: &qmp_std::Event) -> f64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let sent = event.timestamp.seconds as f64 * 1e6 + event.timestamp.microseconds as f64;
+    now.as_micros() as f64 - sent
+}
+
+/// On every VM at once: runs `stop` (or `cont`) while waiting on that VM's own stream for
+/// its `STOP` (or `RESUME`), so each event is taken the moment it arrives; returns each
+/// event's latency in µs.
+async fn command_and_event(
+    clients: &[Client],
+    streams: &mut Vec<EventStream>,
+    stop: bool,
+) -> Result<Vec<f64>, String> {
+    let name = if stop { "STOP" } else { "RESUME" };
+    let mut set = JoinSet::new();
+    for (i, (client, mut stream)) in clients.iter().cloned().zip(streams.drain(..)).enumerate() {
+        set.spawn(async move {
+            let wait = async {
+                match tokio::time::timeout(Duration::from_secs(60), stream.next()).await {
+                    Ok(Some(Ok(event))) if event.name == name => Ok(latency_us(&event)),
+                    Ok(Some(Ok(event))) => Err(format!("vm{i}: {} instead of {name}", event.name)),
+                    Ok(Some(Err(e))) => Err(format!("vm{i}: {e}")),
+                    Ok(None) => Err(format!("vm{i}: event stream ended")),
+                    Err(_) => Err(format!("vm{i}: no {name} within 60 s")),
+                }
+            };
+            let exec = async {
+                if stop {
+                    client.execute(&Stop).await
+                } else {
+                    client.execute(&Cont).await
+                }
+            };
+            let (latency, reply) = tokio::join!(wait, exec);
+            let result = reply.map_err(|e| format!("vm{i}: {e}")).and(latency);
+            (i, stream, result)
+        });
     }
-    Ok(seen)
+    let mut slots: Vec<Option<EventStream>> = (0..clients.len()).map(|_| None).collect();
+    let mut latencies = Vec::with_capacity(clients.len());
+    while let Some(joined) = set.join_next().await {
+        let (i, stream, result) = joined.map_err(|e| e.to_string())?;
+        slots[i] = Some(stream);
+        latencies.push(result?);
+    }
+    streams.extend(slots.into_iter().map(Option::unwrap));
+    Ok(latencies)
+}
+
+/// The `p`-th percentile (0–100) of `values`, sorted in place.
+fn percentile(values: &mut [f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let at = ((values.len() - 1) as f64 * p / 100.0).round() as usize;
+    values[at]
 }
 
 #[derive(Debug, Default)]
 struct Report {
+    client: &'static str,
     vms: usize,
     rounds: usize,
     cycles: usize,
@@ -289,6 +373,8 @@ struct Report {
     connect_s: f64,
     heap_per_connection: usize,
     heap_per_connection_after: usize,
+    /// The heap's peak during the timed round trips (every connection busy), per connection.
+    heap_per_busy_connection: usize,
     rss_per_connection: u64,
     rt_wall_s: f64,
     round_trips: usize,
@@ -299,6 +385,9 @@ struct Report {
     stop_cont_s: f64,
     events_expected: usize,
     events_seen: usize,
+    event_latency_p50_us: f64,
+    event_latency_p99_us: f64,
+    event_latency_max_us: f64,
     total_s: f64,
     total_cpu_s: f64,
     rss_kib: u64,
@@ -310,8 +399,14 @@ struct Report {
 async fn run(args: &Args, report: &mut Report) -> Result<(), String> {
     let begin = Instant::now();
     let cpu_begin = cpu_time();
-    let fleet = Fleet::start(&args.qemu, args.vms).map_err(|e| e.to_string())?;
+    let fleet = match &args.connect {
+        Some(dir) => Fleet::existing(dir.clone()),
+        None => Fleet::start(&args.qemu, args.vms).map_err(|e| e.to_string())?,
+    };
     report.start_s = begin.elapsed().as_secs_f64();
+    if args.raw {
+        return raw::run(args, &fleet, report, (begin, cpu_begin)).await;
+    }
 
     // Connect and negotiate, all at once.
     let paths: Vec<PathBuf> = (0..args.vms).map(|i| fleet.socket(i)).collect();
@@ -349,6 +444,7 @@ async fn run(args: &Args, report: &mut Report) -> Result<(), String> {
 
     // Timed round trips: each VM `rounds` query-status in a row, all VMs at once.
     let rounds = args.rounds;
+    PEAK.store(heap(), Ordering::Relaxed);
     let (t, cpu, (user, system)) = (Instant::now(), cpu_time(), user_system());
     on_all(&clients, |i, c| async move {
         for _ in 0..rounds {
@@ -361,6 +457,8 @@ async fn run(args: &Args, report: &mut Report) -> Result<(), String> {
     .await?;
     let (wall, cpu) = (t.elapsed(), cpu_time() - cpu);
     let (user_end, system_end) = user_system();
+    report.heap_per_busy_connection =
+        PEAK.load(Ordering::Relaxed).saturating_sub(heap_before) / args.vms;
     report.round_trips = args.vms * rounds;
     report.rt_wall_s = wall.as_secs_f64();
     report.rt_per_s = report.round_trips as f64 / wall.as_secs_f64();
@@ -372,20 +470,20 @@ async fn run(args: &Args, report: &mut Report) -> Result<(), String> {
     // Stop and continue them all, collecting every STOP and RESUME.
     let mut streams: Vec<EventStream> = clients.iter().map(Client::subscribe).collect();
     let t = Instant::now();
+    let mut latencies = Vec::new();
     for _ in 0..args.cycles {
-        on_all(&clients, |i, c| async move {
-            c.execute(&Stop).await.map_err(|e| format!("vm{i}: {e}"))
-        })
-        .await?;
-        report.events_seen += collect(&mut streams, "STOP").await?;
-        on_all(&clients, |i, c| async move {
-            c.execute(&Cont).await.map_err(|e| format!("vm{i}: {e}"))
-        })
-        .await?;
-        report.events_seen += collect(&mut streams, "RESUME").await?;
         report.events_expected += 2 * args.vms;
+        let stopped = command_and_event(&clients, &mut streams, true).await?;
+        report.events_seen += stopped.len();
+        latencies.extend(stopped);
+        let resumed = command_and_event(&clients, &mut streams, false).await?;
+        report.events_seen += resumed.len();
+        latencies.extend(resumed);
     }
     report.stop_cont_s = t.elapsed().as_secs_f64();
+    report.event_latency_p50_us = percentile(&mut latencies, 50.0);
+    report.event_latency_p99_us = percentile(&mut latencies, 99.0);
+    report.event_latency_max_us = percentile(&mut latencies, 100.0);
     report.heap_per_connection_after = heap().saturating_sub(heap_before) / args.vms;
     (report.rss_kib, report.hwm_kib) = rss_kib();
     report.total_cpu_s = (cpu_time() - cpu_begin).as_secs_f64();
@@ -401,14 +499,17 @@ fn print_report(r: &Report, json: bool) {
         let mut s = String::from("{");
         let _ = write!(
             s,
-            "\"client\": \"qmp-std tokio\", \"vms\": {}, \"rounds\": {}, \"cycles\": {}, \
+            "\"client\": \"{}\", \"vms\": {}, \"rounds\": {}, \"cycles\": {}, \
              \"threads\": {}, \"start_s\": {:.3}, \"connect_s\": {:.3}, \
              \"heap_per_connection\": {}, \"heap_per_connection_after\": {}, \
+             \"heap_per_busy_connection\": {}, \
              \"rss_per_connection\": {}, \"round_trips\": {}, \"rt_wall_s\": {:.3}, \"rt_per_s\": {:.0}, \
              \"cpu_per_rt_us\": {:.2}, \"user_per_rt_us\": {:.2}, \"system_per_rt_us\": {:.2}, \
              \"stop_cont_s\": {:.3}, \"events_expected\": {}, \
-             \"events_seen\": {}, \"rss_kib\": {}, \"hwm_kib\": {}, \"total_s\": {:.3}, \
+             \"events_seen\": {}, \"event_latency_p50_us\": {:.0}, \"event_latency_p99_us\": {:.0}, \
+             \"event_latency_max_us\": {:.0}, \"rss_kib\": {}, \"hwm_kib\": {}, \"total_s\": {:.3}, \
              \"total_cpu_s\": {:.3}, \"load_before\": \"{}\", \"load_after\": \"{}\"",
+            r.client,
             r.vms,
             r.rounds,
             r.cycles,
@@ -417,6 +518,7 @@ fn print_report(r: &Report, json: bool) {
             r.connect_s,
             r.heap_per_connection,
             r.heap_per_connection_after,
+            r.heap_per_busy_connection,
             r.rss_per_connection,
             r.round_trips,
             r.rt_wall_s,
@@ -427,6 +529,9 @@ fn print_report(r: &Report, json: bool) {
             r.stop_cont_s,
             r.events_expected,
             r.events_seen,
+            r.event_latency_p50_us,
+            r.event_latency_p99_us,
+            r.event_latency_max_us,
             r.rss_kib,
             r.hwm_kib,
             r.total_s,
@@ -442,10 +547,7 @@ fn print_report(r: &Report, json: bool) {
         0 => "current-thread runtime".to_owned(),
         n => format!("{n} worker threads"),
     };
-    println!(
-        "qmp-fleet: {} QEMUs, qmp-std tokio client ({runtime})",
-        r.vms
-    );
+    println!("qmp-fleet: {} QEMUs, {} ({runtime})", r.vms, r.client);
     println!(
         "  load average          {} before, {} after",
         r.load_before, r.load_after
@@ -465,8 +567,13 @@ fn print_report(r: &Report, json: bool) {
         r.cycles, r.stop_cont_s, r.events_seen, r.events_expected
     );
     println!(
-        "  client heap           {} bytes per connection after connecting, {} after the run",
-        r.heap_per_connection, r.heap_per_connection_after
+        "  event latency         {:.0} µs median, {:.0} µs p99, {:.0} µs max (QMP timestamp to the waiting task)",
+        r.event_latency_p50_us, r.event_latency_p99_us, r.event_latency_max_us
+    );
+    println!(
+        "  client heap           {} bytes per connection after connecting, {} at the peak of \
+         the round trips (all busy), {} after the run",
+        r.heap_per_connection, r.heap_per_busy_connection, r.heap_per_connection_after
     );
     println!(
         "  client memory         VmRSS {} KiB, VmHWM {} KiB, RSS growth {} bytes per connection",
@@ -486,6 +593,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    qmp_examples::raise_fd_limit();
     let runtime = if args.threads == 0 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -504,6 +612,11 @@ fn main() -> ExitCode {
         }
     };
     let mut report = Report {
+        client: if args.raw {
+            "raw tokio socket loop"
+        } else {
+            "qmp-std tokio"
+        },
         vms: args.vms,
         rounds: args.rounds,
         cycles: args.cycles,
@@ -527,5 +640,159 @@ fn main() -> ExitCode {
             eprintln!("qmp-fleet: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `--raw`: the connect and round-trip phases with no QMP client, the floor under a client's
+/// figures (the same runtime, sockets and peer; no library between them).
+mod raw {
+    use std::io;
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use tokio::net::UnixStream;
+    use tokio::task::JoinSet;
+
+    use std::sync::atomic::Ordering;
+
+    use super::{Fleet, PEAK, Report, cpu_time, heap, rss_kib, user_system};
+
+    const CAPABILITIES: &[u8] = b"{\"execute\":\"qmp_capabilities\"}\n";
+    const QUERY_STATUS: &[u8] = b"{\"execute\":\"query-status\"}\n";
+
+    /// One monitor's socket and what has been read from it past the last line end.
+    struct Conn {
+        stream: UnixStream,
+        buf: Vec<u8>,
+        len: usize,
+    }
+
+    impl Conn {
+        async fn open(path: &Path) -> io::Result<Conn> {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let stream = loop {
+                match UnixStream::connect(path).await {
+                    Ok(stream) => break stream,
+                    Err(_) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            let mut conn = Conn {
+                stream,
+                buf: vec![0; 4096],
+                len: 0,
+            };
+            let greeting = conn.line().await?;
+            if !greeting.starts_with(b"{\"QMP\"") {
+                return Err(io::Error::other("no greeting"));
+            }
+            conn.round_trip(CAPABILITIES).await?;
+            Ok(conn)
+        }
+
+        /// Writes `command` and reads its reply, which must be a `return`.
+        async fn round_trip(&mut self, command: &[u8]) -> io::Result<()> {
+            let mut sent = 0;
+            while sent < command.len() {
+                self.stream.writable().await?;
+                match self.stream.try_write(&command[sent..]) {
+                    Ok(n) => sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if self.line().await?.starts_with(b"{\"return\"") {
+                Ok(())
+            } else {
+                Err(io::Error::other("not a return"))
+            }
+        }
+
+        /// The next line (up to its `\n`, which it includes).
+        async fn line(&mut self) -> io::Result<Vec<u8>> {
+            loop {
+                if let Some(end) = self.buf[..self.len].iter().position(|&b| b == b'\n') {
+                    let line = self.buf[..=end].to_vec();
+                    self.buf.copy_within(end + 1..self.len, 0);
+                    self.len -= end + 1;
+                    return Ok(line);
+                }
+                if self.len == self.buf.len() {
+                    return Err(io::Error::other("line longer than the buffer"));
+                }
+                self.stream.readable().await?;
+                match self.stream.try_read(&mut self.buf[self.len..]) {
+                    Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                    Ok(n) => self.len += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+
+    /// Connects to every monitor at once, then the timed round trips, as `run` does.
+    pub(super) async fn run(
+        args: &super::Args,
+        fleet: &Fleet,
+        report: &mut Report,
+        (begin, cpu_begin): (Instant, Duration),
+    ) -> Result<(), String> {
+        let heap_before = heap();
+        let (rss_before, _) = rss_kib();
+        let t = Instant::now();
+        let mut set = JoinSet::new();
+        for i in 0..args.vms {
+            let path = fleet.socket(i);
+            set.spawn(async move { (i, Conn::open(&path).await) });
+        }
+        let mut conns: Vec<Option<Conn>> = (0..args.vms).map(|_| None).collect();
+        while let Some(joined) = set.join_next().await {
+            let (i, conn) = joined.map_err(|e| e.to_string())?;
+            conns[i] = Some(conn.map_err(|e| format!("vm{i}: {e}"))?);
+        }
+        report.connect_s = t.elapsed().as_secs_f64();
+        report.heap_per_connection = heap().saturating_sub(heap_before) / args.vms;
+        report.rss_per_connection = rss_kib().0.saturating_sub(rss_before) * 1024 / args.vms as u64;
+
+        let rounds = args.rounds;
+        PEAK.store(heap(), Ordering::Relaxed);
+        let (t, cpu, (user, system)) = (Instant::now(), cpu_time(), user_system());
+        let mut set = JoinSet::new();
+        for (i, conn) in conns.into_iter().enumerate() {
+            let mut conn = conn.expect("every VM connected");
+            set.spawn(async move {
+                for _ in 0..rounds {
+                    conn.round_trip(QUERY_STATUS)
+                        .await
+                        .map_err(|e| format!("vm{i}: {e}"))?;
+                }
+                Ok::<_, String>(conn)
+            });
+        }
+        let mut conns = Vec::with_capacity(args.vms);
+        while let Some(joined) = set.join_next().await {
+            conns.push(joined.map_err(|e| e.to_string())??);
+        }
+        let (wall, cpu) = (t.elapsed(), cpu_time() - cpu);
+        let (user_end, system_end) = user_system();
+        report.heap_per_busy_connection =
+            PEAK.load(Ordering::Relaxed).saturating_sub(heap_before) / args.vms;
+        report.round_trips = args.vms * rounds;
+        report.rt_wall_s = wall.as_secs_f64();
+        report.rt_per_s = report.round_trips as f64 / wall.as_secs_f64();
+        let per_rt = |d: Duration| d.as_secs_f64() * 1e6 / report.round_trips.max(1) as f64;
+        report.cpu_per_rt_us = per_rt(cpu);
+        report.user_per_rt_us = per_rt(user_end.saturating_sub(user));
+        report.system_per_rt_us = per_rt(system_end.saturating_sub(system));
+        report.cycles = 0;
+        report.heap_per_connection_after = heap().saturating_sub(heap_before) / args.vms;
+        (report.rss_kib, report.hwm_kib) = rss_kib();
+        report.total_cpu_s = (cpu_time() - cpu_begin).as_secs_f64();
+        drop(conns);
+        report.total_s = begin.elapsed().as_secs_f64();
+        Ok(())
     }
 }

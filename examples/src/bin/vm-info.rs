@@ -7,13 +7,14 @@
 use std::process::ExitCode;
 
 use qmp_examples::{
-    Address, Connection, Table, ThrowawayQemu, connect, describe_error, exit_on_signal,
-    print_error, print_out, wait_if_exiting,
+    Address, Connection, TLS_USAGE, Table, ThrowawayQemu, connect, describe_error, exit_on_signal,
+    parse_with_tls, print_error, print_out, wait_if_exiting,
 };
 use qmp_std::commands::{
     BlockInfo, CpuInfoFast, QueryBlock, QueryCpusFast, QueryKvm, QueryName, QueryStatus,
     QueryVersion,
 };
+use qmp_std::qapi::{QueryRxFilter, RxFilterInfo};
 use qmp_std::serde::de::DeserializeOwned;
 use qmp_std::{Client, Command, Error, Options};
 
@@ -42,10 +43,16 @@ fn warn(message: impl std::fmt::Display) {
 
 fn main() -> ExitCode {
     let args = std::env::args_os().skip(1);
-    let address = match parse_args(args.map(|a| a.to_string_lossy().into_owned())) {
+    let parse = |rest: Vec<_>| {
+        parse_args(
+            rest.into_iter()
+                .map(|a: std::ffi::OsString| a.to_string_lossy().into_owned()),
+        )
+    };
+    let address = match parse_with_tls(args, parse, |address| address) {
         Ok(Some(address)) => address,
         Ok(None) => {
-            let _ = print_out(USAGE);
+            let _ = print_out(&format!("{USAGE}\n{TLS_USAGE}"));
             return ExitCode::SUCCESS;
         }
         Err(message) => {
@@ -164,6 +171,7 @@ fn report(client: &mut Client<Connection>) -> Result<String, String> {
     });
     let cpus = query(client, &QueryCpusFast)?;
     let blocks = query(client, &QueryBlock)?;
+    let nics = query(client, &QueryRxFilter::default())?;
 
     let mut text = String::new();
     for (label, value) in [
@@ -193,6 +201,15 @@ fn report(client: &mut Client<Connection>) -> Result<String, String> {
         }
         Err(e) => text.push_str(&format!("Block devices: {e}\n")),
     }
+    text.push('\n');
+    match nics {
+        Ok(nics) if nics.is_empty() => text.push_str("NICs: none\n"),
+        Ok(nics) => {
+            text.push_str(&format!("NICs ({}):\n", nics.len()));
+            text.push_str(&nic_table(&nics).render(2));
+        }
+        Err(e) => text.push_str(&format!("NICs: {e}\n")),
+    }
     Ok(text)
 }
 
@@ -221,6 +238,21 @@ fn cpu_table(cpus: &[CpuInfoFast]) -> Table {
                 .filter(|t| !t.is_empty())
                 .unwrap_or_else(|| "-".into()),
             cpu.qom_path.clone(),
+        ]);
+    }
+    table
+}
+
+/// The NICs as their receive filters describe them (`query-rx-filter`: the NICs whose model
+/// reports one, virtio-net among them).
+fn nic_table(nics: &[RxFilterInfo]) -> Table {
+    let mut table = Table::new(["NAME", "MAC", "PROMISCUOUS", "BROADCAST"]);
+    for nic in nics {
+        table.row([
+            nic.name.clone(),
+            nic.main_mac.clone(),
+            yes_no(nic.promiscuous).to_owned(),
+            yes_no(nic.broadcast_allowed).to_owned(),
         ]);
     }
     table

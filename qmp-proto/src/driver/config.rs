@@ -19,6 +19,14 @@ pub trait Buffer: AsRef<[u8]> + AsMut<[u8]> {
         let _ = len;
         false
     }
+
+    /// The driver holds nothing in this buffer (see [`Driver::release_buffers`]): a heap
+    /// buffer may give its memory back, down to zero bytes. The driver asks it to
+    /// [`grow_to`](Self::grow_to) at least one byte before it uses it again, so it must grow
+    /// back from empty. Fixed storage keeps its bytes (the default).
+    ///
+    /// [`Driver::release_buffers`]: crate::Driver::release_buffers
+    fn release(&mut self) {}
 }
 
 impl<const N: usize> Buffer for [u8; N] {}

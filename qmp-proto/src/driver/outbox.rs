@@ -26,8 +26,10 @@ pub(super) struct Outbox<T, const N: usize> {
     tx_end: usize,
     /// Commands with bytes in `tx`, in order.
     queued: heapless::Deque<Queued, N>,
-    /// Send [`RESYNC`] before the next command.
+    /// Send the resync byte before the next command.
     resync: bool,
+    /// The resync byte: [`RESYNC`], or the guest agent's sentinel.
+    resync_byte: u8,
 }
 
 impl<T, const N: usize> Outbox<T, N> {
@@ -45,7 +47,18 @@ impl<T: Buffer, const N: usize> Outbox<T, N> {
             tx_end: 0,
             queued: heapless::Deque::new(),
             resync: false,
+            resync_byte: RESYNC,
         }
+    }
+
+    /// Uses `byte` as the resync byte.
+    pub(super) fn set_resync_byte(&mut self, byte: u8) {
+        self.resync_byte = byte;
+    }
+
+    /// Sends the resync byte before the next message or command.
+    pub(super) fn owe_resync(&mut self) {
+        self.resync = true;
     }
 
     /// Whether no more commands fit in the queue.
@@ -149,6 +162,7 @@ impl<T: Buffer, const N: usize> Outbox<T, N> {
         message: &M,
     ) -> Result<(), SendError> {
         self.compact_tx();
+        self.reclaim();
         let reserve = usize::from(self.resync);
         let len = loop {
             let room = self
@@ -172,6 +186,27 @@ impl<T: Buffer, const N: usize> Outbox<T, N> {
         Ok(())
     }
 
+    /// Queues `bytes` exactly as given, untracked (the guest agent's sync, written without
+    /// serde to keep it small).
+    pub(super) fn push_raw(&mut self, bytes: &[u8]) -> Result<(), SendError> {
+        self.compact_tx();
+        let reserve = usize::from(self.resync);
+        let len = bytes.len();
+        let room = self.tx.as_ref().len().saturating_sub(self.tx_end + reserve);
+        if room < len && !self.grow_tx(len + reserve)? {
+            return Err(SendError::Encode(EncodeError::BufferTooSmall {
+                needed: len + reserve,
+            }));
+        }
+        let at = self.tx_end + reserve;
+        let room = self.tx.as_mut().iter_mut().skip(at);
+        for (dst, src) in room.zip(bytes) {
+            *dst = *src;
+        }
+        self.prepend_resync(len);
+        Ok(())
+    }
+
     /// Queues the command `encode` writes into the room it is given (growing the buffer
     /// while the room is too small); with `attach`, only into an empty buffer.
     pub(super) fn push_command(
@@ -186,6 +221,7 @@ impl<T: Buffer, const N: usize> Outbox<T, N> {
             return Err(SendError::Busy);
         }
         self.compact_tx();
+        self.reclaim();
         // One byte of room for a resync byte in front.
         let reserve = usize::from(self.resync);
         loop {
@@ -217,6 +253,22 @@ impl<T: Buffer, const N: usize> Outbox<T, N> {
         }
     }
 
+    /// Lets the transmit buffer give its memory back if it holds no unwritten byte.
+    pub(super) fn release_if_empty(&mut self) {
+        if self.tx_start == self.tx_end && self.queued.is_empty() && !self.tx.as_ref().is_empty() {
+            (self.tx_start, self.tx_end) = (0, 0);
+            self.tx.release();
+        }
+    }
+
+    /// Takes the transmit buffer back (see [`Buffer::release`]) before encoding into it, so
+    /// that a command is not encoded twice, once to learn its size.
+    fn reclaim(&mut self) {
+        if self.tx.as_ref().is_empty() {
+            let _ = self.tx.grow_to(1);
+        }
+    }
+
     fn compact_tx(&mut self) {
         if self.tx_start > 0 && self.tx_start == self.tx_end {
             self.tx_start = 0;
@@ -241,7 +293,7 @@ impl<T: Buffer, const N: usize> Outbox<T, N> {
     /// if one is owed: put it there, and take them into the queue.
     fn prepend_resync(&mut self, len: usize) {
         if self.resync {
-            self.tx.as_mut()[self.tx_end] = RESYNC;
+            self.tx.as_mut()[self.tx_end] = self.resync_byte;
             self.tx_end += 1;
             self.resync = false;
         }

@@ -44,6 +44,8 @@ pub enum Expired {
     Command,
     /// Waiting for an event.
     Event,
+    /// The guest agent's sync reply (the agent is not running, or is frozen).
+    Sync,
 }
 
 impl fmt::Display for Expired {
@@ -53,6 +55,7 @@ impl fmt::Display for Expired {
             Self::Greeting => "timed out waiting for the greeting (QEMU serves one client per monitor: another client may hold it)",
             Self::Command => "timed out waiting for the reply",
             Self::Event => "timed out waiting for the event",
+            Self::Sync => "timed out waiting for the guest agent's sync reply (is the agent running?)",
         })
     }
 }

@@ -20,6 +20,8 @@ pub(super) enum PendingStatus {
     Waiting,
     Expired,
     Disconnected,
+    /// The server restarted (a second greeting): no reply can come.
+    Restarted,
     Abandoned,
 }
 
@@ -107,7 +109,7 @@ impl<const N: usize> Table<N> {
         let index = self
             .slots()
             .iter()
-            .position(|p| p.is_some_and(|p| !p.tagged))?;
+            .position(|p| p.is_some_and(|p| !p.tagged && p.status != PendingStatus::Restarted))?;
         self.free(index)
     }
 
@@ -125,13 +127,29 @@ impl<const N: usize> Table<N> {
     /// The connection is gone: abandoned commands are freed, the others are marked
     /// disconnected (to fail in turn).
     pub(super) fn disconnect(&mut self) {
+        self.end_all(PendingStatus::Disconnected, |_| true);
+    }
+
+    /// The server restarted: abandoned commands are freed, the others but a negotiation are
+    /// marked restarted (to fail in turn, unless their reply is already in the buffer).
+    pub(super) fn restart(&mut self) {
+        // A negotiation in flight stays: QEMU greets again when it resets its monitor
+        // (twice on a pty opened early), and answers it after the greeting if it read it
+        // after the reset; if not, its deadline ends the handshake.
+        self.end_all(PendingStatus::Restarted, |p| {
+            p.status == PendingStatus::Waiting && !matches!(p.kind, Kind::Negotiate { .. })
+        });
+    }
+
+    /// Frees the abandoned commands and gives status `to` to the others that `ends` picks.
+    fn end_all(&mut self, to: PendingStatus, ends: impl Fn(&Pending) -> bool) {
         for index in 0..self.used {
             match &mut self.table[index] {
                 Some(p) if p.status == PendingStatus::Abandoned => {
                     self.free(index);
                 }
-                Some(p) => p.status = PendingStatus::Disconnected,
-                None => {}
+                Some(p) if ends(p) => p.status = to,
+                _ => {}
             }
         }
     }
@@ -182,7 +200,7 @@ impl<const N: usize> Table<N> {
             p.is_some_and(|p| {
                 matches!(
                     p.status,
-                    PendingStatus::Expired | PendingStatus::Disconnected
+                    PendingStatus::Expired | PendingStatus::Disconnected | PendingStatus::Restarted
                 )
             })
         })?;

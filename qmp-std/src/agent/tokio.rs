@@ -1,0 +1,101 @@
+//! The guest agent client on tokio: [`crate::tokio::Client`]'s driver, drive task and
+//! cancel-safe commands in the agent dialect (see [`crate::agent`]).
+//!
+//! ```no_run
+//! # async fn run() -> qmp_std::Result<()> {
+//! use qmp_std::agent::tokio::Agent;
+//! use qmp_std::agent_commands::GuestGetOsinfo;
+//! let agent = Agent::connect_unix("/tmp/qga.sock").await?; // syncs
+//! let os = agent.execute(&GuestGetOsinfo).await?;
+//! # Ok(()) }
+//! ```
+
+use std::path::Path;
+use std::time::Duration;
+
+use ::tokio::net::{ToSocketAddrs, UnixStream};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::Command;
+use crate::agent::{DEFAULT_NO_REPLY_TIMEOUT, random_sync_id};
+use crate::agent_commands::NO_SUCCESS_RESPONSE;
+use crate::client::Options;
+use crate::drive::Request;
+use crate::error::Result;
+use crate::tokio::{Client, ClientBuilder};
+
+/// An async client for QEMU's guest agent, `Clone + Send + Sync` like
+/// [`crate::tokio::Client`]: synced at connect, and again by the driver after any command
+/// times out. Commands without a success reply ([`NO_SUCCESS_RESPONSE`]) succeed when the
+/// agent stays silent for [`DEFAULT_NO_REPLY_TIMEOUT`] (or the `_timeout` form's timeout).
+#[derive(Debug, Clone)]
+pub struct Agent {
+    client: Client,
+}
+
+impl Agent {
+    /// Connects to an agent's Unix socket with default options and syncs.
+    pub async fn connect_unix(path: impl AsRef<Path>) -> Result<Self> {
+        Self::connect_unix_with(Options::default(), path).await
+    }
+
+    /// [`connect_unix`](Self::connect_unix) with `options` (timeouts, sizes).
+    pub async fn connect_unix_with(options: Options, path: impl AsRef<Path>) -> Result<Self> {
+        let client = ClientBuilder::with_options(options)
+            .connect_unix_as(path, Some(random_sync_id()))
+            .await?;
+        Ok(Self { client })
+    }
+
+    /// Connects to an agent's TCP socket (a QEMU chardev) with `options` and syncs.
+    pub async fn connect_tcp_with(options: Options, addr: impl ToSocketAddrs) -> Result<Self> {
+        let client = ClientBuilder::with_options(options)
+            .connect_tcp_as(addr, Some(random_sync_id()))
+            .await?;
+        Ok(Self { client })
+    }
+
+    /// Syncs over a connected Unix stream with `options`.
+    pub async fn handshake_unix(options: Options, stream: UnixStream) -> Result<Self> {
+        let client = ClientBuilder::with_options(options)
+            .handshake_unix_as(stream, Some(random_sync_id()))
+            .await?;
+        Ok(Self { client })
+    }
+
+    command_verbs! {
+        in_band: [] [async] [.await] call,
+        execute: {
+            ///
+            /// A command without a success reply ([`NO_SUCCESS_RESPONSE`]) succeeds when the
+            /// agent stays silent until its deadline: [`DEFAULT_NO_REPLY_TIMEOUT`], or the
+            /// `_timeout` form's.
+        }
+    }
+
+    /// The verbs' primitive: the tokio client's, a command without a success reply given
+    /// [`DEFAULT_NO_REPLY_TIMEOUT`] unless it has a deadline of its own.
+    async fn call<A: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        request: Request<'_, A>,
+    ) -> Result<T> {
+        if NO_SUCCESS_RESPONSE.contains(&request.name) && request.timeout.is_none() {
+            let silence = Some(Some(DEFAULT_NO_REPLY_TIMEOUT));
+            let request = Request::new(false, request.name, request.arguments, silence, &[]);
+            return self.client.call(request).await;
+        }
+        self.client.call(request).await
+    }
+
+    /// Replies dropped so far (stale ones, parse errors our 0xFF caused, late ones).
+    pub fn dropped_messages(&self) -> u64 {
+        self.client.dropped_messages()
+    }
+
+    /// Ends the connection.
+    pub fn close(&self) {
+        self.client.close();
+    }
+}
