@@ -129,6 +129,12 @@ impl<S: EventStore> EventQueue<S> {
         self.store.take(name).map(Ok)
     }
 
+    /// Whether a gap is open: events were dropped after the last stored one, and none is
+    /// stored until [`take`](Self::take) has reported the gap.
+    pub fn is_lagging(&self) -> bool {
+        self.lost > 0
+    }
+
     /// Whether [`take`](Self::take) would yield something.
     pub fn is_ready(&self, name: Option<&str>) -> bool {
         self.lost > 0 || self.store.contains(name)

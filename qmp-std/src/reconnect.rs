@@ -17,6 +17,12 @@
 //! are one sans-IO state machine, [`Supervisor`], that every reconnecting client runs with
 //! its own I/O and clock.
 //!
+//! Each subscriber of [`SharedReconnecting`] and of the tokio one holds up to
+//! [`DEFAULT_EVENT_CAPACITY`] unread events, with the overflow rule of every client
+//! ([`qmp_proto::EventQueue`]'s): past it, the newest are dropped and counted, and
+//! [`Error::Lagged`] comes once where the gap is. A reconnection is never dropped: it takes
+//! its place even in a full queue, or comes right after the loss it fell in.
+//!
 //! A second greeting on one link (QEMU restarted at the far end of a serial line) needs no
 //! reconnection: the core starts the session over by itself (commands in flight fail with
 //! [`Error::ServerRestarted`]).
@@ -25,10 +31,12 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 mod shared;
+mod subscribers;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 
 pub use shared::{SharedHook, SharedReconnecting, SharedSubscription};
+pub use subscribers::DEFAULT_EVENT_CAPACITY;
 
 use serde_json::Value;
 

@@ -1,20 +1,18 @@
 //! The thread-shared reconnecting client: [`SharedReconnecting`].
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{Gap, Next, ReconnectPolicy, Supervisor, WhileDown};
+use super::DEFAULT_EVENT_CAPACITY;
+use super::subscribers::{Read, Subscriber, Subscribers};
+use super::{Next, ReconnectPolicy, Supervisor, WhileDown};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::shared::{SharedClient, Subscription};
-
-/// How many items each [`SharedSubscription`] holds before it lags (default).
-pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
 
 /// Makes a new shared connection (with the handshake).
 type ConnectFn = Box<dyn FnMut() -> Result<SharedClient> + Send>;
@@ -23,61 +21,13 @@ type ConnectFn = Box<dyn FnMut() -> Result<SharedClient> + Send>;
 /// attempt.
 pub type SharedHook = Box<dyn FnMut(&SharedClient) -> Result<()> + Send>;
 
-/// One item of a subscriber's queue.
-enum Item {
-    Event(Event),
-    Lagged(u64),
-    Gap(Gap),
-}
-
-/// A subscriber's queue: bounded; when full, items are dropped and counted, and the count
-/// is reported where the gap is.
-struct Queue {
-    state: Mutex<QueueState>,
-    ready: Condvar,
-}
-
-struct QueueState {
-    items: VecDeque<Item>,
-    missed: u64,
-    capacity: usize,
-    ended: bool,
-}
-
-impl Queue {
-    fn lock(&self) -> MutexGuard<'_, QueueState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn push(&self, item: Item) {
-        let mut st = self.lock();
-        if st.missed > 0 && st.items.len() + 2 <= st.capacity {
-            let missed = std::mem::take(&mut st.missed);
-            st.items.push_back(Item::Lagged(missed));
-        }
-        if st.missed == 0 && st.items.len() < st.capacity {
-            st.items.push_back(item);
-        } else {
-            st.missed += 1;
-        }
-        drop(st);
-        self.ready.notify_all();
-    }
-
-    fn end(&self) {
-        self.lock().ended = true;
-        self.ready.notify_all();
-    }
-}
-
 struct Inner {
     current: Mutex<Option<SharedClient>>,
     /// Signalled when a connection comes up, or the client gives up.
     changed: Condvar,
     /// Live subscribers' queues (a dropped subscription's goes at the next event).
-    subscribers: Mutex<Vec<Weak<Queue>>>,
+    subscribers: Subscribers<Condvar>,
     policy: ReconnectPolicy,
-    capacity: usize,
     wait_timeout: Mutex<Option<Duration>>,
     closing: AtomicBool,
     gave_up: AtomicBool,
@@ -86,17 +36,6 @@ struct Inner {
 impl Inner {
     fn current(&self) -> MutexGuard<'_, Option<SharedClient>> {
         self.current.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn publish(&self, item: impl Fn() -> Item) {
-        let mut subscribers = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
-        subscribers.retain(|queue| match queue.upgrade() {
-            Some(queue) => {
-                queue.push(item());
-                true
-            }
-            None => false,
-        });
     }
 }
 
@@ -153,9 +92,8 @@ impl SharedReconnecting {
         let inner = Arc::new(Inner {
             current: Mutex::new(Some(client)),
             changed: Condvar::new(),
-            subscribers: Mutex::new(Vec::new()),
+            subscribers: Subscribers::new(DEFAULT_EVENT_CAPACITY),
             policy,
-            capacity: DEFAULT_EVENT_CAPACITY,
             wait_timeout: Mutex::new(None),
             closing: AtomicBool::new(false),
             gave_up: AtomicBool::new(false),
@@ -251,21 +189,9 @@ impl SharedReconnecting {
     /// A subscriber to every event from now on, across reconnections, with each gap
     /// reported once in place ([`Error::Reconnected`]).
     pub fn subscribe(&self) -> SharedSubscription {
-        let queue = Arc::new(Queue {
-            state: Mutex::new(QueueState {
-                items: VecDeque::new(),
-                missed: 0,
-                capacity: self.inner().capacity,
-                ended: false,
-            }),
-            ready: Condvar::new(),
-        });
-        self.inner()
-            .subscribers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Arc::downgrade(&queue));
-        SharedSubscription { queue }
+        SharedSubscription {
+            queue: self.inner().subscribers.subscribe(),
+        }
     }
 }
 
@@ -273,7 +199,7 @@ impl SharedReconnecting {
 /// `Err(`[`Error::Reconnected`]`)` once per gap, `Err(`[`Error::Lagged`]`)` where this
 /// subscriber fell behind, and [`Error::Disconnected`] once the client gave up.
 pub struct SharedSubscription {
-    queue: Arc<Queue>,
+    queue: Arc<Subscriber<Condvar>>,
 }
 
 impl fmt::Debug for SharedSubscription {
@@ -285,30 +211,10 @@ impl fmt::Debug for SharedSubscription {
 impl SharedSubscription {
     /// The next event or gap within `timeout` ([`Error::Timeout`] if none comes).
     pub fn next_event(&self, timeout: Duration) -> Result<Event> {
-        let deadline = Instant::now() + timeout;
-        let mut st = self.queue.lock();
-        loop {
-            match st.items.pop_front() {
-                Some(Item::Event(event)) => return Ok(event),
-                Some(Item::Lagged(missed)) => return Err(Error::Lagged { missed }),
-                Some(Item::Gap(gap)) => return Err(gap.into()),
-                None if st.missed > 0 => {
-                    let missed = std::mem::take(&mut st.missed);
-                    return Err(Error::Lagged { missed });
-                }
-                None if st.ended => return Err(Error::Disconnected),
-                None => {}
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Error::Timeout(qmp_proto::Expired::Event));
-            }
-            st = self
-                .queue
-                .ready
-                .wait_timeout(st, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+        match self.queue.wait(timeout) {
+            Read::Item(item) => item,
+            Read::Empty => Err(Error::Timeout(qmp_proto::Expired::Event)),
+            Read::Ended => Err(Error::Disconnected),
         }
     }
 }
@@ -326,8 +232,8 @@ fn supervise(
     loop {
         for item in events.by_ref() {
             match item {
-                Ok(event) => inner.publish(|| Item::Event(event.clone())),
-                Err(Error::Lagged { missed }) => inner.publish(|| Item::Lagged(missed)),
+                Ok(event) => inner.subscribers.event(&event),
+                Err(Error::Lagged { missed }) => inner.subscribers.lost(missed),
                 Err(_) => break,
             }
         }
@@ -365,7 +271,7 @@ fn supervise(
                     match attempt {
                         Ok((client, new_events)) => {
                             if let Some(gap) = supervisor.handle_connected(Instant::now()) {
-                                inner.publish(|| Item::Gap(gap));
+                                inner.subscribers.gap(gap);
                             }
                             events = new_events;
                             *inner.current() = Some(client);
@@ -384,13 +290,5 @@ fn supervise(
 /// The client gave up or was dropped: subscribers see the end.
 fn end(inner: &Inner) {
     inner.changed.notify_all();
-    for queue in inner
-        .subscribers
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .filter_map(Weak::upgrade)
-    {
-        queue.end();
-    }
+    inner.subscribers.end();
 }

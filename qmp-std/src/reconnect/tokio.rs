@@ -4,30 +4,24 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use ::tokio::sync::{broadcast, watch};
+use ::tokio::sync::watch;
 use serde_json::Value;
 
-use super::{Gap, Next, ReconnectPolicy, Supervisor, WhileDown};
+use super::subscribers::{Read, Subscriber, Subscribers};
+use super::{Next, ReconnectPolicy, Supervisor, WhileDown};
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::hub::WakeReady;
 use crate::tokio::Client;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 type ConnectFn = Arc<dyn Fn() -> BoxFuture<Result<Client>> + Send + Sync>;
 type HookFn = Arc<dyn Fn(Client) -> BoxFuture<Result<()>> + Send + Sync>;
 
-/// How many items each [`ReconnectingEvents`] holds before it lags (default).
-pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
-
-/// What the supervisor task publishes to every subscriber.
-#[derive(Debug, Clone)]
-enum Item {
-    Event(Event),
-    Lagged(u64),
-    Gap(Gap),
-}
+pub use super::DEFAULT_EVENT_CAPACITY;
 
 /// Builds a [`Reconnecting`] client: how to connect, the policy, the hook.
 pub struct Builder {
@@ -77,10 +71,9 @@ impl Builder {
         let client = (self.connect)().await?;
         let events = client.subscribe();
         let (current, _) = watch::channel(Some(client.clone()));
-        let (publish, _) = broadcast::channel(self.capacity);
         let shared = Arc::new(Shared {
             current,
-            publish,
+            subscribers: Subscribers::new(self.capacity),
             policy: self.policy,
             command_timeout: Mutex::new(None),
         });
@@ -101,7 +94,7 @@ impl Builder {
 struct Shared {
     /// The current connection's client; `None` while down.
     current: watch::Sender<Option<Client>>,
-    publish: broadcast::Sender<Item>,
+    subscribers: Subscribers<WakeReady>,
     policy: ReconnectPolicy,
     /// The deadline of a command waiting for the connection ([`WhileDown::Wait`]).
     command_timeout: Mutex<Option<Duration>>,
@@ -250,7 +243,7 @@ impl Reconnecting {
     /// reported once in place ([`Error::Reconnected`]).
     pub fn subscribe(&self) -> ReconnectingEvents {
         ReconnectingEvents {
-            items: self.shared.publish.subscribe(),
+            queue: self.shared.subscribers.subscribe(),
             _owner: Arc::clone(&self.owner),
         }
     }
@@ -260,7 +253,7 @@ impl Reconnecting {
 /// `Err(`[`Error::Reconnected`]`)` once per gap; `Err(`[`Error::Lagged`]`)` when this
 /// subscriber fell behind; `None` once the client gave up (or was dropped).
 pub struct ReconnectingEvents {
-    items: broadcast::Receiver<Item>,
+    queue: Arc<Subscriber<WakeReady>>,
     _owner: Arc<Owner>,
 }
 
@@ -273,13 +266,17 @@ impl fmt::Debug for ReconnectingEvents {
 impl ReconnectingEvents {
     /// The next event or gap.
     pub async fn next(&mut self) -> Option<Result<Event>> {
-        match self.items.recv().await {
-            Ok(Item::Event(event)) => Some(Ok(event)),
-            Ok(Item::Lagged(missed)) => Some(Err(Error::Lagged { missed })),
-            Ok(Item::Gap(gap)) => Some(Err(gap.into())),
-            Err(broadcast::error::RecvError::Lagged(missed)) => Some(Err(Error::Lagged { missed })),
-            Err(broadcast::error::RecvError::Closed) => None,
-        }
+        std::future::poll_fn(|cx| {
+            match self
+                .queue
+                .read(|waiting| *waiting = Some(cx.waker().clone()))
+            {
+                Read::Item(item) => Poll::Ready(Some(item)),
+                Read::Ended => Poll::Ready(None),
+                Read::Empty => Poll::Pending,
+            }
+        })
+        .await
     }
 
     /// [`next`](Self::next) within `timeout`: [`Error::Timeout`] if nothing comes,
@@ -302,18 +299,19 @@ async fn supervise(
     client: Client,
     mut events: crate::tokio::EventStream,
 ) {
+    // However this task ends (it gave up, or it was aborted), subscribers see the end.
+    let _end = EndGuard(Arc::clone(&shared));
     let mut supervisor = Supervisor::new(shared.policy);
     // `shared.current` holds the connection's client; dropping it there closes it.
     drop(client);
     loop {
         // Up: forward until the connection ends.
         while let Some(item) = events.next().await {
-            let item = match item {
-                Ok(event) => Item::Event(event),
-                Err(Error::Lagged { missed }) => Item::Lagged(missed),
+            match item {
+                Ok(event) => shared.subscribers.event(&event),
+                Err(Error::Lagged { missed }) => shared.subscribers.lost(missed),
                 Err(_) => break,
-            };
-            let _ = shared.publish.send(item);
+            }
         }
         shared.current.send_replace(None);
         supervisor.handle_disconnect(Instant::now());
@@ -332,7 +330,7 @@ async fn supervise(
                         // The gap first, then the new connection's events (already
                         // collected since its handshake).
                         if let Some(gap) = gap {
-                            let _ = shared.publish.send(Item::Gap(gap));
+                            shared.subscribers.gap(gap);
                         }
                         events = new_events;
                         shared.current.send_replace(Some(new));
@@ -342,6 +340,15 @@ async fn supervise(
                 },
             }
         }
+    }
+}
+
+/// Ends every subscription when the supervisor task ends.
+struct EndGuard(Arc<Shared>);
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        self.0.subscribers.end();
     }
 }
 
