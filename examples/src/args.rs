@@ -6,46 +6,44 @@ use qmp_std::serde_json::{self, Map, Value};
 /// Splits a line at whitespace outside quotes; `"..."` (with backslash escapes) and `'...'`
 /// keep their quotes, for [`parse_value`] to read.
 pub fn split_words(line: &str) -> Result<Vec<String>, String> {
+    Ok(split_words_at(line)?
+        .into_iter()
+        .map(|(word, _)| word)
+        .collect())
+}
+
+/// [`split_words`], each word with the byte offset where it starts in `line` (for
+/// completion, which works on the word under the cursor).
+pub fn split_words_at(line: &str) -> Result<Vec<(String, usize)>, String> {
     let mut words = Vec::new();
-    let mut word = String::new();
-    let mut in_word = false;
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            c if c.is_whitespace() => {
-                if in_word {
-                    words.push(std::mem::take(&mut word));
-                    in_word = false;
+    let mut word: Option<(String, usize)> = None;
+    let mut chars = line.char_indices();
+    while let Some((at, c)) = chars.next() {
+        if c.is_whitespace() {
+            words.extend(word.take());
+            continue;
+        }
+        let text = &mut word.get_or_insert_with(|| (String::new(), at)).0;
+        text.push(c);
+        if c == '"' || c == '\'' {
+            loop {
+                let Some((_, next)) = chars.next() else {
+                    return Err(format!("unterminated {c}quote{c}"));
+                };
+                text.push(next);
+                if next == c {
+                    break;
                 }
-            }
-            '"' | '\'' => {
-                in_word = true;
-                word.push(c);
-                loop {
-                    let Some(next) = chars.next() else {
-                        return Err(format!("unterminated {c}quote{c}"));
-                    };
-                    word.push(next);
-                    if next == c {
-                        break;
-                    }
-                    if next == '\\'
-                        && c == '"'
-                        && let Some(escaped) = chars.next()
-                    {
-                        word.push(escaped);
-                    }
+                if next == '\\'
+                    && c == '"'
+                    && let Some((_, escaped)) = chars.next()
+                {
+                    text.push(escaped);
                 }
-            }
-            c => {
-                in_word = true;
-                word.push(c);
             }
         }
     }
-    if in_word {
-        words.push(word);
-    }
+    words.extend(word);
     Ok(words)
 }
 
@@ -111,4 +109,34 @@ pub fn parse_value(text: &str) -> Value {
         return Value::String(inner.to_owned());
     }
     Value::String(text.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_keep_their_quotes_and_where_they_start() {
+        let line = r#"  blockdev-add  'node-name=a b' x="c \" d"y z "#;
+        assert_eq!(
+            split_words_at(line).unwrap(),
+            [
+                ("blockdev-add".to_owned(), 2),
+                ("'node-name=a b'".to_owned(), 16),
+                (r#"x="c \" d"y"#.to_owned(), 32),
+                ("z".to_owned(), 44),
+            ]
+        );
+        assert_eq!(
+            split_words(line).unwrap(),
+            ["blockdev-add", "'node-name=a b'", r#"x="c \" d"y"#, "z"]
+        );
+    }
+
+    #[test]
+    fn an_unclosed_quote_is_an_error() {
+        assert_eq!(split_words("a 'b c").unwrap_err(), "unterminated 'quote'");
+        assert!(split_words(r#"a "b \""#).is_err());
+        assert_eq!(split_words("").unwrap(), Vec::<String>::new());
+    }
 }

@@ -17,6 +17,8 @@ use std::fmt::Write as _;
 
 use qmp_std::{Argument, Schema, SchemaError};
 
+use crate::args::split_words_at;
+
 /// Completes the word before the cursor in a `COMMAND KEY=VALUE ...` line (`typed`: the line
 /// up to the cursor, past the command name): an argument name (`KEY=`, or `KEY.` for a
 /// nested object), or after `KEY=` one of its enum values (`true`/`false` for a boolean).
@@ -25,7 +27,7 @@ use qmp_std::{Argument, Schema, SchemaError};
 /// `None` when there is nothing to complete (an unknown command, an open quote, a value
 /// that is not an enum).
 pub fn complete(schema: &Schema, typed: &str) -> Option<(usize, Vec<String>)> {
-    let words = words(typed)?;
+    let words = split_words_at(typed).ok()?;
     let (command, _) = words.first()?;
     if !schema.has_command(command) {
         return None;
@@ -84,36 +86,6 @@ pub fn complete(schema: &Schema, typed: &str) -> Option<(usize, Vec<String>)> {
         }
     }
     Some((start, out))
-}
-
-/// The words of a line with where each starts; `None` inside an unclosed quote.
-fn words(line: &str) -> Option<Vec<(String, usize)>> {
-    let mut words = Vec::new();
-    let mut word: Option<(String, usize)> = None;
-    let mut quote = None;
-    let mut escaped = false;
-    for (at, c) in line.char_indices() {
-        if let Some(q) = quote {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' && q == '"' {
-                escaped = true;
-            } else if c == q {
-                quote = None;
-            }
-        } else if c.is_whitespace() {
-            words.extend(word.take());
-            continue;
-        } else if c == '"' || c == '\'' {
-            quote = Some(c);
-        }
-        word.get_or_insert_with(|| (String::new(), at)).0.push(c);
-    }
-    if quote.is_some() {
-        return None;
-    }
-    words.extend(word);
-    Some(words)
 }
 
 /// The text of `help COMMAND`: its arguments with their types, marked when optional (nested
@@ -256,7 +228,7 @@ mod tests {
         assert_eq!(complete(schema(), "nope a"), None);
         assert_eq!(complete(schema(), "qom-get path='a b"), None);
         assert_eq!(complete(schema(), "blockdev-add nope.x"), None);
-        assert_eq!(words("a 'b c' \"d\\\" e\"").unwrap().len(), 3);
+        assert_eq!(split_words_at("a 'b c' \"d\\\" e\"").unwrap().len(), 3);
     }
 
     #[test]
