@@ -4,10 +4,10 @@
 //! The agent runs on the host, so every command that would change the host is blocked with
 //! `-b` ([`BLOCKED`]): the agent answers those with an error.
 
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+
+use crate::daemon::Daemon;
 
 /// The commands the test agents refuse: shutdown, suspend, setting the clock, freezing the
 /// file systems, users' passwords, CPUs and memory.
@@ -25,38 +25,31 @@ pub fn program() -> &'static str {
 /// A running `qemu-ga`.
 #[derive(Debug)]
 pub struct QemuGa {
-    child: Child,
-    dir: PathBuf,
+    daemon: Daemon,
     path: PathBuf,
 }
 
 impl QemuGa {
     /// A fresh temporary directory for an agent (with its `state` directory).
     pub fn temp_dir(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("qga-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = Daemon::temp_dir("qga", tag);
         std::fs::create_dir_all(dir.join("state")).expect("temporary directory");
         dir
     }
 
     /// `qemu-ga -m METHOD -p PATH` with its state in `dir` (from [`QemuGa::temp_dir`]).
     pub fn spawn(dir: PathBuf, method: &str, path: &Path) -> Self {
-        let child = Command::new(program())
+        let mut command = Command::new(program());
+        command
             .args(["-m", method, "-p"])
             .arg(path)
             .arg("-t")
             .arg(dir.join("state"))
             .arg("-f")
             .arg(dir.join("pid"))
-            .args(["-b", BLOCKED])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("qemu-ga (Debian package qemu-guest-agent; scripts/ensure-qemu.sh)");
+            .args(["-b", BLOCKED]);
         Self {
-            child,
-            dir,
+            daemon: Daemon::spawn(command, dir, "qemu-ga", "qemu-guest-agent"),
             path: path.to_owned(),
         }
     }
@@ -66,15 +59,7 @@ impl QemuGa {
         let dir = Self::temp_dir(tag);
         let socket = dir.join("qga.sock");
         let mut agent = Self::spawn(dir, "unix-listen", &socket);
-        let started = Instant::now();
-        while UnixStream::connect(&socket).is_err() {
-            assert!(
-                agent.child.try_wait().expect("wait").is_none(),
-                "qemu-ga exited"
-            );
-            assert!(started.elapsed() < Duration::from_secs(20), "no socket");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        agent.daemon.wait_for_socket(&socket);
         agent
     }
 
@@ -85,19 +70,11 @@ impl QemuGa {
 
     /// Its temporary directory.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.daemon.dir()
     }
 
     /// Its process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for QemuGa {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.daemon.pid()
     }
 }

@@ -65,6 +65,7 @@
 
 pub mod agent;
 pub mod chaos;
+pub mod daemon;
 pub mod guest;
 pub mod qsd;
 pub mod tls;

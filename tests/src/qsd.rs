@@ -2,17 +2,17 @@
 //! for the storage daemon tests: started in a temporary directory, killed and cleaned up on
 //! drop.
 
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::daemon::Daemon;
 
 /// A running `qemu-storage-daemon --chardev socket,path=DIR/qsd.sock,server=on,wait=off,id=m
 /// --monitor chardev=m` with the given block nodes.
 #[derive(Debug)]
 pub struct Qsd {
-    child: Child,
-    dir: PathBuf,
+    daemon: Daemon,
     socket: PathBuf,
 }
 
@@ -20,9 +20,7 @@ impl Qsd {
     /// Starts it with `--blockdev` options `blockdevs` (e.g. `null-co,node-name=src,size=1M`)
     /// and waits until the monitor accepts connections.
     pub fn start(tag: &str, blockdevs: &[&str]) -> Self {
-        let dir = std::env::temp_dir().join(format!("qsd-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temporary directory");
+        let dir = Daemon::temp_dir("qsd", tag);
         let socket = dir.join("qsd.sock");
         let mut command = Command::new("qemu-storage-daemon");
         command
@@ -35,24 +33,9 @@ impl Qsd {
         for blockdev in blockdevs {
             command.args(["--blockdev", blockdev]);
         }
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("qemu-storage-daemon (Debian package qemu-system-common)");
-        let started = Instant::now();
-        // A probe connection: QEMU serves one monitor client at a time and takes the next
-        // once it has gone.
-        while UnixStream::connect(&socket).is_err() {
-            assert!(
-                child.try_wait().expect("wait").is_none(),
-                "qemu-storage-daemon exited"
-            );
-            assert!(started.elapsed() < Duration::from_secs(20), "no socket");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Self { child, dir, socket }
+        let mut daemon = Daemon::spawn(command, dir, "qemu-storage-daemon", "qemu-system-common");
+        daemon.wait_for_socket(&socket);
+        Self { daemon, socket }
     }
 
     /// The monitor socket.
@@ -62,26 +45,11 @@ impl Qsd {
 
     /// Its temporary directory.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.daemon.dir()
     }
 
     /// Waits up to `timeout` for it to exit (after `quit`); whether it did.
     pub fn wait_exit(&mut self, timeout: Duration) -> bool {
-        let started = Instant::now();
-        while started.elapsed() < timeout {
-            if self.child.try_wait().expect("wait").is_some() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        false
-    }
-}
-
-impl Drop for Qsd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.daemon.wait_exit(timeout)
     }
 }
