@@ -2,7 +2,10 @@
 # Print the size of the qmp-firmware binary (or another, named by its file) in one line:
 #   qmp-firmware: text 6506 B, rodata 1714 B, data 224 B, bss 0 B (static RAM 224 B)
 #
-# Usage: .ci/firmware-size.sh [BINARY]
+# Usage: .ci/firmware-size.sh [BINARY [MAX_FLASH MAX_STATIC_RAM]]
+#   With the two bounds (bytes), it fails when flash (text + rodata + data) or
+#   static RAM (data + bss) is not under them: CI holds the smallest bare-metal
+#   guest to its budget (48 KiB of flash, 4 KiB of static RAM) this way.
 #   BINARY defaults to ${CARGO_TARGET_DIR:-target}/release/qmp-firmware, i.e.
 #   run it after `cargo build --release`; pass target/firmware/qmp-firmware
 #   after `cargo build --profile firmware -p qmp-firmware`.
@@ -29,12 +32,14 @@ if [ ! -f "$bin" ]; then
     exit 1
 fi
 
-exec python3 - "$bin" <<'PY'
+exec python3 - "$bin" "${2:-}" "${3:-}" <<'PY'
 import os
 import struct
 import sys
 
 path = sys.argv[1]
+max_flash = int(sys.argv[2]) if sys.argv[2] else None
+max_ram = int(sys.argv[3]) if sys.argv[3] else None
 with open(path, "rb") as f:
     elf = f.read()
 
@@ -84,4 +89,16 @@ if any(apart.values()):
         sizes["text"] + sizes["rodata"] + sizes["data"], apart[".stack"], apart[".page_tables"]
     )
 print(line)
+flash = sizes["text"] + sizes["rodata"] + sizes["data"]
+ram = sizes["data"] + sizes["bss"]
+over = []
+if max_flash is not None and flash >= max_flash:
+    over.append(f"flash {flash} B is not under {max_flash} B")
+if max_ram is not None and ram >= max_ram:
+    over.append(f"static RAM {ram} B is not under {max_ram} B")
+if over:
+    sys.exit("firmware-size: {}: {}".format(os.path.basename(path), "; ".join(over)))
+if max_flash is not None:
+    print(f"firmware-size: within budget: {max_flash - flash} B of flash and "
+          f"{max_ram - ram if max_ram is not None else 'any'} B of static RAM to spare")
 PY

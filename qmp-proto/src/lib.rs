@@ -22,10 +22,12 @@
 //! commands and events, on top of everything), and **server** ([`Server`]: the other end,
 //! answering the way QEMU 7.2 does, with [`encode_reply`], [`encode_error`], [`encode_event`]).
 //!
-//! The same [`Driver`] also speaks the dialect of QEMU's guest agent (`qemu-ga`: no greeting,
-//! a `guest-sync-delimited` with a random id instead, the 0xFF sentinel, commands that do
-//! not answer on success): see [`Driver::new_agent`] for the agent's rules, with their
-//! sources in QEMU, and how the driver applies them.
+//! With the feature `agent`, the same [`Driver`] also speaks the dialect of QEMU's guest
+//! agent (`qemu-ga`: no greeting, a `guest-sync-delimited` with a random id instead, the
+//! 0xFF sentinel, commands that do not answer on success): see `Driver::new_agent` for the
+//! agent's rules, with their sources in QEMU, and how the driver applies them. Without it
+//! (the default) a QMP-only build links none of the dialect: about 1 KB of the bare-metal
+//! guest's flash.
 //!
 //! Frames are found by nesting depth with string awareness, never by line ends alone (QEMU
 //! can pretty-print over many lines), and oversized messages are skimmed for their id.

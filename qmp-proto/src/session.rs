@@ -419,6 +419,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Session<B, N> {
 
     /// Numbers the next command `id` (later ones count up from it), before any was sent:
     /// the guest agent dialect starts from a random one.
+    #[cfg_attr(not(feature = "agent"), allow(dead_code))]
     pub(crate) fn set_next_id(&mut self, id: u64) {
         self.proto.next_id = id;
     }

@@ -1,6 +1,7 @@
 //! The guest agent dialect of the driver, on output recorded from the real `qemu-ga`
 //! (tests/data/qga/, recorded by record.py there): the sync, the sentinel, stale replies,
 //! commands without a success reply, timeouts and resyncs, split at every byte.
+#![cfg(feature = "agent")]
 
 mod common;
 

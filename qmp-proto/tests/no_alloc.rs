@@ -225,6 +225,7 @@ fn the_client_driver_allocates_nothing() {
     );
 }
 
+#[cfg(feature = "agent")]
 #[test]
 fn the_guest_agent_dialect_allocates_nothing() {
     use qmp_proto::{Deadline, Done, Driver, DriverConfig, EventBuffer, Io, SendOptions, Wait};

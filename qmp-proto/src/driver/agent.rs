@@ -1,6 +1,9 @@
 //! The guest agent dialect: the same [`Driver`], talking to `qemu-ga`.
 //!
-//! The rules and how the driver applies them are documented on [`Driver::new_agent`].
+//! The rules and how the driver applies them are documented on `Driver::new_agent` (feature
+//! `agent`). Without the feature there is no way to make an agent driver: [`Peer`] has no
+//! agent, every hook below finds none, and a QMP-only build (firmware) links none of it.
+#![cfg_attr(not(feature = "agent"), allow(dead_code))]
 
 use core::time::Duration;
 
@@ -11,7 +14,9 @@ use crate::message::Message;
 use crate::session::{CommandId, Failure, Notice, SendError};
 use crate::time::Instant;
 
-use super::{Buffer, Driver, DriverConfig, Held, SendOptions, ServerInfo};
+#[cfg(feature = "agent")]
+use super::DriverConfig;
+use super::{Buffer, Driver, Held, SendOptions, ServerInfo};
 
 /// The byte the agent writes before a `guest-sync-delimited` reply, and that makes its
 /// parser start over when a client sends it.
@@ -25,6 +30,7 @@ pub(super) enum Peer {
     /// A QMP server, and what its greeting said once it came.
     Qmp(Option<ServerInfo>),
     /// The guest agent.
+    #[cfg(feature = "agent")]
     Agent(Agent),
 }
 
@@ -32,6 +38,7 @@ impl Peer {
     pub(super) fn server(&self) -> Option<&ServerInfo> {
         match self {
             Self::Qmp(server) => server.as_ref(),
+            #[cfg(feature = "agent")]
             Self::Agent(_) => None,
         }
     }
@@ -39,12 +46,14 @@ impl Peer {
     pub(super) fn server_mut(&mut self) -> Option<&mut ServerInfo> {
         match self {
             Self::Qmp(server) => server.as_mut(),
+            #[cfg(feature = "agent")]
             Self::Agent(_) => None,
         }
     }
 
     pub(super) fn agent(&self) -> Option<&Agent> {
         match self {
+            #[cfg(feature = "agent")]
             Self::Agent(agent) => Some(agent),
             Self::Qmp(_) => None,
         }
@@ -52,6 +61,7 @@ impl Peer {
 
     fn agent_mut(&mut self) -> Option<&mut Agent> {
         match self {
+            #[cfg(feature = "agent")]
             Self::Agent(agent) => Some(agent),
             Self::Qmp(_) => None,
         }
@@ -248,6 +258,7 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
     ///   one) completes it; when its deadline passes in silence, or the channel closes after it
     ///   was written (the guest shut down), it completes as a success with the value `{}`.
     ///   Choose its deadline short: it is how long an error may take to come back.
+    #[cfg(feature = "agent")]
     pub fn new_agent(
         rx: R,
         tx: T,
@@ -275,7 +286,7 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
         driver
     }
 
-    /// Whether this driver speaks the guest agent dialect ([`Driver::new_agent`]).
+    /// Whether this driver speaks the guest agent dialect (`Driver::new_agent`, feature `agent`).
     pub fn is_agent(&self) -> bool {
         self.peer.agent().is_some()
     }
@@ -296,7 +307,7 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
     }
 
     /// Queues a new sync with the agent (0xFF, then `guest-sync-delimited` with the next id),
-    /// bounded by [`DriverConfig::handshake_timeout`] from `now`: wait for it with
+    /// bounded by [`DriverConfig::handshake_timeout`](super::DriverConfig::handshake_timeout) from `now`: wait for it with
     /// [`Wait::Handshake`](crate::Wait::Handshake). Commands queued after it keep their place
     /// behind it. Does nothing for a QMP driver, or once closed.
     pub fn resync(&mut self, now: Instant) {

@@ -52,6 +52,7 @@ impl<T: Buffer, const N: usize> Outbox<T, N> {
     }
 
     /// Uses `byte` as the resync byte.
+    #[cfg_attr(not(feature = "agent"), allow(dead_code))]
     pub(super) fn set_resync_byte(&mut self, byte: u8) {
         self.resync_byte = byte;
     }

@@ -25,6 +25,8 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
     /// A greeting came: what it says is kept, and `qmp_capabilities` is queued when
     /// `negotiate` (with `oob` when offered and configured).
     pub(super) fn greeted(&mut self, server: ServerInfo, oob_offered: bool, negotiate: bool) {
+        // (Irrefutable without the feature `agent`: then a QMP server is the only peer.)
+        #[allow(irrefutable_let_patterns)]
         if let agent::Peer::Qmp(known) = &mut self.peer {
             *known = Some(server);
         }
