@@ -3,13 +3,23 @@
 # QMP monitor: COM1 is a client chardev socket connected to this same QEMU's server chardev
 # monitor socket, COM2 is the report (printed), and isa-debug-exit ends the VM. Exits 0 when
 # every step passed (QEMU's status 1), 1 otherwise, printing QEMU's status.
+#
+# Usage: bash scripts/guest.sh [KERNEL]
+#   KERNEL: a qmp-guest binary already built (CI boots the smallest build,
+#   target/small/firmware/qmp-guest, this way); without it, the release build is built and
+#   booted.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 bash scripts/ensure-qemu.sh
 target=${CARGO_TARGET_DIR:-target}
-cargo build --release -p qmp-guest -q
-kernel="$target/release/qmp-guest"
+if [ $# -ge 1 ]; then
+    kernel=$1
+else
+    cargo build --release -p qmp-guest -q
+    kernel="$target/release/qmp-guest"
+fi
+echo "guest: booting $kernel"
 
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
