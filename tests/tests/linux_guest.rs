@@ -17,10 +17,11 @@ use qmp_std::agent_commands::{
     FsfreezeStatus, GuestExec, GuestFsfreezeStatus, GuestGetOsinfo, GuestPing, GuestShutdown,
 };
 use qmp_std::commands::events::{DeviceDeleted, Powerdown, Shutdown};
-use qmp_std::commands::{DeviceAdd, DeviceDel, Empty, QueryStatus, RunState, ShutdownCause};
+use qmp_std::commands::{DeviceAdd, DeviceDel, QueryStatus, RunState, ShutdownCause};
 use qmp_std::serde_json::{self, Value, json};
-use qmp_std::{Client, Command, Error, EventKind};
-use serde::{Deserialize, Serialize};
+use qmp_std::qapi::events::{BalloonChange, GuestPanicked};
+use qmp_std::qapi::{Balloon, GuestPanickedDataAction, QueryBalloon};
+use qmp_std::{Client, Error, EventKind};
 
 /// For anything the guest has to do (under TCG, on a loaded 2-core machine).
 const GUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -75,59 +76,6 @@ fn boot(builder: qmp_e2e::guest::GuestBuilder) -> Guest {
 
 fn connect(guest: &Guest) -> Client<UnixStream> {
     Client::connect_unix(guest.qmp_path()).unwrap_or_else(|e| panic!("connect: {e}"))
-}
-
-/// `GUEST_PANICKED` (qmp-std has no type for it yet).
-struct GuestPanicked;
-
-#[derive(Debug, Deserialize)]
-struct GuestPanickedData {
-    /// `pause`, `poweroff` or `run`.
-    action: String,
-}
-
-impl EventKind for GuestPanicked {
-    const NAME: &'static str = "GUEST_PANICKED";
-    type Data<'de> = GuestPanickedData;
-}
-
-/// `BALLOON_CHANGE`.
-struct BalloonChange;
-
-#[derive(Debug, Deserialize)]
-struct BalloonChangeData {
-    /// The guest's memory now, in bytes.
-    actual: u64,
-}
-
-impl EventKind for BalloonChange {
-    const NAME: &'static str = "BALLOON_CHANGE";
-    type Data<'de> = BalloonChangeData;
-}
-
-/// `balloon`: the memory the guest should have, in bytes.
-#[derive(Serialize)]
-struct Balloon {
-    value: u64,
-}
-
-impl Command for Balloon {
-    const NAME: &'static str = "balloon";
-    type Output<'de> = Empty;
-}
-
-/// `query-balloon`.
-#[derive(Serialize)]
-struct QueryBalloon;
-
-#[derive(Debug, Deserialize)]
-struct BalloonInfo {
-    actual: u64,
-}
-
-impl Command for QueryBalloon {
-    const NAME: &'static str = "query-balloon";
-    type Output<'de> = BalloonInfo;
 }
 
 #[test]
@@ -252,8 +200,9 @@ fn a_panic_inside_the_guest_is_guest_panicked() {
     let panicked = qmp
         .wait_event(GuestPanicked::NAME, GUEST_TIMEOUT)
         .unwrap_or_else(|e| panic!("no GUEST_PANICKED ({e}); console:\n{}", guest.console()));
+    // The generated type of the vocabulary (qmp-qapi), against the real event.
     let data = panicked.data_as::<GuestPanicked>().unwrap();
-    assert_eq!(data.action, "pause", "{panicked:?}");
+    assert_eq!(data.action, GuestPanickedDataAction::Pause, "{panicked:?}");
     let status = qmp.execute(&QueryStatus).unwrap();
     assert_eq!(status.status, RunState::GuestPanicked);
     assert!(!status.running);
@@ -266,11 +215,11 @@ fn a_panic_inside_the_guest_is_guest_panicked() {
 
 #[test]
 fn balloon_shrinks_the_guest() {
-    const MIB: u64 = 1 << 20;
+    const MIB: i64 = 1 << 20;
     let guest = boot(Guest::builder().memory_mib(256));
     let mut qmp = connect(&guest);
     assert_eq!(qmp.execute(&QueryBalloon).unwrap().actual, 256 * MIB);
-    qmp.execute(&Balloon { value: 160 * MIB }).unwrap();
+    qmp.execute(&Balloon::new(160 * MIB)).unwrap();
     let mut changes = Vec::new();
     while changes.last() != Some(&(160 * MIB)) {
         let event = qmp
