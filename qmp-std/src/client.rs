@@ -744,7 +744,7 @@ impl<S: Stream> Client<S> {
         request: Request<'_, A>,
     ) -> Result<T> {
         self.check_arguments(request.name, request.arguments)?;
-        let trace = crate::trace::CommandTrace::start(request.name);
+        let mut trace = crate::trace::CommandTrace::start(request.name);
         let timeout = request.timeout_or(self.options.command_timeout);
         let result = self
             .send_as(request.name, request.arguments, request.oob, timeout, None)

@@ -194,10 +194,7 @@ impl<W: Waiter, R: Ready> Hub<W, R> {
             return Err(self.closed_error());
         }
         match drive::execute(&mut self.driver, name, arguments, options, now) {
-            Ok(id) => {
-                crate::trace::sent(name, id.get());
-                Ok(Some(id))
-            }
+            Ok(id) => Ok(Some(id)),
             Err(SendError::QueueFull | SendError::TableFull | SendError::Busy) => Ok(None),
             Err(SendError::Closed) => Err(self.closed_error()),
             Err(SendError::Encode(e)) => Err(Error::Encode(e)),

@@ -401,17 +401,26 @@ impl SharedClient {
         let check = &self.inner().arguments;
         if check.needs_schema(request.name) {
             let fetch = Request::new(false, crate::check::SCHEMA_COMMAND, &(), None, &[]);
-            check.load(&self.answer(fetch)?)?;
+            let mut trace = crate::trace::CommandTrace::start(crate::check::SCHEMA_COMMAND);
+            let schema = self.answer(fetch, &mut trace);
+            trace.finish(&schema);
+            check.load(&schema?)?;
         }
         check.check(request.name, request.arguments)?;
-        let trace = crate::trace::CommandTrace::start(request.name);
-        let result = self.answer(request).and_then(|text| decode(&text));
+        let mut trace = crate::trace::CommandTrace::start(request.name);
+        let result = self
+            .answer(request, &mut trace)
+            .and_then(|text| decode(&text));
         trace.finish(&result);
         result
     }
 
     /// Runs a command: its result's JSON text, or the error.
-    fn answer<A: Serialize + ?Sized>(&self, request: Request<'_, A>) -> Answer {
+    fn answer<A: Serialize + ?Sized>(
+        &self,
+        request: Request<'_, A>,
+        trace: &mut crate::trace::CommandTrace<'_>,
+    ) -> Answer {
         let inner = self.inner();
         let (oob, name, arguments, timeout, fds) = request.parts(inner.command_timeout);
         let start = Instant::now();
@@ -423,7 +432,10 @@ impl SharedClient {
             let mut st = inner.lock();
             let id = loop {
                 match st.execute(name, arguments, options, inner.now())? {
-                    Some(id) => break id,
+                    Some(id) => {
+                        trace.sent(id.get());
+                        break id;
+                    }
                     // No room: wait until a command completes, within the deadline.
                     None => {
                         st = match deadline {

@@ -891,17 +891,27 @@ impl Client {
         let check = &self.inner().arguments;
         if check.needs_schema(request.name) {
             let fetch = Request::new(false, crate::check::SCHEMA_COMMAND, &(), None, &[]);
-            check.load(&self.answer(fetch).await?)?;
+            let mut trace = crate::trace::CommandTrace::start(crate::check::SCHEMA_COMMAND);
+            let schema = self.answer(fetch, &mut trace).await;
+            trace.finish(&schema);
+            check.load(&schema?)?;
         }
         check.check(request.name, request.arguments)?;
-        let trace = crate::trace::CommandTrace::start(request.name);
-        let result = self.answer(request).await.and_then(|text| decode(&text));
+        let mut trace = crate::trace::CommandTrace::start(request.name);
+        let result = self
+            .answer(request, &mut trace)
+            .await
+            .and_then(|text| decode(&text));
         trace.finish(&result);
         result
     }
 
     /// Runs a command: its result's JSON text, or the error.
-    async fn answer<A: Serialize + ?Sized>(&self, request: Request<'_, A>) -> Answer {
+    async fn answer<A: Serialize + ?Sized>(
+        &self,
+        request: Request<'_, A>,
+        trace: &mut crate::trace::CommandTrace<'_>,
+    ) -> Answer {
         let inner = self.inner();
         let (oob, name, arguments, timeout, fds) = request.parts(inner.command_timeout);
         let attach = !fds.is_empty();
@@ -957,6 +967,7 @@ impl Client {
             },
             None => send.await?,
         };
+        trace.sent(id.get());
         // Cancelled from here on: the command is (or will be) on the wire; abandon it.
         let mut pending = InFlight {
             inner,

@@ -1,5 +1,5 @@
-//! `tracing` events (feature `tracing`): the connect and handshake, each command (name, id,
-//! duration, outcome), reconnects, and how late each event is delivered. Without the
+//! `tracing` spans and events (feature `tracing`): the connect and handshake, each command
+//! (a span, and its name, id, duration and outcome: see [`CommandTrace`]), reconnects, and how late each event is delivered. Without the
 //! feature every macro here expands to nothing and [`CommandTrace`] is an empty type, so
 //! the clients pay nothing.
 //!
@@ -18,11 +18,18 @@ macro_rules! trace_event {
     ($($args:tt)*) => {};
 }
 
-/// One command call, from its start to its outcome.
+/// One command call, from its start to its outcome: a span `command` (fields `name` and,
+/// once sent, `id`) with a TRACE event `sent` when it went out and an event `command` at the
+/// end (`name`, `id`, `duration_us`, `outcome`, and `error` when it failed; DEBUG when it
+/// succeeded, INFO when it failed). `id` is 0 for a command that never went out.
 #[derive(Debug)]
 pub(crate) struct CommandTrace<'a> {
     #[cfg(feature = "tracing")]
     name: &'a str,
+    #[cfg(feature = "tracing")]
+    id: u64,
+    #[cfg(feature = "tracing")]
+    span: ::tracing::Span,
     #[cfg(feature = "tracing")]
     start: std::time::Instant,
     #[cfg(not(feature = "tracing"))]
@@ -37,6 +44,14 @@ impl<'a> CommandTrace<'a> {
         {
             Self {
                 name,
+                id: 0,
+                span: ::tracing::span!(
+                    target: "qmp_std::command",
+                    ::tracing::Level::DEBUG,
+                    "command",
+                    name,
+                    id = ::tracing::field::Empty
+                ),
                 start: std::time::Instant::now(),
             }
         }
@@ -51,18 +66,21 @@ impl<'a> CommandTrace<'a> {
 
     /// The command went out with `id`.
     #[inline(always)]
-    pub(crate) fn sent(&self, id: u64) {
-        sent(self.name(), id);
-    }
-
-    #[cfg(feature = "tracing")]
-    fn name(&self) -> &str {
-        self.name
-    }
-
-    #[cfg(not(feature = "tracing"))]
-    fn name(&self) -> &str {
-        ""
+    pub(crate) fn sent(&mut self, id: u64) {
+        #[cfg(feature = "tracing")]
+        {
+            self.id = id;
+            self.span.record("id", id);
+            trace_event!(
+                target: "qmp_std::command",
+                parent: &self.span,
+                ::tracing::Level::TRACE,
+                name = self.name,
+                id,
+                "sent"
+            );
+        }
+        let _ = id;
     }
 
     /// The call ended with `result`.
@@ -74,16 +92,20 @@ impl<'a> CommandTrace<'a> {
             match result {
                 Ok(_) => trace_event!(
                     target: "qmp_std::command",
+                    parent: &self.span,
                     ::tracing::Level::DEBUG,
                     name = self.name,
+                    id = self.id,
                     duration_us = micros,
                     outcome = "ok",
                     "command"
                 ),
                 Err(e) => trace_event!(
                     target: "qmp_std::command",
+                    parent: &self.span,
                     ::tracing::Level::INFO,
                     name = self.name,
+                    id = self.id,
                     duration_us = micros,
                     outcome = "error",
                     error = %e,
@@ -93,13 +115,6 @@ impl<'a> CommandTrace<'a> {
         }
         let _ = result;
     }
-}
-
-/// Command `name` went out with `id`.
-#[inline(always)]
-pub(crate) fn sent(name: &str, id: u64) {
-    trace_event!(target: "qmp_std::command", ::tracing::Level::TRACE, name, id, "sent");
-    let _ = (name, id);
 }
 
 /// An event was taken off the wire: how late it is, by the host's wall clock (QEMU's

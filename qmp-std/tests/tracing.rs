@@ -29,10 +29,17 @@ impl Subscriber for Collector {
     fn enabled(&self, _: &Metadata<'_>) -> bool {
         true
     }
-    fn new_span(&self, _: &Attributes<'_>) -> Id {
+    fn new_span(&self, span: &Attributes<'_>) -> Id {
+        let mut line = Line(format!("span {}", span.metadata().name()));
+        span.record(&mut line);
+        self.0.lock().unwrap().push(line.0);
         Id::from_u64(1)
     }
-    fn record(&self, _: &Id, _: &Record<'_>) {}
+    fn record(&self, _: &Id, values: &Record<'_>) {
+        let mut line = Line("record".to_owned());
+        values.record(&mut line);
+        self.0.lock().unwrap().push(line.0);
+    }
     fn record_follows_from(&self, _: &Id, _: &Id) {}
     fn event(&self, event: &Event<'_>) {
         let mut line = Line(event.metadata().target().to_owned());
@@ -73,11 +80,16 @@ fn a_session_is_traced() {
         "qmp_std::command",
         "sent",
         "name=\"query-status\"",
-        "id="
+        "id=2"
     ]));
+    // Each command is a span (`command`, its name, its id recorded once sent); the
+    // handshake's `qmp_capabilities` had id 1.
+    assert!(has(&["span command", "name=\"query-status\""]));
+    assert!(has(&["record", "id=2"]));
     assert!(has(&[
         "qmp_std::command",
         "name=\"query-status\"",
+        "id=2",
         "outcome=\"ok\"",
         "duration_us="
     ]));
@@ -88,4 +100,73 @@ fn a_session_is_traced() {
         "CommandNotFound"
     ]));
     assert!(has(&["qmp_std::event", "event=\"STOP\"", "lag_us="]));
+}
+
+/// (Needs the tokio feature too, as CI's all-features run has.)
+#[cfg(feature = "tokio")]
+/// The `command` events of the shared and tokio clients carry the id too (it is given out
+/// under their connection's lock, not where the call is traced).
+#[test]
+fn every_client_traces_each_command_with_its_id() {
+    let collector = Collector::default();
+    let lines = collector.0.clone();
+    let fake = || {
+        FakeQemu::builder()
+            .on("query-status", |_| {
+                Ok(json!({"status": "running", "singlestep": false, "running": true}))
+            })
+            .spawn_unix()
+            .unwrap()
+    };
+    tracing::subscriber::with_default(collector, || {
+        let (stream, _qemu) = fake();
+        let shared = qmp_std::Client::new(stream).unwrap().into_shared().unwrap();
+        shared.execute(&QueryStatus).unwrap();
+        shared.execute(&QueryStatus).unwrap();
+        let (stream, _qemu) = fake();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            stream.set_nonblocking(true).unwrap();
+            let stream = tokio::net::UnixStream::from_std(stream).unwrap();
+            let qmp = qmp_std::tokio::ClientBuilder::new()
+                .handshake_unix(stream)
+                .await
+                .unwrap();
+            qmp.execute(&QueryStatus).await.unwrap();
+        });
+    });
+    let lines = lines.lock().unwrap();
+    eprintln!("{}", lines.join("\n"));
+    let done: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("qmp_std::command") && l.contains("outcome=\"ok\""))
+        .collect();
+    assert_eq!(done.len(), 3, "{done:?}");
+    // Each a real id (0 would mean never sent), one per command.
+    assert!(
+        done[0].contains(" id=") && !done[0].contains(" id=0"),
+        "{done:?}"
+    );
+    assert!(
+        done[1].contains(" id=") && !done[1].contains(" id=0"),
+        "{done:?}"
+    );
+    assert!(
+        done[2].contains(" id=") && !done[2].contains(" id=0"),
+        "{done:?}"
+    );
+    assert_ne!(id_of(done[0]), id_of(done[1]), "{done:?}");
+}
+
+/// The `id=` field of a collected line.
+fn id_of(line: &str) -> u64 {
+    let at = line.find(" id=").expect("an id") + 4;
+    line[at..]
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a number")
 }

@@ -151,6 +151,7 @@ impl<R: Ready> Subscriber<R> {
 
     /// Takes the next item; when there is none, `wait` may leave something in the lock's
     /// slot (a task's waker) before the lock is let go.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn read(&self, wait: impl FnOnce(&mut R::Slot)) -> Read {
         let mut st = self.lock();
         match st.take() {
