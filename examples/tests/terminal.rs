@@ -28,6 +28,12 @@ struct Terminal {
 
 impl Terminal {
     fn start(args: &[&str]) -> Terminal {
+        Self::start_with_stdout(args, None)
+    }
+
+    /// [`Terminal::start`] with the shell's stdout sent to `stdout` instead of the terminal
+    /// (stdin and stderr stay on it).
+    fn start_with_stdout(args: &[&str], stdout: Option<Stdio>) -> Terminal {
         let master =
             rustix::pty::openpt(rustix::pty::OpenptFlags::RDWR | rustix::pty::OpenptFlags::NOCTTY)
                 .expect("openpt");
@@ -54,7 +60,7 @@ impl Terminal {
             .env("HOME", home.path())
             .env_remove("QMP_SOCKET")
             .stdin(Stdio::from(slave.try_clone().unwrap()))
-            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(stdout.unwrap_or_else(|| Stdio::from(slave.try_clone().unwrap())))
             .stderr(Stdio::from(slave))
             .spawn()
             .expect("start setsid --ctty qmp-shell");
@@ -200,6 +206,30 @@ fn no_address_at_a_terminal_starts_a_throwaway_qemu_and_says_so() {
     term.type_text("query-status\r");
     term.expect(r#"{"return": {"status": "running", "singlestep": false, "running": true}}"#);
     assert_eq!(term.leave(), Some(0));
+}
+
+#[test]
+fn a_throwaway_qemu_is_announced_even_when_stdout_is_a_file() {
+    // `qmp-shell > out.json` typed at a terminal: stdin is the terminal, so the shell starts
+    // a throwaway QEMU; the notice must still reach the user (on stderr, the terminal).
+    let dir = TempDir::new("terminal-stdout");
+    let out_path = dir.path().join("out.json");
+    let out = File::create(&out_path).unwrap();
+    let mut term = Terminal::start_with_stdout(&[], Some(Stdio::from(out)));
+    term.expect("qmp-shell: no ADDRESS and no $QMP_SOCKET: starting a throwaway qemu-system-x86_64 -machine none");
+    term.type_text("query-status\n");
+    term.type_text("\x04");
+    let deadline = Instant::now() + LIMIT;
+    while term.child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "the shell did not leave");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let written = std::fs::read_to_string(&out_path).unwrap();
+    assert!(
+        written.contains(r#""status": "running""#),
+        "stdout: {written:?}"
+    );
+    assert!(!written.contains("throwaway"), "stdout: {written:?}");
 }
 
 #[test]

@@ -203,11 +203,11 @@ fn main() -> ExitCode {
     let qemu = match &target {
         Target::Address(_) => None,
         Target::Throwaway => {
-            if interactive {
-                warn(
-                    "no ADDRESS and no $QMP_SOCKET: starting a throwaway qemu-system-x86_64 -machine none (stopped when you leave)",
-                );
-            }
+            // Said whenever it happens (only with a terminal on stdin), even when stdout
+            // goes to a file: a script must not think it talked to the user's VM.
+            warn(
+                "no ADDRESS and no $QMP_SOCKET: starting a throwaway qemu-system-x86_64 -machine none (stopped when you leave)",
+            );
             Some(ThrowawayQemu::start())
         }
         Target::Wrap(command) => Some(ThrowawayQemu::wrap(&command[0], &command[1..])),
