@@ -851,7 +851,7 @@ fn opt_value(prefix: &str, path: &Path, suffix: &str) -> OsString {
 }
 
 /// A loopback TCP port that was free a moment ago.
-pub(crate) fn free_port() -> io::Result<u16> {
+pub fn free_port() -> io::Result<u16> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     Ok(listener.local_addr()?.port())
 }

@@ -769,7 +769,7 @@ fn main() -> Result<()> {
     // TCP and TLS rows (certificates made with `openssl`, see qmp_e2e::tls).
     let pki_dir = std::env::temp_dir().join(format!("qmp-bench-tls-{}", std::process::id()));
     let pki = qmp_e2e::tls::Pki::create(&pki_dir)?;
-    let (tcp_port, tls_port) = (qmp_e2e::tls::free_port()?, qmp_e2e::tls::free_port()?);
+    let (tcp_port, tls_port) = (qmp_e2e::free_port()?, qmp_e2e::free_port()?);
     let qemu = Qemu::builder(Monitor::Unix)
         .args([
             "-chardev".to_owned(),
