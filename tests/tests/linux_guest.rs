@@ -18,9 +18,9 @@ use qmp_std::agent_commands::{
 };
 use qmp_std::commands::events::{DeviceDeleted, Powerdown, Shutdown};
 use qmp_std::commands::{DeviceAdd, DeviceDel, QueryStatus, RunState, ShutdownCause};
-use qmp_std::serde_json::{self, Value, json};
 use qmp_std::qapi::events::{BalloonChange, GuestPanicked};
 use qmp_std::qapi::{Balloon, GuestPanickedDataAction, QueryBalloon};
+use qmp_std::serde_json::{self, Value, json};
 use qmp_std::{Client, Error, EventKind};
 
 /// For anything the guest has to do (under TCG, on a loaded 2-core machine).
