@@ -39,6 +39,11 @@ rm -rf "$target/package-check"
 CARGO_TARGET_DIR="$target/package-check" \
     cargo package -q --allow-dirty -p qmp-proto -p qmp-embedded -p qmp-qapi -p qmp-std
 
+step "the benchmark programs compile (bench/ and qmp-proto's criterion package are workspaces of their own)"
+# They are only run by hand (BENCHMARKS.md), so nothing else would notice when they rot.
+CARGO_TARGET_DIR="$target/bench-check" cargo check -q --locked --all-targets --manifest-path bench/Cargo.toml
+CARGO_TARGET_DIR="$target/bench-check" cargo check -q --locked --all-targets --manifest-path qmp-proto/benches/criterion/Cargo.toml
+
 step "release build of the whole workspace (includes the freestanding qmp-firmware)"
 cargo build --release --workspace -q
 step "freestanding no_std check: qmp-firmware links qmp-proto and qmp-embedded with no std, no libc"
