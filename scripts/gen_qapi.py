@@ -529,6 +529,7 @@ class Gen:
         out.append("#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]")
         out.append("#[serde(untagged)]")
         out.append(f"pub enum {name} {{")
+        conversions = []
         for i, m in enumerate(e["members"]):
             mt = self.by[m["type"]]
             if m["type"] == "null":
@@ -544,7 +545,26 @@ class Gen:
                 var = "List" if mt["meta-type"] == "array" else self.names[m["type"]]
             out.append(f"    /// A `{ty}`.")
             out.append(f"    {var}({ty}),")
+            conversions.append((var, ty))
         out.append("}")
+        # Each branch converts into the alternate (its types differ: QEMU picks the branch by
+        # the JSON type), and a string also from `&str`: `BlockdevOptionsQcow2::new("file0")`.
+        for var, ty in conversions:
+            inner = ty[len("Box<"):-1] if ty.startswith("Box<") else ty
+            value = "Box::new(value)" if ty.startswith("Box<") else "value"
+            out.append("")
+            out.append(f"impl From<{inner}> for {name} {{")
+            out.append(f"    fn from(value: {inner}) -> Self {{")
+            out.append(f"        Self::{var}({value})")
+            out.append("    }")
+            out.append("}")
+            if inner == "String":
+                out.append("")
+                out.append(f"impl From<&str> for {name} {{")
+                out.append("    fn from(value: &str) -> Self {")
+                out.append(f"        Self::{var}(value.to_owned())")
+                out.append("    }")
+                out.append("}")
         return out
 
     def type_def(self, t):

@@ -4827,6 +4827,24 @@ pub enum BlockDirtyBitmapOrStr {
     BlockDirtyBitmap(BlockDirtyBitmap),
 }
 
+impl From<String> for BlockDirtyBitmapOrStr {
+    fn from(value: String) -> Self {
+        Self::Str(value)
+    }
+}
+
+impl From<&str> for BlockDirtyBitmapOrStr {
+    fn from(value: &str) -> Self {
+        Self::Str(value.to_owned())
+    }
+}
+
+impl From<BlockDirtyBitmap> for BlockDirtyBitmapOrStr {
+    fn from(value: BlockDirtyBitmap) -> Self {
+        Self::BlockDirtyBitmap(value)
+    }
+}
+
 /// A QAPI object of QEMU 7.2 (masked as `37` by introspection).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BlockDirtyBitmap {
@@ -5244,6 +5262,24 @@ pub enum BlockdevRef {
     BlockdevOptions(Box<BlockdevOptions>),
     /// A `String`.
     Str(String),
+}
+
+impl From<BlockdevOptions> for BlockdevRef {
+    fn from(value: BlockdevOptions) -> Self {
+        Self::BlockdevOptions(Box::new(value))
+    }
+}
+
+impl From<String> for BlockdevRef {
+    fn from(value: String) -> Self {
+        Self::Str(value)
+    }
+}
+
+impl From<&str> for BlockdevRef {
+    fn from(value: &str) -> Self {
+        Self::Str(value.to_owned())
+    }
 }
 
 /// A QAPI object of QEMU 7.2 (masked as `519` by introspection).
@@ -7019,6 +7055,24 @@ pub enum BlockdevRefOrNull {
     Null,
 }
 
+impl From<BlockdevOptions> for BlockdevRefOrNull {
+    fn from(value: BlockdevOptions) -> Self {
+        Self::BlockdevOptions(Box::new(value))
+    }
+}
+
+impl From<String> for BlockdevRefOrNull {
+    fn from(value: String) -> Self {
+        Self::Str(value)
+    }
+}
+
+impl From<&str> for BlockdevRefOrNull {
+    fn from(value: &str) -> Self {
+        Self::Str(value.to_owned())
+    }
+}
+
 /// A QAPI alternate of QEMU 7.2 (masked as `528` by introspection).
 /// One of several JSON types (a QAPI alternate).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -7028,6 +7082,18 @@ pub enum Qcow2OverlapChecks {
     Qcow2OverlapChecks0(Qcow2OverlapChecks0),
     /// A `Qcow2OverlapChecks0Template`.
     Qcow2OverlapChecks0Template(Qcow2OverlapChecks0Template),
+}
+
+impl From<Qcow2OverlapChecks0> for Qcow2OverlapChecks {
+    fn from(value: Qcow2OverlapChecks0) -> Self {
+        Self::Qcow2OverlapChecks0(value)
+    }
+}
+
+impl From<Qcow2OverlapChecks0Template> for Qcow2OverlapChecks {
+    fn from(value: Qcow2OverlapChecks0Template) -> Self {
+        Self::Qcow2OverlapChecks0Template(value)
+    }
 }
 
 /// A QAPI object of QEMU 7.2 (masked as `639` by introspection).
@@ -9245,6 +9311,18 @@ pub enum StrOrNull {
     Str(String),
     /// JSON `null`.
     Null,
+}
+
+impl From<String> for StrOrNull {
+    fn from(value: String) -> Self {
+        Self::Str(value)
+    }
+}
+
+impl From<&str> for StrOrNull {
+    fn from(value: &str) -> Self {
+        Self::Str(value.to_owned())
+    }
 }
 
 /// A QAPI object of QEMU 7.2 (masked as `77` by introspection).

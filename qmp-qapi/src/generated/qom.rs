@@ -4611,6 +4611,24 @@ pub enum StatsValue {
     List(Vec<i64>),
 }
 
+impl From<i64> for StatsValue {
+    fn from(value: i64) -> Self {
+        Self::Int(value)
+    }
+}
+
+impl From<bool> for StatsValue {
+    fn from(value: bool) -> Self {
+        Self::Bool(value)
+    }
+}
+
+impl From<Vec<i64>> for StatsValue {
+    fn from(value: Vec<i64>) -> Self {
+        Self::List(value)
+    }
+}
+
 /// A QAPI object of QEMU 7.2 (masked as `252` by introspection).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatsSchemasInfo {
