@@ -67,7 +67,9 @@ pub enum Error {
     /// its deadline passed before its reply came, or before there was room to send it),
     /// the connection stays usable and a late reply is dropped. For the connect and the
     /// greeting ([`Expired::Connect`], [`Expired::Greeting`]) the usual cause is another
-    /// client holding the monitor: QEMU serves one at a time.
+    /// client holding the monitor (QEMU serves one at a time), or a monitor that expects
+    /// TLS (`tls-creds` on its chardev) reached by a plain connection: it waits for a TLS
+    /// handshake and says nothing, so the greeting never comes (use `connect_tls`).
     Timeout(Expired),
     /// The reply was larger than the maximum reply size; it was skipped and the connection
     /// stays usable.
