@@ -66,6 +66,7 @@
 pub mod agent;
 pub mod chaos;
 pub mod daemon;
+pub mod embedded;
 pub mod guest;
 pub mod qsd;
 pub mod tls;

@@ -54,7 +54,6 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::pin::pin;
@@ -64,6 +63,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use qmp_e2e::chaos::{ChaosProxy, End, Knobs, Plan, Record, Rng};
+use qmp_e2e::embedded::{HostClock, SocketLink};
 use qmp_e2e::{Address, Monitor, Qemu};
 use qmp_std::commands::{
     Cont, HumanMonitorCommand, QueryCommands, QueryStatus, RunState, StatusInfo, Stop,
@@ -1986,74 +1986,6 @@ fn shared_client_survives_chaos() {
 /// client checks its deadlines).
 const POLL: Duration = Duration::from_millis(20);
 
-/// A link error: the `std::io` error's kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct LinkError(io::ErrorKind);
-
-impl std::fmt::Display for LinkError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "socket: {}", self.0)
-    }
-}
-
-impl std::error::Error for LinkError {}
-
-impl embedded_io::Error for LinkError {
-    fn kind(&self) -> embedded_io::ErrorKind {
-        use embedded_io::ErrorKind as K;
-        match self.0 {
-            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => K::TimedOut,
-            io::ErrorKind::Interrupted => K::Interrupted,
-            io::ErrorKind::BrokenPipe => K::BrokenPipe,
-            io::ErrorKind::ConnectionReset => K::ConnectionReset,
-            io::ErrorKind::NotConnected => K::NotConnected,
-            _ => K::Other,
-        }
-    }
-}
-
-/// A Unix socket as an `embedded_io` link: reads time out after [`POLL`], a reset is the
-/// end of the link.
-#[derive(Debug)]
-struct SocketLink(UnixStream);
-
-impl embedded_io::ErrorType for SocketLink {
-    type Error = LinkError;
-}
-
-impl embedded_io::Read for SocketLink {
-    fn read(&mut self, buf: &mut [u8]) -> Result<usize, LinkError> {
-        use std::io::Read;
-        match self.0.read(buf) {
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Ok(0),
-            other => other.map_err(|e| LinkError(e.kind())),
-        }
-    }
-}
-
-impl embedded_io::Write for SocketLink {
-    fn write(&mut self, buf: &[u8]) -> Result<usize, LinkError> {
-        use std::io::Write;
-        self.0.write(buf).map_err(|e| LinkError(e.kind()))
-    }
-
-    fn flush(&mut self) -> Result<(), LinkError> {
-        Ok(())
-    }
-}
-
-/// The host's monotonic clock, from the client's creation.
-#[derive(Debug, Clone, Copy)]
-struct HostClock(Instant);
-
-impl qmp_embedded::Clock for HostClock {
-    fn now(&self) -> qmp_embedded::Instant {
-        qmp_embedded::Instant::from_micros(
-            u64::try_from(self.0.elapsed().as_micros()).unwrap_or(u64::MAX),
-        )
-    }
-}
-
 /// `query-status`'s return value.
 #[derive(Debug, serde::Deserialize)]
 struct Status<'a> {
@@ -2064,7 +1996,7 @@ struct Status<'a> {
 /// 8 KiB receive buffer (`query-commands` is 6.5 KB), 1 KiB of events, 4 slots.
 type Embedded = qmp_embedded::Client<SocketLink, HostClock, 8192, 256, 1024, 4>;
 
-type EmbeddedError = qmp_embedded::Error<LinkError>;
+type EmbeddedError = qmp_embedded::Error<embedded_io::ErrorKind>;
 
 #[track_caller]
 fn classify_embedded<T: std::fmt::Debug>(

@@ -40,7 +40,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::future::Future;
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::pin;
@@ -51,6 +51,7 @@ use std::task::{Context, Poll, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use qmp_e2e::embedded::{HostClock, SocketLink};
 use qmp_embedded::qmp_proto::MessageError;
 use qmp_std::commands::QueryStatus;
 use qmp_std::tokio::{DEFAULT_EVENT_CAPACITY, EventStream};
@@ -173,7 +174,7 @@ const DEEP: usize = 100_000;
 const STREAM_CAP: u64 = 4 << 30;
 
 /// The embedded client under test: the default buffer sizes (RX 1024, TX 256, EV 256, N 2).
-type Embedded = qmp_embedded::Client<Link, Clock>;
+type Embedded = qmp_embedded::Client<SocketLink, HostClock>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Case {
@@ -845,51 +846,6 @@ impl Subject for Tokio {
     }
 }
 
-/// The embedded client's link: the socket, with a short read timeout so the client gets to
-/// check its deadlines (`ErrorKind::TimedOut`).
-struct Link(UnixStream);
-
-impl embedded_io::ErrorType for Link {
-    type Error = embedded_io::ErrorKind;
-}
-
-fn link_error(e: io::Error) -> embedded_io::ErrorKind {
-    match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => embedded_io::ErrorKind::TimedOut,
-        io::ErrorKind::Interrupted => embedded_io::ErrorKind::Interrupted,
-        io::ErrorKind::BrokenPipe => embedded_io::ErrorKind::BrokenPipe,
-        io::ErrorKind::ConnectionReset => embedded_io::ErrorKind::ConnectionReset,
-        _ => embedded_io::ErrorKind::Other,
-    }
-}
-
-impl embedded_io::Read for Link {
-    fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
-        self.0.read(buf).map_err(link_error)
-    }
-}
-
-impl embedded_io::Write for Link {
-    fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
-        self.0.write(buf).map_err(link_error)
-    }
-
-    fn flush(&mut self) -> Result<(), Self::Error> {
-        Ok(())
-    }
-}
-
-/// The embedded client's clock: microseconds since the client was made.
-#[derive(Clone, Copy)]
-struct Clock(Instant);
-
-impl qmp_embedded::Clock for Clock {
-    fn now(&self) -> qmp_embedded::Instant {
-        let micros = u64::try_from(self.0.elapsed().as_micros()).unwrap_or(u64::MAX);
-        qmp_embedded::Instant::from_micros(micros)
-    }
-}
-
 fn embedded_got(e: qmp_embedded::Error<embedded_io::ErrorKind>) -> Got {
     use qmp_embedded::Error as E;
     match e {
@@ -926,7 +882,7 @@ impl Subject for Embedded {
             .set_read_timeout(Some(Duration::from_millis(20)))
             .unwrap();
         let config = qmp_embedded::Config::new().timeout(Some(timeout));
-        let mut client = Embedded::with_config(Link(stream), Clock(Instant::now()), config);
+        let mut client = Embedded::with_config(SocketLink(stream), HostClock::new(), config);
         match client.handshake(false) {
             Ok(_) => Ok(client),
             Err(e) => Err(embedded_got(e)),

@@ -174,3 +174,65 @@ fn the_tokio_client_runs_a_mirror_job_to_ready_and_completes_it() {
         );
     });
 }
+
+/// qmp-embedded's blocking client (a serial-style link; here QSD's Unix socket through
+/// `qmp_e2e::embedded::SocketLink`): the handshake, a typed query, the VM-less QSD's
+/// `CommandNotFound`, and a backup job's events in its bounded queue.
+#[test]
+fn the_embedded_client_runs_a_backup_job() {
+    use qmp_e2e::embedded::{HostClock, SocketLink};
+
+    #[derive(serde::Deserialize)]
+    struct Node<'a> {
+        #[serde(rename = "node-name", borrow)]
+        node_name: Option<&'a str>,
+        drv: &'a str,
+    }
+
+    let qsd = start("embedded");
+    let stream = std::os::unix::net::UnixStream::connect(qsd.socket()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    // 8 KiB to receive (query-named-block-nodes for two null nodes is ~2 KB), 2 KiB of events.
+    let mut qmp: qmp_embedded::Client<SocketLink, HostClock, 8192, 512, 2048, 4> =
+        qmp_embedded::Client::new(SocketLink(stream), HostClock::new());
+    qmp.set_timeout(Some(Duration::from_secs(10)));
+    let (major, minor, micro) = support::qemu_version_triple();
+    let server = qmp.handshake(true).unwrap();
+    assert_eq!(
+        (
+            server.version.major,
+            server.version.minor,
+            server.version.micro
+        ),
+        (major, minor, micro)
+    );
+    assert!(server.oob_offered && server.oob_enabled);
+
+    {
+        // Borrowed from the client's receive buffer until the next call.
+        let nodes: heapless::Vec<Node<'_>, 8> =
+            qmp.execute("query-named-block-nodes", &()).unwrap();
+        let mut names: Vec<&str> = nodes.iter().filter_map(|n| n.node_name).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["dst", "src"]);
+        assert!(nodes.iter().all(|n| n.drv == "null-co"));
+    }
+
+    match qmp.execute_raw("query-status", &()) {
+        Err(qmp_embedded::Error::Qmp(e)) => assert_eq!(e.class().as_str(), "CommandNotFound"),
+        Err(e) => panic!("{e:?}"),
+        Ok(v) => panic!("QSD has no VM, yet query-status returned {}", v.as_json()),
+    }
+
+    qmp.execute_raw("blockdev-backup", &backup("e1")).unwrap();
+    let done = qmp
+        .wait_event("BLOCK_JOB_COMPLETED", Duration::from_secs(30))
+        .unwrap();
+    let data = done.data.expect("BLOCK_JOB_COMPLETED has data");
+    let device = data.get("device").and_then(|d| d.as_str());
+    assert!(device.is_some_and(|d| d == "e1"), "{}", data.as_json());
+    assert_eq!(data.get("len").and_then(|l| l.as_u64()), Some(SIZE));
+    assert_eq!(data.get("offset").and_then(|o| o.as_u64()), Some(SIZE));
+}
