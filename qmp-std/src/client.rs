@@ -172,6 +172,13 @@ impl ClientBuilder {
         self.handshake_from(stream, start)
     }
 
+    /// Opens a serial device (a tty, or the pty that QEMU's `-chardev pty` announces) in
+    /// raw mode ([`Serial`](crate::Serial)) and does the handshake over it.
+    pub fn open_serial(self, path: impl AsRef<Path>) -> Result<Client<crate::Serial>> {
+        let serial = crate::Serial::open(path)?;
+        self.handshake(serial)
+    }
+
     /// Does the handshake over an already connected stream: reads the greeting and, unless
     /// [`Options::negotiate`] is off, negotiates capabilities.
     pub fn handshake<S: Stream>(self, stream: S) -> Result<Client<S>> {

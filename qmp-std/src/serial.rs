@@ -52,6 +52,12 @@ impl Serial {
     pub fn file(&self) -> &File {
         &self.file
     }
+
+    /// The device file, given up (the tokio client reads it through its reactor).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn into_file(self) -> File {
+        self.file
+    }
 }
 
 impl Read for Serial {

@@ -318,6 +318,55 @@ fn a_client_after_one_that_left_half_a_command_and_an_unread_reply_gets_correct_
     drop(real);
 }
 
+/// The tokio agent client on a serial line (the agent on a pty, as with `isa-serial`): it
+/// syncs (again after attempts the agent's start-up flush swallowed), runs commands from
+/// several tasks, and reads the files it wrote back.
+#[test]
+fn the_tokio_agent_on_a_serial_line() {
+    let (master, slave) = pty();
+    let real = QemuGa::spawn(QemuGa::temp_dir("tokio-serial"), "isa-serial", &slave);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut options = qmp_std::Options::default();
+        options.connect_timeout = Some(Duration::from_millis(500));
+        let mut agent = None;
+        for _ in 0..40 {
+            let serial = Serial::from_fd(master.try_clone().unwrap());
+            match qmp_std::agent::tokio::Agent::handshake_serial(options.clone(), serial).await {
+                Ok(up) => {
+                    agent = Some(up);
+                    break;
+                }
+                Err(Error::Timeout(Expired::Sync | Expired::Greeting)) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let agent = agent.expect("the agent never answered");
+        agent.execute(&GuestPing).await.unwrap();
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let (agent, hostname) = (agent.clone(), hostname.clone());
+                tokio::spawn(async move {
+                    for _ in 0..5 {
+                        let host = agent.execute(&GuestGetHostName).await.unwrap();
+                        assert_eq!(host.host_name, hostname.trim());
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(agent.execute(&GuestSync { id: 41 }).await.unwrap(), 41);
+    });
+    drop(real);
+}
+
 /// A fake agent on one end of a socket pair: answers the sync, records the commands, and
 /// answers `guest-shutdown` with `shutdown_answer` (nothing: what the real agent does when
 /// it succeeds). Returns the commands it got.

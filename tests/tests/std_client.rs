@@ -1292,3 +1292,24 @@ fn nesting_limit_matches_qemus_parser() {
     }
     assert!(errors >= 1);
 }
+
+/// The blocking client on QEMU's `-chardev pty` monitor, opened raw as a serial line
+/// (`ClientBuilder::open_serial`): commands, events, and the end when QEMU goes.
+#[test]
+fn a_pty_monitor_serves_the_blocking_client() {
+    let mut qemu = start(Monitor::Pty);
+    let Address::Pty(path) = qemu.address().clone() else {
+        panic!("not a pty: {}", qemu.address());
+    };
+    let mut qmp = ClientBuilder::new()
+        .connect_timeout(Some(TIMEOUT))
+        .command_timeout(Some(TIMEOUT))
+        .open_serial(&path)
+        .unwrap_or_else(|e| panic!("open {}: {e}\nQEMU said: {}", path.display(), qemu.output()));
+    assert_eq!(qmp.execute(&QueryStatus).unwrap().status, RunState::Running);
+    qmp.execute(&Stop).unwrap();
+    assert_eq!(qmp.next_event(TIMEOUT).unwrap().name, "STOP");
+    qemu.kill().unwrap();
+    let e = qmp.execute(&QueryStatus).unwrap_err();
+    assert!(e.is_disconnect(), "{e:?}");
+}

@@ -48,6 +48,20 @@ fn assert_answers(reply: &str, tag: &str) {
     assert_eq!(reply, format!("unknown command: 'nosuch_{tag}'\r\n"));
 }
 
+/// The connection is over: the event stream says so once, then ends; the client is closed
+/// and a new command fails with `Disconnected`.
+async fn assert_ended(qmp: &Client, events: &mut EventStream) {
+    let end = tokio::time::timeout(TIMEOUT, events.next()).await.unwrap();
+    assert!(
+        matches!(end, Some(Err(ref e)) if e.is_disconnect()),
+        "{end:?}"
+    );
+    assert!(events.next().await.is_none());
+    assert!(qmp.is_closed());
+    let later = qmp.execute(&QueryStatus).await;
+    assert!(matches!(later, Err(Error::Disconnected)), "{later:?}");
+}
+
 /// The next event, within the timeout; lag or end is a failure.
 async fn next_event(events: &mut EventStream) -> String {
     match tokio::time::timeout(TIMEOUT, events.next()).await {
@@ -223,15 +237,7 @@ async fn qemu_dying_fails_every_pending_command_and_ends_the_event_stream() {
             "{result:?}"
         );
     }
-    let end = tokio::time::timeout(TIMEOUT, events.next()).await.unwrap();
-    assert!(
-        matches!(end, Some(Err(ref e)) if e.is_disconnect()),
-        "{end:?}"
-    );
-    assert!(events.next().await.is_none());
-    assert!(qmp.is_closed());
-    let later = qmp.execute(&QueryStatus).await;
-    assert!(matches!(later, Err(Error::Disconnected)), "{later:?}");
+    assert_ended(&qmp, &mut events).await;
 }
 
 /// The bar for the blocking handle: 8 threads × 1,000 commands over one shared
@@ -396,4 +402,44 @@ async fn both_clients_pass_file_descriptors() {
     })
     .await
     .unwrap();
+}
+
+/// The tokio client over a serial line: QEMU's `-chardev pty` monitor, opened raw as a tty
+/// (`ClientBuilder::open_serial`), with commands from several tasks and events; and the end
+/// of the line when QEMU goes (a pty whose other side closed reads as the end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pty_monitor_serves_the_tokio_client() {
+    let mut qemu = start(Monitor::Pty);
+    let Address::Pty(path) = qemu.address().clone() else {
+        panic!("not a pty: {}", qemu.address());
+    };
+    let qmp = builder()
+        .open_serial(&path)
+        .await
+        .unwrap_or_else(|e| panic!("open {}: {e}\nQEMU said: {}", path.display(), qemu.output()));
+    assert_eq!(qmp.server().version.major, 7);
+    let mut events = qmp.subscribe();
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let qmp = qmp.clone();
+            tokio::spawn(async move {
+                for _ in 0..25 {
+                    let status = qmp.execute(&QueryStatus).await.unwrap();
+                    assert!(matches!(
+                        status.status,
+                        RunState::Running | RunState::Paused
+                    ));
+                }
+            })
+        })
+        .collect();
+    qmp.execute(&Stop).await.unwrap();
+    assert_eq!(next_event(&mut events).await, "STOP");
+    qmp.execute(&Cont).await.unwrap();
+    assert_eq!(next_event(&mut events).await, "RESUME");
+    for task in tasks {
+        task.await.unwrap();
+    }
+    qemu.kill().unwrap();
+    assert_ended(&qmp, &mut events).await;
 }

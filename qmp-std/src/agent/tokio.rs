@@ -65,6 +65,24 @@ impl Agent {
         Ok(Self { client })
     }
 
+    /// Opens the agent's serial device (a tty, or a pty) in raw mode with `options` and
+    /// syncs: the host side of an `isa-serial` agent, or a virtio-serial port's device.
+    pub async fn open_serial_with(options: Options, path: impl AsRef<Path>) -> Result<Self> {
+        let client = ClientBuilder::with_options(options)
+            .open_serial_as(path, Some(random_sync_id()))
+            .await?;
+        Ok(Self { client })
+    }
+
+    /// Syncs over a serial device already open ([`crate::serial::Serial`], e.g. a pty's
+    /// master side) with `options`.
+    pub async fn handshake_serial(options: Options, serial: crate::serial::Serial) -> Result<Self> {
+        let client = ClientBuilder::with_options(options)
+            .handshake_serial_as(serial, Some(random_sync_id()))
+            .await?;
+        Ok(Self { client })
+    }
+
     command_verbs! {
         in_band: [] [async] [.await] call,
         execute: {
