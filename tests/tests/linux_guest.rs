@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use qmp_e2e::guest::{Guest, image};
 use qmp_std::agent::AgentBuilder;
 use qmp_std::agent_commands::{
-    FsfreezeStatus, GuestExec, GuestFsfreezeStatus, GuestGetOsinfo, GuestPing, GuestShutdown,
+    FsfreezeStatus, GuestExec, GuestFsfreezeFreeze, GuestFsfreezeStatus, GuestFsfreezeThaw,
+    GuestGetOsinfo, GuestPing, GuestShutdown,
 };
 use qmp_std::commands::events::{DeviceDeleted, Powerdown, Shutdown};
 use qmp_std::commands::{DeviceAdd, DeviceDel, QueryStatus, RunState, ShutdownCause};
@@ -368,7 +369,8 @@ fn guest_agent_answers_over_virtio_serial_raw() {
 }
 
 /// The same, with qmp-std's agent client: its sync skips the stray error; ping, osinfo, a
-/// program's output and exit status, a file written and read back, fsfreeze status; the
+/// program's output and exit status, a file written and read back, fsfreeze status, freeze
+/// and thaw; the
 /// agent restarted inside the guest while the client stays connected (resync); then
 /// `guest-shutdown`, which succeeds without a reply and powers the guest off.
 #[test]
@@ -409,6 +411,22 @@ fn the_agent_client_drives_the_real_guest() {
             .expect("fsfreeze status"),
         FsfreezeStatus::Thawed
     );
+    // Freeze and thaw for real: the guest's file systems are all virtual (the initramfs's
+    // rootfs, proc, sys, devtmpfs), which the agent skips, so it freezes none, says so (0),
+    // and stays thawed; thawing thaws none.
+    assert_eq!(
+        agent
+            .execute(&GuestFsfreezeFreeze)
+            .expect("fsfreeze freeze"),
+        0
+    );
+    assert_eq!(
+        agent
+            .execute(&GuestFsfreezeStatus)
+            .expect("fsfreeze status"),
+        FsfreezeStatus::Thawed
+    );
+    assert_eq!(agent.execute(&GuestFsfreezeThaw).expect("fsfreeze thaw"), 0);
 
     // The agent restarts inside the guest (init starts it again); this client stays
     // connected, resyncs with the new agent, and goes on.
