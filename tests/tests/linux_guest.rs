@@ -370,9 +370,8 @@ fn guest_agent_answers_over_virtio_serial_raw() {
 
 /// The same, with qmp-std's agent client: its sync skips the stray error; ping, osinfo, a
 /// program's output and exit status, a file written and read back, fsfreeze status, freeze
-/// and thaw; the
-/// agent restarted inside the guest while the client stays connected (resync); then
-/// `guest-shutdown`, which succeeds without a reply and powers the guest off.
+/// and thaw; the agent restarted inside the guest while the client stays connected
+/// (resync); then `guest-shutdown`, which succeeds without a reply and powers the guest off.
 #[test]
 fn the_agent_client_drives_the_real_guest() {
     let mut guest = boot(Guest::builder());
