@@ -199,6 +199,30 @@ fn ctrl_c_cancels_a_command_that_hangs() {
 }
 
 #[test]
+fn ctrl_c_cancels_a_json_line_that_hangs() {
+    let qemu = Qemu::start(Monitor::Unix).expect("start QEMU");
+    let pid = Pid::from_raw(qemu.pid() as i32).expect("QEMU's pid");
+    let mut term = Terminal::start(&["-v", &address_arg(&qemu)]);
+    term.expect("(QEMU) ");
+    kill_process(pid, Signal::STOP).expect("SIGSTOP QEMU");
+    term.type_text("{\"execute\": \"query-status\", \"id\": \"mine\"}\r");
+    // -v: the line went out (shown once the wait, which Ctrl-C may cancel, began); no reply
+    // can come while QEMU is stopped. Ctrl-C gives the wait up, not the shell.
+    term.expect(r#"{"execute": "query-status", "id": "mine"}"#); // the line as typed
+    term.expect(r#"{"execute":"query-status","id":"mine"}"#); // as sent (-v)
+    term.type_text("\x03");
+    term.expect("qmp-shell: cancelled (its reply, if it comes, is ignored)");
+    term.expect("(QEMU) ");
+    kill_process(pid, Signal::CONT).expect("SIGCONT QEMU");
+    // The session still works, and the late reply (shown as received bytes, -v) is not
+    // taken for the next line's.
+    term.type_text("{\"execute\": \"query-name\", \"id\": \"next\"}\r");
+    term.expect(r#"{"return": {}, "id": "next"}"#);
+    term.expect("(QEMU) ");
+    assert_eq!(term.leave(), Some(0));
+}
+
+#[test]
 fn no_address_at_a_terminal_starts_a_throwaway_qemu_and_says_so() {
     let mut term = Terminal::start(&[]);
     term.expect("qmp-shell: no ADDRESS and no $QMP_SOCKET: starting a throwaway qemu-system-x86_64 -machine none");

@@ -432,6 +432,13 @@ fn parse_value(json: &str) -> Value {
 }
 
 /// Whether a reply's id is the one a raw request used (compared as JSON values).
+/// A whole message of your own, sent with [`Client::send_request`]: its reply is the one
+/// whose `id` equals the message's (or the one without an id, for a message without one).
+#[derive(Debug, Clone)]
+pub struct RequestHandle {
+    id: Option<Value>,
+}
+
 fn id_matches(got: Option<RawJson<'_>>, want: Option<&Value>) -> bool {
     match (got, want) {
         (None, None) => true,
@@ -588,10 +595,20 @@ impl<S: Stream> Client<S> {
     /// [`Client::negotiate`] rather than through here. Replies that match no command are
     /// counted in [`dropped_messages`](Self::dropped_messages), this one's too.
     pub fn request(&mut self, message: &Value) -> Result<Value> {
+        let timeout = self.options.command_timeout;
+        let request = self.send_request(message)?;
+        self.wait_request(&request, timeout)?
+            .ok_or(Error::Timeout(Expired::Command))
+    }
+
+    /// [`request`](Self::request) in two steps, so that the wait can be given up: writes
+    /// the message now, and returns what to wait for with
+    /// [`wait_request`](Self::wait_request). Giving up is dropping the [`RequestHandle`]:
+    /// the reply, if it comes, is dropped like any reply nobody waits for.
+    pub fn send_request(&mut self, message: &Value) -> Result<RequestHandle> {
         if !message.is_object() {
             return Err(Error::Encode(EncodeError::ArgumentsNotObject));
         }
-        let deadline = self.deadline(self.options.command_timeout);
         loop {
             match self.driver.send_message(message) {
                 Ok(()) => break,
@@ -599,17 +616,31 @@ impl<S: Stream> Client<S> {
                 Err(e) => return Err(self.send_error(e)),
             }
         }
-        let want = message.get("id");
+        self.flush();
+        Ok(RequestHandle {
+            id: message.get("id").cloned(),
+        })
+    }
+
+    /// The whole reply to a message sent with [`send_request`](Self::send_request), waiting
+    /// for it up to `timeout` (`None`: as long as it takes); `Ok(None)` if it has not come
+    /// by then, and it may still be waited for. Events that arrive meanwhile are queued.
+    pub fn wait_request(
+        &mut self,
+        request: &RequestHandle,
+        timeout: Option<Duration>,
+    ) -> Result<Option<Value>> {
+        let deadline = self.deadline(timeout);
         loop {
             match self.run(Wait::Untracked, deadline, None) {
                 Done::Untracked => {
                     if let Some(reply) = self.driver.untracked()
-                        && id_matches(reply.id(), want)
+                        && id_matches(reply.id(), request.id.as_ref())
                     {
-                        return Ok(reply_value(&reply));
+                        return Ok(Some(reply_value(&reply)));
                     }
                 }
-                Done::TimedOut => return Err(Error::Timeout(Expired::Command)),
+                Done::TimedOut => return Ok(None),
                 done => return Err(self.ended(done)),
             }
         }

@@ -401,7 +401,9 @@ mod tokio_tests;
 mod trace;
 pub mod transcript;
 
-pub use client::{Client, ClientBuilder, DEFAULT_MAX_QUEUED_EVENTS, Handle, Options};
+pub use client::{
+    Client, ClientBuilder, DEFAULT_MAX_QUEUED_EVENTS, Handle, Options, RequestHandle,
+};
 pub use commands::{Command, EventKind};
 pub use error::{DecodeError, Error, QmpError, Result, TlsError, TlsFailure};
 pub use event::{Event, Timestamp};

@@ -528,6 +528,47 @@ fn raw_requests_carry_ids_of_any_type() {
 }
 
 #[test]
+fn a_request_waited_for_in_steps_can_be_given_up() {
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (client, server) = connect(quick(), move |q| {
+        q.handshake();
+        let first = q.recv();
+        assert_eq!(first["id"], "slow");
+        // Answered late: after the caller gave up waiting for it.
+        released.recv().unwrap();
+        q.reply(&first, json!({"late": true}));
+        let second = q.recv();
+        q.reply(&second, json!({}));
+    });
+    let mut client = client.unwrap();
+    let slow = client
+        .send_request(&json!({"execute": "query-status", "id": "slow"}))
+        .unwrap();
+    // Nothing yet: the wait ends empty, and may be tried again.
+    assert_eq!(
+        client
+            .wait_request(&slow, Some(Duration::from_millis(20)))
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        client
+            .wait_request(&slow, Some(Duration::from_millis(20)))
+            .unwrap(),
+        None
+    );
+    // Given up (the handle dropped); the late reply is not taken for the next request's.
+    drop(slow);
+    release.send(()).unwrap();
+    let reply = client
+        .request(&json!({"execute": "query-name", "id": "next"}))
+        .unwrap();
+    assert_eq!(reply, json!({"return": {}, "id": "next"}));
+    assert!(client.dropped_messages() >= 1, "{}", client.dropped_messages());
+    server.join().unwrap();
+}
+
+#[test]
 fn lenient_client_sends_before_negotiating() {
     let (client, server) = connect(quick().negotiate(false), |q| {
         q.send(&default_greeting());

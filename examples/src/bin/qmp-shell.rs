@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use qmp_examples::args::{parse_pairs, split_words};
 use qmp_examples::{
@@ -35,7 +35,7 @@ use qmp_examples::{
 use qmp_std::qmp_proto::{JsonKind, RawJson};
 use qmp_std::serde_json::{self, Map, Value};
 use qmp_std::transcript::{Direction, Recorder, Tap, TranscriptWriter};
-use qmp_std::{Client, Error, Options, QmpError, Schema};
+use qmp_std::{Client, Error, Options, QmpError, RequestHandle, Schema};
 use rustix::event::{PollFd, PollFlags};
 use rustyline::completion::Completer;
 use rustyline::error::ReadlineError;
@@ -101,7 +101,7 @@ one object per line unless -p; events print as they arrive (on a terminal with
 the time of day first). On a terminal the shell has line editing, history
 (~/.qmp-shell-rs_history) and Tab completion of command names, argument names
 (dotted keys too) and enum values; Ctrl-C clears the line, or cancels the
-COMMAND that runs (a JSON line cannot be cancelled: Ctrl-C then leaves); Ctrl-D
+command or JSON line that runs (its reply, if it comes, is ignored); Ctrl-D
 leaves. Otherwise it reads standard input to its end; a line that fails (bad
 input, arguments that do not fit, an error reply) is reported on standard error
 as `line N: ...` and the next one runs.
@@ -1126,6 +1126,69 @@ impl Shell {
         Ok(cancelled)
     }
 
+    /// Waits for the reply to a JSON line of the user's (printing what arrives meanwhile),
+    /// within the command timeout; `None` if Ctrl-C cancelled the wait first (at a terminal).
+    fn wait_for_request(
+        &mut self,
+        request: &RequestHandle,
+    ) -> Result<Option<Result<Value, Error>>, Stop> {
+        let socket = match self.client.stream().as_fd().try_clone_to_owned() {
+            Ok(socket) => socket,
+            Err(e) => return Ok(Some(Err(Error::Io(e)))),
+        };
+        let deadline = self
+            .client
+            .options()
+            .command_timeout
+            .map(|t| Instant::now() + t);
+        if self.interactive {
+            self.cancel.arm();
+        }
+        let outcome = loop {
+            let text = self.take_output();
+            if let Err(stop) = self.print(&text) {
+                self.cancel.disarm();
+                return Err(stop);
+            }
+            // What was read already (with an event, say) may hold the reply.
+            match self.client.wait_request(request, Some(Duration::ZERO)) {
+                Ok(Some(reply)) => break Some(Ok(reply)),
+                Ok(None) => {}
+                Err(e) => break Some(Err(e)),
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|left| left.is_zero()) {
+                break Some(Err(Error::Timeout(qmp_std::qmp_proto::Expired::Command)));
+            }
+            let mut fds = [
+                PollFd::new(&socket, PollFlags::IN),
+                PollFd::new(&self.cancel.woken, PollFlags::IN),
+            ];
+            let timeout = left.map(|left| {
+                rustix::event::Timespec::try_from(left).unwrap_or(rustix::event::Timespec {
+                    tv_sec: i64::MAX,
+                    tv_nsec: 0,
+                })
+            });
+            match rustix::event::poll(&mut fds, timeout.as_ref()) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => break Some(Err(Error::Io(e.into()))),
+            }
+            if fds[1].revents().contains(PollFlags::IN) {
+                break None;
+            }
+            if !fds[0].revents().is_empty() {
+                match self.client.wait_request(request, Some(AFTER_READABLE)) {
+                    Ok(Some(reply)) => break Some(Ok(reply)),
+                    Ok(None) => {}
+                    Err(e) => break Some(Err(e)),
+                }
+            }
+        };
+        self.cancel.disarm();
+        Ok(outcome)
+    }
+
     /// `COMMAND KEY=VALUE ...`: prints the reply.
     fn run(&mut self, name: &str, arguments: Map<String, Value>) -> Result<(), Stop> {
         let arguments = if arguments.is_empty() {
@@ -1170,7 +1233,16 @@ impl Shell {
         self.print_events()?;
         self.show_reply = true;
         self.own_id = false;
-        let result = self.client.request(&message);
+        let request = match self.client.send_request(&message) {
+            Ok(request) => request,
+            Err(e) => return self.failed(&e),
+        };
+        let Some(result) = self.wait_for_request(&request)? else {
+            self.awaiting = None;
+            self.print_events()?;
+            warn("cancelled (its reply, if it comes, is ignored)");
+            return Ok(());
+        };
         self.print_events()?;
         match result {
             Ok(reply) => {
