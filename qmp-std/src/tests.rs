@@ -564,7 +564,11 @@ fn a_request_waited_for_in_steps_can_be_given_up() {
         .request(&json!({"execute": "query-name", "id": "next"}))
         .unwrap();
     assert_eq!(reply, json!({"return": {}, "id": "next"}));
-    assert!(client.dropped_messages() >= 1, "{}", client.dropped_messages());
+    assert!(
+        client.dropped_messages() >= 1,
+        "{}",
+        client.dropped_messages()
+    );
     server.join().unwrap();
 }
 
