@@ -154,6 +154,57 @@ macro_rules! client {
                 }
             }
 
+            /// A client for QEMU's guest agent (`qemu-ga`) over `link` (feature `agent`): no
+            /// greeting and no negotiation; [`sync`](Self::sync) before the first command.
+            /// `sync_id` must be random and fresh for each connection (it tells this
+            /// client's sync reply from a previous client's); the rules are the core's
+            /// (`qmp_proto::Driver::new_agent`). Commands that send no reply when they
+            /// succeed (`guest-shutdown`, `guest-suspend-*`) end in
+            /// [`Error::Timeout`](crate::Error::Timeout) here.
+            #[cfg(feature = "agent")]
+            pub fn new_agent(link: L, clock: C, config: $crate::Config, sync_id: u64) -> Self {
+                let now = clock.now();
+                Self {
+                    link,
+                    clock,
+                    driver: qmp_proto::Driver::new_agent(
+                        [0; RX],
+                        [0; TX],
+                        qmp_proto::EventBuffer::new(),
+                        config.driver_config(),
+                        sync_id,
+                        now,
+                    ),
+                    config,
+                    pending: None,
+                    gone: false,
+                    unflushed: false,
+                }
+            }
+
+            /// Synchronises with the guest agent (feature `agent`): sends 0xFF and
+            /// `guest-sync-delimited` with the next sync id (unless that sync is already on
+            /// its way, as after [`new_agent`](Self::new_agent) or a command that timed
+            /// out), and drops every reply until the agent's answer to it, within the
+            /// timeout ([`Expired::Sync`](qmp_proto::Expired::Sync)).
+            #[cfg(feature = "agent")]
+            pub $($async)? fn sync(&mut self) -> Result<(), $crate::Error<L::Error>> {
+                self.abandon_pending();
+                let now = self.clock.now();
+                if self.driver.agent_pending_sync().is_none() {
+                    self.driver.resync(now);
+                }
+                let deadline = self.deadline();
+                loop {
+                    let done = self
+                        .run(qmp_proto::Wait::Handshake, deadline, qmp_proto::Expired::Sync)
+                        $($await)* ?;
+                    if done == qmp_proto::Done::Ready {
+                        return Ok(());
+                    }
+                }
+            }
+
             /// Where the session is: awaiting the greeting, negotiating, ready, or closed.
             pub fn state(&self) -> qmp_proto::State {
                 self.driver.state()

@@ -25,6 +25,9 @@
 //!   peer (QMP error class and description, malformed, too large), timeouts (which wait ran
 //!   out) and lost events.
 //! - **Time** comes from the caller's [`Clock`] (any `Fn() -> Instant`).
+//! - **The guest agent** (feature `agent`): `Client::new_agent` and `Client::sync` speak
+//!   `qemu-ga`'s dialect over the same link (no greeting; the sync with a random id; the 0xFF
+//!   sentinel), the rules being the core's. Off by default: QMP-only firmware links none of it.
 //! - **No TLS**: these clients speak plain QMP over the link they are given, for a serial
 //!   line or a socket on the same host. TLS monitors (QEMU's `tls-creds-x509`) are for
 //!   `qmp-std` with its `tls` feature.

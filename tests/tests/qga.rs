@@ -367,6 +367,52 @@ fn the_tokio_agent_on_a_serial_line() {
     drop(real);
 }
 
+/// qmp-embedded's blocking client speaks the agent dialect too (feature `agent`), over the
+/// harness's socket link: the sync, typed and raw commands (borrowed strings, no heap), a
+/// command the agent refuses, and a second sync on the same connection.
+#[test]
+fn the_embedded_client_speaks_to_the_agent() {
+    use qmp_e2e::embedded::{HostClock, SocketLink};
+
+    #[derive(serde::Deserialize)]
+    struct HostName<'a> {
+        #[serde(rename = "host-name", borrow)]
+        host_name: &'a str,
+    }
+
+    let real = QemuGa::unix("embedded");
+    let stream = UnixStream::connect(real.path()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let config = qmp_embedded::Config::new().timeout(Some(Duration::from_secs(10)));
+    let mut agent: qmp_embedded::Client<SocketLink, HostClock, 4096, 512, 256, 2> =
+        qmp_embedded::Client::new_agent(
+            SocketLink(stream),
+            HostClock::new(),
+            config,
+            qmp_std::agent::random_sync_id(),
+        );
+    agent.sync().unwrap();
+    agent.execute_raw("guest-ping", &()).unwrap();
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let host: HostName<'_> = agent.execute("guest-get-host-name", &()).unwrap();
+    assert_eq!(host.host_name, hostname.trim());
+    let echoed: u64 = agent.execute("guest-sync", &json!({"id": 4242})).unwrap();
+    assert_eq!(echoed, 4242);
+    match agent.execute_raw("guest-set-time", &json!({"time": 0})) {
+        Err(qmp_embedded::Error::Qmp(e)) => {
+            assert!(e.desc().contains("disabled"), "{e:?}")
+        }
+        Err(e) => panic!("{e:?}"),
+        Ok(v) => panic!("the blocked guest-set-time returned {}", v.as_json()),
+    }
+    // Once more, on the same connection: the next sync id, and commands go on.
+    agent.sync().unwrap();
+    agent.execute_raw("guest-ping", &()).unwrap();
+    drop(real);
+}
+
 /// A fake agent on one end of a socket pair: answers the sync, records the commands, and
 /// answers `guest-shutdown` with `shutdown_answer` (nothing: what the real agent does when
 /// it succeeds). Returns the commands it got.
