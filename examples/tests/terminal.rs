@@ -171,6 +171,32 @@ fn ctrl_c_clears_the_line_and_events_show_the_time() {
 }
 
 #[test]
+fn events_print_while_the_shell_waits_at_the_prompt() {
+    // A second monitor on the same QEMU stops and resumes the VM while the shell sits at its
+    // prompt: both events print at once, with the time, and the prompt stays usable.
+    let dir = TempDir::new("terminal-second-monitor");
+    let second = dir.path().join("second.sock");
+    let qemu = Qemu::builder(Monitor::Unix)
+        .args([
+            "-qmp".to_owned(),
+            format!("unix:{},server=on,wait=off", second.display()),
+        ])
+        .start()
+        .expect("start QEMU");
+    let mut term = Terminal::start(&[&address_arg(&qemu)]);
+    term.expect("(QEMU) ");
+    let mut other = qmp_std::Client::connect_unix(&second).expect("the second monitor");
+    other.execute(&qmp_std::commands::Stop).unwrap();
+    let shown = term.expect(r#""event": "STOP"}"#);
+    assert!(shown.contains(" UTC] {"), "{shown}");
+    other.execute(&qmp_std::commands::Cont).unwrap();
+    term.expect(r#""event": "RESUME"}"#);
+    term.type_text("query-status\r");
+    term.expect(r#"{"return": {"status": "running", "singlestep": false, "running": true}}"#);
+    assert_eq!(term.leave(), Some(0));
+}
+
+#[test]
 fn ctrl_c_cancels_a_command_that_hangs() {
     let qemu = Qemu::start(Monitor::Unix).expect("start QEMU");
     let pid = Pid::from_raw(qemu.pid() as i32).expect("QEMU's pid");
