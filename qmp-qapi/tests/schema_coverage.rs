@@ -3,7 +3,8 @@
 //! exact shape the schema describes and round-trips it through the generated Rust type
 //! (`qmp_qapi`): decoding must succeed and encoding must give back the same JSON. That
 //! checks every member's name, its optionality (once with every optional member, once with
-//! only the required ones) and its JSON type, in every union branch and alternate member; an
+//! only the required ones, and that leaving out any one required member fails to decode)
+//! and its JSON type, in every union branch and alternate member; an
 //! enum's every value must decode as a known variant. A failure names the command or event,
 //! which example, and the JSON path that differs.
 //!
@@ -218,6 +219,22 @@ fn check_type(
                 Ok(back) => {
                     if let Some(d) = diff(&example, &back, "$") {
                         failures.push(format!("{what} ({label}, choice {k}): {d}"));
+                    }
+                }
+            }
+            // Without any one of its required members, the object must not decode: a
+            // member the schema requires is not an `Option` in Rust.
+            if !full
+                && schema.entity(ty)["meta-type"] == "object"
+                && let Value::Object(members) = &example
+            {
+                for name in members.keys() {
+                    let mut without = members.clone();
+                    without.remove(name);
+                    if check(Value::Object(without)).is_ok() {
+                        failures.push(format!(
+                            "{what} (choice {k}): decodes without its required member {name:?}"
+                        ));
                     }
                 }
             }
