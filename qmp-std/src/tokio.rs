@@ -910,6 +910,17 @@ impl Client {
         self.inner().close();
     }
 
+    /// Guest agent dialect: queues a new sync (0xFF, then `guest-sync-delimited` with the
+    /// next id) ahead of any command sent after it, and starts writing it. Replies before
+    /// the sync's own are dropped by the driver.
+    pub(crate) fn queue_resync(&self) {
+        let inner = self.inner();
+        let mut st = inner.lock();
+        let now = inner.now();
+        st.hub.driver.resync(now);
+        inner.run(&mut st, None, now);
+    }
+
     /// A new subscriber to the events (see [`EventStream`]): every event from now on (the
     /// first subscriber also gets those received since the connection was made).
     pub fn subscribe(&self) -> EventStream {

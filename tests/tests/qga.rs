@@ -363,6 +363,12 @@ fn the_tokio_agent_on_a_serial_line() {
             task.await.unwrap();
         }
         assert_eq!(agent.execute(&GuestSync { id: 41 }).await.unwrap(), 41);
+        // A sync on demand: the agent answers our 0xFF with an id-less parse error, which is
+        // dropped, then the sync; commands go on.
+        let before = agent.dropped_messages();
+        agent.resync().await.unwrap();
+        assert!(agent.dropped_messages() > before, "{before}");
+        agent.execute(&GuestPing).await.unwrap();
     });
     drop(real);
 }

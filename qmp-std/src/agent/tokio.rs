@@ -107,6 +107,18 @@ impl Agent {
         self.client.call(request).await
     }
 
+    /// Syncs again, as the blocking agent's `resync` does: 0xFF and `guest-sync-delimited`
+    /// with the next id (every reply before its answer is dropped), then a `guest-sync` of a
+    /// fresh value of its own, which is answered only after the sync: when it returns, the
+    /// agent and this client are in step. Within the command timeout.
+    pub async fn resync(&self) -> Result<()> {
+        self.client.queue_resync();
+        let value = random_sync_id() & (i64::MAX as u64);
+        self.execute(&crate::agent_commands::GuestSync { id: value })
+            .await
+            .map(drop)
+    }
+
     /// Replies dropped so far (stale ones, parse errors our 0xFF caused, late ones).
     pub fn dropped_messages(&self) -> u64 {
         self.client.dropped_messages()
