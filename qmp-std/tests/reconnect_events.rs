@@ -3,10 +3,13 @@
 //! reported even when a subscriber's queue is full: right after the loss it fell in.
 //!
 //! Against the fake QEMU: events are sent, the connection is cut, the client connects again;
-//! once it is up again, everything (the events and the gap) is in each subscriber's queue
-//! before the test reads it, so what it reads does not depend on timing.
+//! once its reconnect hook has run and it is up again, everything (the events and the gap) is
+//! in each subscriber's queue before the test reads it, so what it reads does not depend on
+//! timing.
 #![cfg(feature = "tokio")]
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use qmp_std::fake::FakeQemu;
@@ -62,6 +65,8 @@ fn the_tokio_reconnecting_client_drops_the_newest_and_keeps_the_reconnection() {
         .build()
         .unwrap();
     let connect_path = path.clone();
+    let hooked = Arc::new(AtomicU64::new(0));
+    let hook_count = Arc::clone(&hooked);
     let qmp = runtime
         .block_on(
             qmp_std::reconnect::tokio::Reconnecting::builder(move || {
@@ -69,6 +74,13 @@ fn the_tokio_reconnecting_client_drops_the_newest_and_keeps_the_reconnection() {
             })
             .policy(policy())
             .event_capacity(2)
+            .on_reconnect(move |_| {
+                let hooked = Arc::clone(&hook_count);
+                async move {
+                    hooked.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            })
             .start(),
         )
         .unwrap();
@@ -78,9 +90,11 @@ fn the_tokio_reconnecting_client_drops_the_newest_and_keeps_the_reconnection() {
         assert!(fake.event(name, None));
     }
     fake.cut();
-    // Down, then up again: the gap is queued before the new connection is used.
-    wait_until("the cut", || !qmp.is_connected());
-    wait_until("the reconnection", || qmp.is_connected());
+    // Up again on a new connection (its hook ran, and the gap is queued before the new
+    // connection is in use): not timing, so a down time too short to see cannot be missed.
+    wait_until("the reconnection", || {
+        hooked.load(Ordering::SeqCst) == 1 && qmp.is_connected()
+    });
     let mut seen = Vec::new();
     runtime.block_on(async {
         for _ in 0..4 {
@@ -103,6 +117,8 @@ fn the_shared_reconnecting_client_drops_the_newest_and_keeps_the_reconnection() 
     let path = socket("shared");
     let fake = FakeQemu::builder().listen_unix(&path).unwrap();
     let connect_path = path.clone();
+    let hooked = Arc::new(AtomicU64::new(0));
+    let hook_count = Arc::clone(&hooked);
     let qmp = SharedReconnecting::new(
         move || {
             // The connection's own queue unbounded: every loss is the subscriber's.
@@ -112,7 +128,10 @@ fn the_shared_reconnecting_client_drops_the_newest_and_keeps_the_reconnection() 
                 .into_shared()
         },
         policy(),
-        None,
+        Some(Box::new(move |_| {
+            hook_count.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })),
     )
     .unwrap();
     let events = qmp.subscribe();
@@ -122,8 +141,9 @@ fn the_shared_reconnecting_client_drops_the_newest_and_keeps_the_reconnection() 
         assert!(fake.event(&format!("E{i}"), None));
     }
     fake.cut();
-    wait_until("the cut", || !qmp.is_connected());
-    wait_until("the reconnection", || qmp.is_connected());
+    wait_until("the reconnection", || {
+        hooked.load(Ordering::SeqCst) == 1 && qmp.is_connected()
+    });
     for i in 0..capacity {
         assert_eq!(show(events.next_event(TIMEOUT)), format!("E{i}"));
     }
