@@ -120,6 +120,10 @@ macro_rules! client {
             gone: bool,
             /// Bytes were written since the last flush.
             unflushed: bool,
+            /// The agent's pending sync was waited for already (and its reply did not come):
+            /// the next [`sync`](Self::sync) sends a new one.
+            #[cfg(feature = "agent")]
+            sync_waited: bool,
         }
 
         impl<L, C, const RX: usize, const TX: usize, const EV: usize, const N: usize>
@@ -137,20 +141,32 @@ macro_rules! client {
             /// A client over `link`, reading the time from `clock`, with `config`.
             pub fn with_config(link: L, clock: C, config: $crate::Config) -> Self {
                 let now = clock.now();
+                let driver = qmp_proto::Driver::new(
+                    [0; RX],
+                    [0; TX],
+                    qmp_proto::EventBuffer::new(),
+                    config.driver_config(),
+                    now,
+                );
+                Self::with_driver(link, clock, config, driver)
+            }
+
+            fn with_driver(
+                link: L,
+                clock: C,
+                config: $crate::Config,
+                driver: qmp_proto::Driver<[u8; RX], [u8; TX], qmp_proto::EventBuffer<EV>, N>,
+            ) -> Self {
                 Self {
                     link,
                     clock,
-                    driver: qmp_proto::Driver::new(
-                        [0; RX],
-                        [0; TX],
-                        qmp_proto::EventBuffer::new(),
-                        config.driver_config(),
-                        now,
-                    ),
+                    driver,
                     config,
                     pending: None,
                     gone: false,
                     unflushed: false,
+                    #[cfg(feature = "agent")]
+                    sync_waited: false,
                 }
             }
 
@@ -164,42 +180,41 @@ macro_rules! client {
             #[cfg(feature = "agent")]
             pub fn new_agent(link: L, clock: C, config: $crate::Config, sync_id: u64) -> Self {
                 let now = clock.now();
-                Self {
-                    link,
-                    clock,
-                    driver: qmp_proto::Driver::new_agent(
-                        [0; RX],
-                        [0; TX],
-                        qmp_proto::EventBuffer::new(),
-                        config.driver_config(),
-                        sync_id,
-                        now,
-                    ),
-                    config,
-                    pending: None,
-                    gone: false,
-                    unflushed: false,
-                }
+                let driver = qmp_proto::Driver::new_agent(
+                    [0; RX],
+                    [0; TX],
+                    qmp_proto::EventBuffer::new(),
+                    config.driver_config(),
+                    sync_id,
+                    now,
+                );
+                Self::with_driver(link, clock, config, driver)
             }
 
             /// Synchronises with the guest agent (feature `agent`): sends 0xFF and
             /// `guest-sync-delimited` with the next sync id (unless that sync is already on
             /// its way, as after [`new_agent`](Self::new_agent) or a command that timed
             /// out), and drops every reply until the agent's answer to it, within the
-            /// timeout ([`Expired::Sync`](qmp_proto::Expired::Sync)).
+            /// timeout ([`Expired::Sync`](qmp_proto::Expired::Sync)). After a sync that timed
+            /// out, the next call sends a new one.
             #[cfg(feature = "agent")]
             pub $($async)? fn sync(&mut self) -> Result<(), $crate::Error<L::Error>> {
                 self.abandon_pending();
                 let now = self.clock.now();
-                if self.driver.agent_pending_sync().is_none() {
+                // The sync queued by `new_agent` (or after a timeout) is waited for once; one
+                // whose reply did not come by then is given up for a new one (a serial line's
+                // agent may have flushed it away at its start).
+                if self.driver.agent_pending_sync().is_none() || self.sync_waited {
                     self.driver.resync(now);
                 }
+                self.sync_waited = true;
                 let deadline = self.deadline();
                 loop {
                     let done = self
                         .run(qmp_proto::Wait::Handshake, deadline, qmp_proto::Expired::Sync)
                         $($await)* ?;
                     if done == qmp_proto::Done::Ready {
+                        self.sync_waited = false;
                         return Ok(());
                     }
                 }

@@ -431,7 +431,6 @@ fn parse_value(json: &str) -> Value {
     serde_json::from_str(json).unwrap_or_else(|_| Value::String(json.to_owned()))
 }
 
-/// Whether a reply's id is the one a raw request used (compared as JSON values).
 /// A whole message of your own, sent with [`Client::send_request`]: its reply is the one
 /// whose `id` equals the message's (or the one without an id, for a message without one).
 #[derive(Debug, Clone)]
@@ -439,6 +438,7 @@ pub struct RequestHandle {
     id: Option<Value>,
 }
 
+/// Whether a reply's id is the one a raw request used (compared as JSON values).
 fn id_matches(got: Option<RawJson<'_>>, want: Option<&Value>) -> bool {
     match (got, want) {
         (None, None) => true,
@@ -604,7 +604,9 @@ impl<S: Stream> Client<S> {
     /// [`request`](Self::request) in two steps, so that the wait can be given up: writes
     /// the message now, and returns what to wait for with
     /// [`wait_request`](Self::wait_request). Giving up is dropping the [`RequestHandle`]:
-    /// the reply, if it comes, is dropped like any reply nobody waits for.
+    /// the reply, if it comes, is dropped like any reply nobody waits for. Give up only on a
+    /// message with an `id`: a late reply without one cannot be told from the reply to the
+    /// next message (or command) sent without an id.
     pub fn send_request(&mut self, message: &Value) -> Result<RequestHandle> {
         if !message.is_object() {
             return Err(Error::Encode(EncodeError::ArgumentsNotObject));

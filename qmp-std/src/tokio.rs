@@ -237,6 +237,8 @@ impl ClientBuilder {
     }
 
     /// Does the handshake over a serial device already open ([`crate::serial::Serial`]).
+    /// The device is switched to non-blocking mode, which holds for every descriptor of the
+    /// same open device (a `try_clone` of it too), and stays so.
     pub async fn handshake_serial(self, serial: crate::serial::Serial) -> Result<Client> {
         self.handshake_serial_as(serial, None).await
     }
@@ -959,10 +961,9 @@ impl Client {
         let check = &self.inner().arguments;
         if check.needs_schema(request.name) {
             let fetch = Request::new(false, crate::check::SCHEMA_COMMAND, &(), None, &[]);
+            // Traced as a span of its own (its id), without a closing event.
             let mut trace = crate::trace::CommandTrace::start(crate::check::SCHEMA_COMMAND);
-            let schema = self.answer(fetch, &mut trace).await;
-            trace.finish(&schema);
-            check.load(&schema?)?;
+            check.load(&self.answer(fetch, &mut trace).await?)?;
         }
         check.check(request.name, request.arguments)?;
         let mut trace = crate::trace::CommandTrace::start(request.name);

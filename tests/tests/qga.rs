@@ -419,12 +419,53 @@ fn the_embedded_client_speaks_to_the_agent() {
     drop(real);
 }
 
+/// qmp-embedded's agent client after a sync that got no answer: the next `sync` sends a new
+/// one (and the late reply to the first, were it to come, would be dropped), then commands run.
+#[test]
+fn the_embedded_agent_client_syncs_again_after_a_lost_sync() {
+    use qmp_e2e::embedded::{HostClock, SocketLink};
+
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let fake = fake_agent_dropping(theirs, None, 1);
+    ours.set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let config = qmp_embedded::Config::new().timeout(Some(Duration::from_millis(300)));
+    let mut agent: qmp_embedded::Client<SocketLink, HostClock, 1024, 256, 64, 2> =
+        qmp_embedded::Client::new_agent(SocketLink(ours), HostClock::new(), config, 12_345);
+    match agent.sync() {
+        Err(qmp_embedded::Error::Timeout(Expired::Sync)) => {}
+        other => panic!("the first sync is lost, yet: {other:?}"),
+    }
+    agent.sync().unwrap();
+    agent.execute_raw("guest-ping", &()).unwrap();
+    drop(agent);
+    let got = fake.join().unwrap();
+    let syncs: Vec<_> = got
+        .iter()
+        .filter(|c| c["execute"] == "guest-sync-delimited")
+        .map(|c| c["arguments"]["id"].clone())
+        .collect();
+    assert_eq!(syncs.len(), 2, "{got:?}");
+    assert_ne!(syncs[0], syncs[1]);
+    assert_eq!(got.last().unwrap()["execute"], "guest-ping");
+}
+
 /// A fake agent on one end of a socket pair: answers the sync, records the commands, and
 /// answers `guest-shutdown` with `shutdown_answer` (nothing: what the real agent does when
 /// it succeeds). Returns the commands it got.
 fn fake_agent(
+    peer: UnixStream,
+    shutdown_answer: Option<&'static str>,
+) -> std::thread::JoinHandle<Vec<qmp_std::serde_json::Value>> {
+    fake_agent_dropping(peer, shutdown_answer, 0)
+}
+
+/// [`fake_agent`], leaving the first `lost_syncs` syncs unanswered (as an agent on a serial
+/// line does with what came before it set the line up).
+fn fake_agent_dropping(
     mut peer: UnixStream,
     shutdown_answer: Option<&'static str>,
+    mut lost_syncs: usize,
 ) -> std::thread::JoinHandle<Vec<qmp_std::serde_json::Value>> {
     std::thread::spawn(move || {
         let mut got = Vec::new();
@@ -454,6 +495,10 @@ fn fake_agent(
                 pending.clear();
                 let id = command.get("id").cloned();
                 let reply = match command["execute"].as_str().unwrap() {
+                    "guest-sync-delimited" if lost_syncs > 0 => {
+                        lost_syncs -= 1;
+                        Vec::new()
+                    }
                     "guest-sync-delimited" => {
                         let mut r = vec![0xFF];
                         r.extend_from_slice(

@@ -101,8 +101,9 @@ one object per line unless -p; events print as they arrive (on a terminal with
 the time of day first). On a terminal the shell has line editing, history
 (~/.qmp-shell-rs_history) and Tab completion of command names, argument names
 (dotted keys too) and enum values; Ctrl-C clears the line, or cancels the
-command or JSON line that runs (its reply, if it comes, is ignored); Ctrl-D
-leaves. Otherwise it reads standard input to its end; a line that fails (bad
+COMMAND, or the JSON line with an id, that runs (its reply, if it comes, is
+ignored; a JSON line without an id cannot be cancelled, since its late reply
+could be taken for the next: Ctrl-C then leaves); Ctrl-D leaves. Otherwise it reads standard input to its end; a line that fails (bad
 input, arguments that do not fit, an error reply) is reported on standard error
 as `line N: ...` and the next one runs.
 
@@ -1127,10 +1128,12 @@ impl Shell {
     }
 
     /// Waits for the reply to a JSON line of the user's (printing what arrives meanwhile),
-    /// within the command timeout; `None` if Ctrl-C cancelled the wait first (at a terminal).
+    /// within the command timeout; `None` if Ctrl-C cancelled the wait first (at a terminal,
+    /// when `cancellable`).
     fn wait_for_request(
         &mut self,
         request: &RequestHandle,
+        cancellable: bool,
     ) -> Result<Option<Result<Value, Error>>, Stop> {
         let socket = match self.client.stream().as_fd().try_clone_to_owned() {
             Ok(socket) => socket,
@@ -1141,7 +1144,7 @@ impl Shell {
             .options()
             .command_timeout
             .map(|t| Instant::now() + t);
-        if self.interactive {
+        if self.interactive && cancellable {
             self.cancel.arm();
         }
         let outcome = loop {
@@ -1237,7 +1240,10 @@ impl Shell {
             Ok(request) => request,
             Err(e) => return self.failed(&e),
         };
-        let Some(result) = self.wait_for_request(&request)? else {
+        // Only a line with an id can be given up: a late reply without one could be taken for
+        // the next command's.
+        let cancellable = message.get("id").is_some();
+        let Some(result) = self.wait_for_request(&request, cancellable)? else {
             self.awaiting = None;
             self.print_events()?;
             warn("cancelled (its reply, if it comes, is ignored)");

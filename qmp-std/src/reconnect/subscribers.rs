@@ -199,15 +199,26 @@ impl Subscriber<std::sync::Condvar> {
 /// Every live subscriber of one reconnecting client.
 #[derive(Debug)]
 pub(crate) struct Subscribers<R: Ready> {
-    list: Mutex<Vec<Weak<Subscriber<R>>>>,
+    list: Mutex<List<R>>,
     capacity: usize,
+}
+
+/// The subscribers, and whether the client has ended (a subscriber made after that starts
+/// ended).
+#[derive(Debug)]
+struct List<R: Ready> {
+    live: Vec<Weak<Subscriber<R>>>,
+    ended: bool,
 }
 
 impl<R: Ready> Subscribers<R> {
     /// No subscribers yet; each new one holds up to `capacity` unread events.
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            list: Mutex::new(Vec::new()),
+            list: Mutex::new(List {
+                live: Vec::new(),
+                ended: false,
+            }),
             capacity,
         }
     }
@@ -215,17 +226,25 @@ impl<R: Ready> Subscribers<R> {
     /// A new subscriber, from now on.
     pub(crate) fn subscribe(&self) -> Arc<Subscriber<R>> {
         let subscriber = Arc::new(Subscriber::new(self.capacity));
-        self.lock().push(Arc::downgrade(&subscriber));
+        let mut list = self.lock();
+        if list.ended {
+            subscriber.update(|st| st.ended = true);
+        }
+        list.live.push(Arc::downgrade(&subscriber));
         subscriber
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<Weak<Subscriber<R>>>> {
+    fn lock(&self) -> MutexGuard<'_, List<R>> {
         self.list.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Applies `change` to every live subscriber (and forgets the dropped ones).
     fn each(&self, change: impl Fn(&mut State<R::Slot>)) {
-        self.lock().retain(|subscriber| match subscriber.upgrade() {
+        Self::apply(&mut self.lock(), change);
+    }
+
+    fn apply(list: &mut List<R>, change: impl Fn(&mut State<R::Slot>)) {
+        list.live.retain(|subscriber| match subscriber.upgrade() {
             Some(subscriber) => {
                 subscriber.update(&change);
                 true
@@ -258,14 +277,25 @@ impl<R: Ready> Subscribers<R> {
                     None => gap,
                 });
             } else {
-                st.queue.store_mut().items.push_back(Item::Gap(gap));
+                let items = &mut st.queue.store_mut().items;
+                // Gaps one after another (nobody read between reconnections) are one gap.
+                match items.back_mut() {
+                    Some(Item::Gap(last)) => {
+                        last.downtime += gap.downtime;
+                        last.attempts = last.attempts.saturating_add(gap.attempts);
+                    }
+                    _ => items.push_back(Item::Gap(gap)),
+                }
             }
         });
     }
 
     /// The client gave up or was dropped: readers get the end once the queue is empty.
     pub(crate) fn end(&self) {
-        self.each(|st| st.ended = true);
+        // Under the list's lock throughout: a subscriber made meanwhile is ended either way.
+        let mut list = self.lock();
+        list.ended = true;
+        Self::apply(&mut list, |st| st.ended = true);
     }
 }
 
@@ -375,7 +405,7 @@ mod tests {
         assert_eq!(drain(&second), ["B"]);
         drop(second);
         subs.event(&event("C"));
-        assert_eq!(subs.lock().len(), 1);
+        assert_eq!(subs.lock().live.len(), 1);
         assert_eq!(drain(&first), ["C"]);
     }
 
@@ -395,5 +425,19 @@ mod tests {
         assert!(matches!(sub.wait(Duration::from_secs(5)), Read::Ended));
         ender.join().unwrap();
         assert!(matches!(sub.wait(Duration::ZERO), Read::Ended));
+        // One made after the end is ended too.
+        assert!(matches!(subs.subscribe().wait(Duration::ZERO), Read::Ended));
+    }
+
+    #[test]
+    fn reconnections_nobody_read_between_are_one_gap() {
+        let subs = Subscribers::<Condvar>::new(4);
+        let sub = subs.subscribe();
+        subs.event(&event("A"));
+        subs.gap(gap(20));
+        subs.gap(gap(30));
+        subs.event(&event("B"));
+        subs.gap(gap(5));
+        assert_eq!(drain(&sub), ["A", "gap 50", "B", "gap 5"]);
     }
 }
