@@ -103,8 +103,9 @@ the time of day first). On a terminal the shell has line editing, history
 (dotted keys too) and enum values; Ctrl-C clears the line, or cancels the
 COMMAND, or the JSON line with an id, that runs (its reply, if it comes, is
 ignored; a JSON line without an id cannot be cancelled, since its late reply
-could be taken for the next: Ctrl-C then leaves); Ctrl-D leaves. Otherwise it reads standard input to its end; a line that fails (bad
-input, arguments that do not fit, an error reply) is reported on standard error
+could be taken for the next: Ctrl-C then leaves); Ctrl-D leaves. Otherwise
+it reads standard input to its end; a line that fails (bad input, arguments
+that do not fit, an error reply) is reported on standard error
 as `line N: ...` and the next one runs.
 
 Exit status: 0 at the end of input or once `quit` is answered; 1 if a line
