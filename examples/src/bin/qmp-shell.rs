@@ -436,6 +436,41 @@ impl Cancel {
     fn disarm(&self) {
         self.armed.store(false, Ordering::SeqCst);
     }
+
+    /// Waits up to `timeout` (`None`: as long as it takes) for `socket` to have something,
+    /// or for a Ctrl-C that cancels; an interrupted wait wakes with neither.
+    fn poll_with(
+        &self,
+        socket: &OwnedFd,
+        timeout: Option<Duration>,
+    ) -> Result<Woken, rustix::io::Errno> {
+        let mut fds = [
+            PollFd::new(socket, PollFlags::IN),
+            PollFd::new(&self.woken, PollFlags::IN),
+        ];
+        let timeout = timeout.map(|t| {
+            rustix::event::Timespec::try_from(t).unwrap_or(rustix::event::Timespec {
+                tv_sec: i64::MAX,
+                tv_nsec: 0,
+            })
+        });
+        match rustix::event::poll(&mut fds, timeout.as_ref()) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(Woken {
+            readable: !fds[0].revents().is_empty(),
+            cancelled: fds[1].revents().contains(PollFlags::IN),
+        })
+    }
+}
+
+/// What [`Cancel::poll_with`] woke for.
+struct Woken {
+    /// The socket has something (or is at its end).
+    readable: bool,
+    /// Ctrl-C cancelled the wait.
+    cancelled: bool,
 }
 
 // ---- the socket -----------------------------------------------------------------------------
@@ -1105,18 +1140,13 @@ impl Shell {
             if self.replied || self.client.is_closed() {
                 break false;
             }
-            let mut fds = [
-                PollFd::new(&socket, PollFlags::IN),
-                PollFd::new(&self.cancel.woken, PollFlags::IN),
-            ];
-            match rustix::event::poll(&mut fds, None) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(_) => break false,
-            }
-            if fds[1].revents().contains(PollFlags::IN) {
+            let Ok(woken) = self.cancel.poll_with(&socket, None) else {
+                break false;
+            };
+            if woken.cancelled {
                 break true;
             }
-            if !fds[0].revents().is_empty() {
+            if woken.readable {
                 match self.client.next_event(AFTER_READABLE) {
                     Ok(_) | Err(Error::Timeout(_) | Error::Lagged { .. }) => {}
                     // The wait for the reply says what happened.
@@ -1164,24 +1194,14 @@ impl Shell {
             if left.is_some_and(|left| left.is_zero()) {
                 break Some(Err(Error::Timeout(qmp_std::qmp_proto::Expired::Command)));
             }
-            let mut fds = [
-                PollFd::new(&socket, PollFlags::IN),
-                PollFd::new(&self.cancel.woken, PollFlags::IN),
-            ];
-            let timeout = left.map(|left| {
-                rustix::event::Timespec::try_from(left).unwrap_or(rustix::event::Timespec {
-                    tv_sec: i64::MAX,
-                    tv_nsec: 0,
-                })
-            });
-            match rustix::event::poll(&mut fds, timeout.as_ref()) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            let woken = match self.cancel.poll_with(&socket, left) {
+                Ok(woken) => woken,
                 Err(e) => break Some(Err(Error::Io(e.into()))),
-            }
-            if fds[1].revents().contains(PollFlags::IN) {
+            };
+            if woken.cancelled {
                 break None;
             }
-            if !fds[0].revents().is_empty() {
+            if woken.readable {
                 match self.client.wait_request(request, Some(AFTER_READABLE)) {
                     Ok(Some(reply)) => break Some(Ok(reply)),
                     Ok(None) => {}
