@@ -28,16 +28,10 @@ fn start(tag: &str) -> Qsd {
     Qsd::start(tag, &[&nodes[0], &nodes[1]])
 }
 
-fn backup(job: &str) -> Value {
-    json!({"job-id": job, "device": "src", "target": "dst", "sync": "full"})
-}
-
-#[test]
-fn the_blocking_client_greeting_differences_and_a_backup_job() {
-    let mut qsd = start("blocking");
-    let mut qmp = Client::connect_unix(qsd.socket()).unwrap();
+/// QSD's greeting is QEMU's: the same version, `oob` offered (and here enabled).
+#[track_caller]
+fn assert_greets_as_qemu(server: &qmp_std::qmp_proto::ServerInfo) {
     let (major, minor, micro) = support::qemu_version_triple();
-    let server = qmp.server();
     assert_eq!(
         (
             server.version.major,
@@ -47,6 +41,17 @@ fn the_blocking_client_greeting_differences_and_a_backup_job() {
         (major, minor, micro)
     );
     assert!(server.oob_offered && server.oob_enabled);
+}
+
+fn backup(job: &str) -> Value {
+    json!({"job-id": job, "device": "src", "target": "dst", "sync": "full"})
+}
+
+#[test]
+fn the_blocking_client_greeting_differences_and_a_backup_job() {
+    let mut qsd = start("blocking");
+    let mut qmp = Client::connect_unix(qsd.socket()).unwrap();
+    assert_greets_as_qemu(qmp.server());
 
     let nodes = qmp.execute(&QueryNamedBlockNodes::default()).unwrap();
     let mut names: Vec<_> = nodes.iter().filter_map(|n| n.node_name.clone()).collect();
@@ -198,17 +203,7 @@ fn the_embedded_client_runs_a_backup_job() {
     let mut qmp: qmp_embedded::Client<SocketLink, HostClock, 8192, 512, 2048, 4> =
         qmp_embedded::Client::new(SocketLink(stream), HostClock::new());
     qmp.set_timeout(Some(Duration::from_secs(10)));
-    let (major, minor, micro) = support::qemu_version_triple();
-    let server = qmp.handshake(true).unwrap();
-    assert_eq!(
-        (
-            server.version.major,
-            server.version.minor,
-            server.version.micro
-        ),
-        (major, minor, micro)
-    );
-    assert!(server.oob_offered && server.oob_enabled);
+    assert_greets_as_qemu(qmp.handshake(true).unwrap());
 
     {
         // Borrowed from the client's receive buffer until the next call.
