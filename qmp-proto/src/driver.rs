@@ -18,8 +18,9 @@ mod outbox;
 mod restart;
 mod steps;
 
+pub use crate::buffer::Buffer;
 pub use agent::AGENT_SENTINEL;
-pub use config::{Buffer, Deadline, DriverConfig, RESYNC, SendOptions, ServerInfo};
+pub use config::{Deadline, DriverConfig, RESYNC, SendOptions, ServerInfo};
 pub use steps::{CloseReason, Done, Expired, Io, LinkError, Wait};
 
 use outbox::Outbox;
@@ -649,15 +650,8 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
     /// follow with [`handle_read`](Self::handle_read).
     pub fn read_buf(&mut self) -> &mut [u8] {
         self.held = Held::None;
-        if self.session.framer().is_full() {
-            let len = self.session.framer().capacity();
-            // An empty (released) buffer grows back to whatever its owner starts with.
-            let _ = self
-                .session
-                .framer_mut()
-                .buffer_mut()
-                .grow_to(len.saturating_mul(2).max(1));
-        }
+        // An empty (released) buffer grows back to whatever its owner starts with.
+        let _ = self.session.framer_mut().grow();
         self.session.read_buf()
     }
 

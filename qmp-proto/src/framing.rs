@@ -29,6 +29,7 @@
 
 use core::fmt;
 
+use crate::buffer::Buffer;
 use crate::scan::{MAX_SUPPORTED_DEPTH, Scanned, Scanner, Spans, is_ws};
 use crate::skim::{Broken, SkimmedId, Skimmer};
 
@@ -326,6 +327,20 @@ pub struct Framer<B> {
     broken: Option<Broken>,
 }
 
+impl<B: Buffer> Framer<B> {
+    /// When an unfinished object fills the buffer ([`Framer::is_full`]), asks the storage to
+    /// grow (to twice its size, or back from empty: see [`Buffer::release`]) before
+    /// [`Framer::read_buf`] would give the object up as oversized; returns whether it grew.
+    /// Growing keeps everything scanned so far: the scan resumes where it stopped.
+    pub fn grow(&mut self) -> bool {
+        if !self.is_full() {
+            return false;
+        }
+        let len = self.capacity().saturating_mul(2).max(1);
+        self.buffer_mut().grow_to(len)
+    }
+}
+
 impl<B: AsRef<[u8]> + AsMut<[u8]>> Framer<B> {
     /// A framer over `buf` with the default depth limit.
     pub fn new(buf: B) -> Self {
@@ -365,7 +380,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Framer<B> {
 
     /// Whether an unfinished object fills the whole buffer (the next [`Framer::read_buf`]
     /// would start skimming it as oversized). An owner that can grow the buffer should do so
-    /// now.
+    /// now ([`Framer::grow`]).
     pub fn is_full(&self) -> bool {
         self.start == 0 && self.end == self.capacity() && self.scan == self.end
     }

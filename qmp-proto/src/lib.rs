@@ -105,6 +105,7 @@
 #[cfg(test)]
 extern crate std;
 
+mod buffer;
 pub mod commands;
 mod driver;
 mod encode;

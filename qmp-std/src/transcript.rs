@@ -49,8 +49,9 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use qmp_proto::{FrameStatus, JsonKind, RawJson, find_frame};
+use qmp_proto::{Framer, JsonKind, RawJson};
 
+use crate::drive::HeapBuffer;
 use crate::shared::SplitStream;
 use crate::stream::{FdStream, Stream};
 
@@ -259,39 +260,44 @@ impl<W: Write> Tap for TranscriptWriter<W> {
     }
 }
 
-/// Cuts a byte stream into whole top-level JSON objects (with [`qmp_proto::find_frame`]),
-/// whatever the chunking.
-#[derive(Debug, Default, Clone)]
+/// Cuts a byte stream into whole top-level JSON objects (with a [`qmp_proto::Framer`] on a
+/// heap buffer that grows), whatever the chunking. Each byte is scanned once, however many
+/// reads a long message takes; bytes that are no JSON object (line ends, the client's resync
+/// byte, garbage) are skipped as QEMU skips them.
+#[derive(Debug, Clone)]
 pub(crate) struct Splitter {
-    pending: Vec<u8>,
+    framer: Framer<HeapBuffer>,
 }
+
+impl Default for Splitter {
+    fn default() -> Self {
+        Splitter {
+            framer: Framer::new(HeapBuffer::new(SPLIT_INITIAL, SPLIT_MAX)),
+        }
+    }
+}
+
+/// A splitter's buffer to start with.
+const SPLIT_INITIAL: usize = 4096;
+/// The longest message a splitter keeps whole (a longer one is skipped, unrecorded): the
+/// largest command qmp-proto encodes, above any reply limit a client is given in practice.
+const SPLIT_MAX: usize = 64 << 20;
 
 impl Splitter {
     /// Takes `bytes` and hands every message they complete to `each`.
-    pub(crate) fn push(&mut self, bytes: &[u8], mut each: impl FnMut(&[u8])) {
-        self.pending.extend_from_slice(bytes);
+    pub(crate) fn push(&mut self, mut bytes: &[u8], mut each: impl FnMut(&[u8])) {
         loop {
-            // Whatever comes before a `{` is no message: line ends, the client's resync byte.
-            let start = self
-                .pending
-                .iter()
-                .position(|&b| b == b'{')
-                .unwrap_or(self.pending.len());
-            self.pending.drain(..start);
-            if self.pending.is_empty() {
+            while let Some(frame) = self.framer.next_frame() {
+                if let Ok(frame) = frame {
+                    each(frame.as_bytes());
+                }
+            }
+            if bytes.is_empty() {
                 return;
             }
-            match find_frame(&self.pending) {
-                Ok(FrameStatus::Complete { start, end }) => {
-                    each(&self.pending[start..end]);
-                    self.pending.drain(..end);
-                }
-                Ok(FrameStatus::Partial) => return,
-                // Not JSON: skip the `{` and look for the next one.
-                Err(_) => {
-                    self.pending.drain(..1);
-                }
-            }
+            let _ = self.framer.grow();
+            let n = self.framer.feed(bytes);
+            bytes = &bytes[n..];
         }
     }
 }
@@ -474,6 +480,23 @@ mod tests {
                 "chunks of {size}"
             );
         }
+    }
+
+    #[test]
+    fn a_message_longer_than_the_buffer_is_kept_whole() {
+        // 1 MiB of reply (256 times the splitter's first buffer), fed in reads of 1,000
+        // bytes, between two short messages: the buffer grows and nothing is lost.
+        let big = format!("{{\"return\": \"{}\"}}", "x".repeat(1 << 20));
+        let stream = format!("{{\"a\": 1}}\r\n{big}\r\n{{\"b\": 2}}\r\n");
+        let mut splitter = Splitter::default();
+        let mut seen = Vec::new();
+        for chunk in stream.as_bytes().chunks(1000) {
+            splitter.push(chunk, |m| seen.push(String::from_utf8(m.to_vec()).unwrap()));
+        }
+        assert_eq!(seen.len(), 3);
+        assert_eq!(seen[0], "{\"a\": 1}");
+        assert!(seen[1] == big, "the long message was cut or changed");
+        assert_eq!(seen[2], "{\"b\": 2}");
     }
 
     #[test]
