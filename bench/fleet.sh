@@ -9,8 +9,9 @@
 #
 # SIMULATED=1: no QEMU is started; `qmp-fake-fleet` (qmp-proto's sans-IO server, one
 # process) serves VMS_SIM (10000) monitors, and both clients connect to BASE (100) of them,
-# then to all: ROUNDS_SIM (20) round trips per monitor at VMS_SIM, the same total at BASE;
-# PY_TIMEOUT (900 s) bounds each qemu.qmp run.
+# then to all of them twice: with BASE of them busy at a time, and with all busy at once;
+# ROUNDS_SIM (20) round trips per monitor at VMS_SIM, the same total at BASE; PY_TIMEOUT
+# (900 s) bounds each qemu.qmp run.
 #
 # Environment: VMS (100), ROUNDS (200), CYCLES (3), RUNS (2: each client runs RUNS times,
 # alternating), THREADS (0: qmp-fleet on a current-thread runtime), VENV (where qemu.qmp is
@@ -55,17 +56,21 @@ if [ "${SIMULATED:-0}" = 1 ]; then
         kill -0 $server 2>/dev/null || { echo "qmp-fake-fleet failed" >&2; exit 1; }
         sleep 0.1
     done
-    for n in "$BASE" "$VMS"; do
-        # As many round trips at BASE monitors as at VMS (more per monitor), so that both
-        # timed phases last long enough to measure.
+    # (connected monitors, how many busy at once: 0 = all): BASE connected; all VMS
+    # connected with BASE of them busy at a time (what the number of connections costs);
+    # all VMS busy at once (what as many commands in flight at once cost).
+    for config in "$BASE 0" "$VMS $BASE" "$VMS 0"; do
+        read -r n busy <<<"$config"
+        # As many round trips at BASE monitors as at VMS (more per monitor), so that every
+        # timed phase lasts long enough to measure.
         rounds=$((ROUNDS * VMS / n))
-        args=(--connect "$sim" --vms "$n" --rounds "$rounds" --cycles "$CYCLES" --json)
+        args=(--connect "$sim" --vms "$n" --rounds "$rounds" --cycles "$CYCLES" --busy "$busy" --json)
         for run in $(seq 1 "$RUNS"); do
-            echo "==> $n monitors, run $run/$RUNS: qmp-fleet --raw (no QMP client: the floor)" >&2
+            echo "==> $n monitors (busy at once: ${busy/#0/all}), run $run/$RUNS: qmp-fleet --raw (no QMP client: the floor)" >&2
             "$target/release/qmp-fleet" "${args[@]}" --threads "$THREADS" --raw | tee -a "$out"
-            echo "==> $n monitors, run $run/$RUNS: qmp-fleet (Rust, qmp-std tokio)" >&2
+            echo "==> $n monitors (busy at once: ${busy/#0/all}), run $run/$RUNS: qmp-fleet (Rust, qmp-std tokio)" >&2
             "$target/release/qmp-fleet" "${args[@]}" --threads "$THREADS" | tee -a "$out"
-            echo "==> $n monitors, run $run/$RUNS: fleet_qemu_qmp.py (Python, qemu.qmp)" >&2
+            echo "==> $n monitors (busy at once: ${busy/#0/all}), run $run/$RUNS: fleet_qemu_qmp.py (Python, qemu.qmp)" >&2
             timeout "${PY_TIMEOUT:-900}" "$VENV/bin/python" bench/fleet_qemu_qmp.py "${args[@]}" \
                 | tee -a "$out" || echo "   (qemu.qmp did not finish with $n monitors)" >&2
         done
@@ -75,47 +80,57 @@ import json, statistics, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.startswith("{")]
 base, big = int(sys.argv[2]), int(sys.argv[3])
 rust, py, raw = "qmp-std tokio", "qemu.qmp asyncio", "raw tokio socket loop"
-def med(client, n, key):
-    values = [r[key] for r in rows if r["client"] == client and r["vms"] == n and key in r]
+# The three configurations: (connected, busy at once; 0 = all).
+BASE, SPREAD, ALL = (base, 0), (big, base), (big, 0)
+name = {BASE: f"@{base}", SPREAD: f"@{big}/{base}", ALL: f"@{big}"}
+def med(client, config, key):
+    n, busy = config
+    values = [r[key] for r in rows
+              if r["client"] == client and r["vms"] == n and r.get("busy", 0) == busy and key in r]
     return statistics.median(values) if values else float("nan")
 print(f"\nsimulated fleet (qmp-fake-fleet), {sum(r['round_trips'] for r in rows[:1])} query-status "
-      f"round trips per run, medians; load average across the runs: "
-      + ", ".join(r["load_before"] for r in rows))
-cols = [(rust, base), (rust, big), (py, base), (py, big)]
-print(f"  {'':30}" + "".join(f"{('tokio' if c == rust else 'qemu.qmp') + ' @' + str(n):>18}" for c, n in cols))
+      f"round trips per run, medians; @{big}/{base}: {big} connected, {base} busy at a time; "
+      f"load average across the runs: " + ", ".join(r["load_before"] for r in rows))
+cols = [(c, k) for c in (rust, py) for k in (BASE, SPREAD, ALL)]
+print(f"  {'':30}" + "".join(f"{('tokio ' if c == rust else 'qemu.qmp ') + name[k]:>19}" for c, k in cols))
 for key, label, fmt in [
-    ("rt_per_s", "round trips/s (fleet)", "{:18.0f}"),
-    ("cpu_per_rt_us", "client CPU µs/round trip", "{:18.2f}"),
-    ("connect_s", "connect + negotiate (s)", "{:18.2f}"),
-    ("event_latency_p50_us", "event latency p50 (µs)", "{:18.0f}"),
-    ("event_latency_p99_us", "event latency p99 (µs)", "{:18.0f}"),
-    ("heap_per_connection", "heap B/conn, idle (counted)", "{:18.0f}"),
-    ("heap_per_busy_connection", "heap B/conn, busy (peak)", "{:18.0f}"),
-    ("heap_per_connection_after", "heap B/conn, after the run", "{:18.0f}"),
-    ("rss_per_connection", "RSS growth B/connection", "{:18.0f}"),
-    ("hwm_kib", "VmHWM (KiB)", "{:18.0f}"),
+    ("rt_per_s", "round trips/s (fleet)", "{:19.0f}"),
+    ("cpu_per_rt_us", "client CPU µs/round trip", "{:19.2f}"),
+    ("connect_s", "connect + negotiate (s)", "{:19.2f}"),
+    ("event_latency_p50_us", "event latency p50 (µs)", "{:19.0f}"),
+    ("event_latency_p99_us", "event latency p99 (µs)", "{:19.0f}"),
+    ("heap_per_connection", "heap B/conn, idle (counted)", "{:19.0f}"),
+    ("heap_per_busy_connection", "heap B/conn, busy (peak)", "{:19.0f}"),
+    ("heap_per_connection_after", "heap B/conn, after the run", "{:19.0f}"),
+    ("rss_per_connection", "RSS growth B/connection", "{:19.0f}"),
+    ("hwm_kib", "VmHWM (KiB)", "{:19.0f}"),
 ]:
-    print(f"  {label:30}" + "".join(fmt.format(med(c, n, key)) for c, n in cols))
-cpu_base, cpu_big = med(rust, base, "cpu_per_rt_us"), med(rust, big, "cpu_per_rt_us")
-print(f"  tokio CPU per round trip at {big} vs {base}: {cpu_big / cpu_base:.2f}x (target <= 1.0x, noise aside)")
+    print(f"  {label:30}" + "".join(fmt.format(med(c, k, key)) for c, k in cols))
 # The floor: the same phases with no QMP client (qmp-fleet --raw); above it, the client's own.
-print(f"  {'':30}" + "".join(f"{'raw @' + str(n):>18}" for n in (base, big)))
+print(f"  {'':30}" + "".join(f"{'raw ' + name[k]:>19}" for k in (BASE, SPREAD, ALL)))
 for key, label in [("cpu_per_rt_us", "raw CPU µs/round trip"),
                    ("user_per_rt_us", "  of which user"),
                    ("system_per_rt_us", "  of which system")]:
-    print(f"  {label:30}" + "".join(f"{med(raw, n, key):18.2f}" for n in (base, big)))
-for n in (base, big):
-    own = med(rust, n, "cpu_per_rt_us") - med(raw, n, "cpu_per_rt_us")
-    user = med(rust, n, "user_per_rt_us") - med(raw, n, "user_per_rt_us")
-    floor = med(raw, n, "cpu_per_rt_us")
-    print(f"  at {n:>6}: floor {floor:.2f} µs/rt, tokio client's own {own:.2f} µs (user {user:.2f}); "
-          f"qemu.qmp's own {med(py, n, 'cpu_per_rt_us') - floor:.2f} µs")
-idle = med(rust, big, "heap_per_connection")
+    print(f"  {label:30}" + "".join(f"{med(raw, k, key):19.2f}" for k in (BASE, SPREAD, ALL)))
+for k in (BASE, SPREAD, ALL):
+    own = med(rust, k, "cpu_per_rt_us") - med(raw, k, "cpu_per_rt_us")
+    user = med(rust, k, "user_per_rt_us") - med(raw, k, "user_per_rt_us")
+    floor = med(raw, k, "cpu_per_rt_us")
+    print(f"  {name[k]:>13}: floor {floor:.2f} µs/rt, tokio client's own {own:.2f} µs (user {user:.2f}); "
+          f"qemu.qmp's own {med(py, k, 'cpu_per_rt_us') - floor:.2f} µs")
+cpu_base = med(rust, BASE, "cpu_per_rt_us")
+print(f"  tokio CPU per round trip, {big} connected ({base} busy at a time) vs {base} connected: "
+      f"{med(rust, SPREAD, 'cpu_per_rt_us') / cpu_base:.2f}x (target <= 1.0x, noise aside)")
+print(f"  tokio CPU per round trip, {big} connected and all busy at once vs {base}: "
+      f"{med(rust, ALL, 'cpu_per_rt_us') / cpu_base:.2f}x; the floor's own ratio: "
+      f"{med(raw, ALL, 'cpu_per_rt_us') / med(raw, BASE, 'cpu_per_rt_us'):.2f}x")
+idle = med(rust, ALL, "heap_per_connection")
 print(f"  tokio heap per idle connection at {big}: {idle:.0f} B (target < 4096 B)")
 ok = all(r["events_seen"] == r["events_expected"] for r in rows if r["client"] == rust)
 print(f"  events: {'every STOP/RESUME seen' if ok else 'MISSING EVENTS'} in every tokio run")
-big_py = [r for r in rows if r["client"] == py and r["vms"] == big]
-print(f"  qemu.qmp at {big}: {len(big_py)} run(s) finished")
+for k in (SPREAD, ALL):
+    done = [r for r in rows if r["client"] == py and (r["vms"], r.get("busy", 0)) == k]
+    print(f"  qemu.qmp {name[k]}: {len(done)} run(s) finished")
 PY
     exit 0
 fi

@@ -4,7 +4,7 @@
 The same program as examples/src/bin/qmp-fleet.rs, phase for phase: start N
 `qemu-system-x86_64 -machine none` instances on Unix sockets in a temporary directory,
 connect to all at once and negotiate, `query-status` on all, a timed phase where each VM
-runs ROUNDS `query-status` in a row (all VMs at once), then CYCLES times `stop` all and
+runs ROUNDS `query-status` in a row (all VMs at once, or BUSY at a time), then CYCLES times `stop` all and
 collect each VM's STOP, `cont` all and collect each VM's RESUME (none may be missing).
 It reports wall times, round trips per second across the fleet, this process's CPU time per
 round trip (`time.process_time()`: CLOCK_PROCESS_CPUTIME_ID, as the Rust program reads it;
@@ -85,7 +85,17 @@ async def run(args, report):
                 await client.execute("query-status")
 
         t, cpu = time.perf_counter(), time.process_time()
-        await asyncio.gather(*(rounds(c) for c in clients))
+        if 0 < args.busy < len(clients):
+            # At most BUSY VMs at a time: each worker takes the next VM not yet run.
+            pending = iter(clients)
+
+            async def worker():
+                for client in pending:
+                    await rounds(client)
+
+            await asyncio.gather(*(worker() for _ in range(args.busy)))
+        else:
+            await asyncio.gather(*(rounds(c) for c in clients))
         wall, cpu = time.perf_counter() - t, time.process_time() - cpu
         report["round_trips"] = args.vms * args.rounds
         report["rt_wall_s"] = wall
@@ -161,10 +171,12 @@ def main():
     parser.add_argument("--qemu", default="qemu-system-x86_64")
     parser.add_argument("--connect", metavar="DIR",
                         help="connect to DIR/vmI.sock instead of starting QEMUs")
+    parser.add_argument("--busy", type=int, default=0,
+                        help="at most this many VMs busy at once in the timed phase (0: all)")
     args = parser.parse_args()
     report = {
         "client": "qemu.qmp asyncio", "vms": args.vms, "rounds": args.rounds,
-        "cycles": args.cycles, "python": sys.version.split()[0],
+        "cycles": args.cycles, "busy": args.busy, "python": sys.version.split()[0],
         "load_before": f"{os.getloadavg()[0]:.2f}",
     }
     raise_fd_limit()

@@ -19,6 +19,8 @@
 //!   --json        one JSON object on stdout instead of the report
 //!   --connect DIR connect to DIR/vmI.sock (started elsewhere) instead of starting QEMUs
 //!   --raw         no QMP library: the floor (see below)
+//!   --busy K      in the timed phase, at most K VMs busy at once (each runs its rounds,
+//!                 then the next VM starts); 0 (default): all of them at once
 //! ```
 //!
 //! `--raw` runs the connect and round-trip phases with no QMP client at all: on the same
@@ -38,6 +40,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -158,6 +161,7 @@ struct Args {
     qemu: String,
     connect: Option<PathBuf>,
     raw: bool,
+    busy: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -170,6 +174,7 @@ fn parse_args() -> Result<Args, String> {
         qemu: "qemu-system-x86_64".into(),
         connect: None,
         raw: false,
+        busy: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -185,6 +190,7 @@ fn parse_args() -> Result<Args, String> {
             "--threads" => args.threads = number("--threads")?,
             "--json" => args.json = true,
             "--raw" => args.raw = true,
+            "--busy" => args.busy = number("--busy")?,
             "--qemu" => args.qemu = it.next().ok_or("--qemu needs a program")?,
             "--connect" => {
                 args.connect = Some(it.next().ok_or("--connect needs a directory")?.into());
@@ -192,7 +198,7 @@ fn parse_args() -> Result<Args, String> {
             "-h" | "--help" => {
                 return Err(
                     "usage: qmp-fleet [--vms N] [--rounds N] [--cycles N] [--threads N] [--json] \
-                     [--qemu PROGRAM] [--connect DIR] [--raw]"
+                     [--qemu PROGRAM] [--connect DIR] [--raw] [--busy K]"
                         .into(),
                 );
             }
@@ -300,6 +306,46 @@ where
 }
 
 /// Microseconds from an event's QMP timestamp (the server's wall clock) to now.
+/// Runs `work(i)` for every VM `i` in `0..n`, at most `busy` at a time (all at once when
+/// `busy` is 0 or at least `n`), and collects the results in VM order: the timed phase's
+/// schedule. With a limit, `busy` tasks each take the next VM not yet run until none is left.
+async fn pooled<T, F, Fut>(n: usize, busy: usize, work: F) -> Result<Vec<T>, String>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<T, String>> + Send + 'static,
+{
+    let mut out: Vec<Option<T>> = (0..n).map(|_| None).collect();
+    let mut set = JoinSet::new();
+    if busy == 0 || busy >= n {
+        for i in 0..n {
+            let job = work(i);
+            set.spawn(async move { Ok(vec![(i, job.await?)]) });
+        }
+    } else {
+        let (work, next) = (Arc::new(work), Arc::new(AtomicUsize::new(0)));
+        for _ in 0..busy {
+            let (work, next) = (work.clone(), next.clone());
+            set.spawn(async move {
+                let mut done = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        return Ok::<_, String>(done);
+                    }
+                    done.push((i, work(i).await?));
+                }
+            });
+        }
+    }
+    while let Some(joined) = set.join_next().await {
+        for (i, result) in joined.map_err(|e| e.to_string())?? {
+            out[i] = Some(result);
+        }
+    }
+    Ok(out.into_iter().map(Option::unwrap).collect())
+}
+
 fn latency_us(event: &qmp_std::Event) -> f64 {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -369,6 +415,8 @@ struct Report {
     rounds: usize,
     cycles: usize,
     threads: usize,
+    /// The timed phase's limit on VMs busy at once (0: all).
+    busy: usize,
     start_s: f64,
     connect_s: f64,
     heap_per_connection: usize,
@@ -442,17 +490,22 @@ async fn run(args: &Args, report: &mut Report) -> Result<(), String> {
         return Err(format!("vm{i} is {:?}", s.status));
     }
 
-    // Timed round trips: each VM `rounds` query-status in a row, all VMs at once.
+    // Timed round trips: each VM `rounds` query-status in a row, all VMs at once (or
+    // `--busy` of them at a time).
     let rounds = args.rounds;
+    let shared: Arc<[Client]> = clients.clone().into();
     PEAK.store(heap(), Ordering::Relaxed);
     let (t, cpu, (user, system)) = (Instant::now(), cpu_time(), user_system());
-    on_all(&clients, |i, c| async move {
-        for _ in 0..rounds {
-            c.execute(&QueryStatus)
-                .await
-                .map_err(|e| format!("vm{i}: {e}"))?;
+    pooled(args.vms, args.busy, move |i| {
+        let c = shared[i].clone();
+        async move {
+            for _ in 0..rounds {
+                c.execute(&QueryStatus)
+                    .await
+                    .map_err(|e| format!("vm{i}: {e}"))?;
+            }
+            Ok(())
         }
-        Ok(())
     })
     .await?;
     let (wall, cpu) = (t.elapsed(), cpu_time() - cpu);
@@ -500,7 +553,7 @@ fn print_report(r: &Report, json: bool) {
         let _ = write!(
             s,
             "\"client\": \"{}\", \"vms\": {}, \"rounds\": {}, \"cycles\": {}, \
-             \"threads\": {}, \"start_s\": {:.3}, \"connect_s\": {:.3}, \
+             \"threads\": {}, \"busy\": {}, \"start_s\": {:.3}, \"connect_s\": {:.3}, \
              \"heap_per_connection\": {}, \"heap_per_connection_after\": {}, \
              \"heap_per_busy_connection\": {}, \
              \"rss_per_connection\": {}, \"round_trips\": {}, \"rt_wall_s\": {:.3}, \"rt_per_s\": {:.0}, \
@@ -514,6 +567,7 @@ fn print_report(r: &Report, json: bool) {
             r.rounds,
             r.cycles,
             r.threads,
+            r.busy,
             r.start_s,
             r.connect_s,
             r.heap_per_connection,
@@ -621,6 +675,7 @@ fn main() -> ExitCode {
         rounds: args.rounds,
         cycles: args.cycles,
         threads: args.threads,
+        busy: args.busy,
         load_before: load_average(),
         ..Report::default()
     };
@@ -655,7 +710,9 @@ mod raw {
 
     use std::sync::atomic::Ordering;
 
-    use super::{Fleet, PEAK, Report, cpu_time, heap, rss_kib, user_system};
+    use std::sync::{Arc, Mutex};
+
+    use super::{Fleet, PEAK, Report, cpu_time, heap, pooled, rss_kib, user_system};
 
     const CAPABILITIES: &[u8] = b"{\"execute\":\"qmp_capabilities\"}\n";
     const QUERY_STATUS: &[u8] = b"{\"execute\":\"query-status\"}\n";
@@ -758,24 +815,24 @@ mod raw {
         report.rss_per_connection = rss_kib().0.saturating_sub(rss_before) * 1024 / args.vms as u64;
 
         let rounds = args.rounds;
+        // Each task takes its VM's connection and gives it back, so that every connection
+        // stays open (idle ones too) until the phase ends.
+        let slots: Arc<[Mutex<Option<Conn>>]> = conns.into_iter().map(Mutex::new).collect();
         PEAK.store(heap(), Ordering::Relaxed);
         let (t, cpu, (user, system)) = (Instant::now(), cpu_time(), user_system());
-        let mut set = JoinSet::new();
-        for (i, conn) in conns.into_iter().enumerate() {
-            let mut conn = conn.expect("every VM connected");
-            set.spawn(async move {
+        let conns = pooled(args.vms, args.busy, move |i| {
+            let conn = slots[i].lock().expect("not poisoned").take();
+            async move {
+                let mut conn = conn.expect("every VM connected");
                 for _ in 0..rounds {
                     conn.round_trip(QUERY_STATUS)
                         .await
                         .map_err(|e| format!("vm{i}: {e}"))?;
                 }
                 Ok::<_, String>(conn)
-            });
-        }
-        let mut conns = Vec::with_capacity(args.vms);
-        while let Some(joined) = set.join_next().await {
-            conns.push(joined.map_err(|e| e.to_string())??);
-        }
+            }
+        })
+        .await?;
         let (wall, cpu) = (t.elapsed(), cpu_time() - cpu);
         let (user_end, system_end) = user_system();
         report.heap_per_busy_connection =
