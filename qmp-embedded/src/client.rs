@@ -175,8 +175,9 @@ macro_rules! client {
             /// `sync_id` must be random and fresh for each connection (it tells this
             /// client's sync reply from a previous client's); the rules are the core's
             /// (`qmp_proto::Driver::new_agent`). Commands that send no reply when they
-            /// succeed (`guest-shutdown`, `guest-suspend-*`) end in
-            /// [`Error::Timeout`](crate::Error::Timeout) here.
+            /// succeed (`guest-shutdown`, `guest-suspend-*`) return `{}` when the agent stays
+            /// silent until their deadline (`qmp_proto::NO_REPLY_TIMEOUT`, or the timeout if
+            /// shorter), or the channel closes after them.
             #[cfg(feature = "agent")]
             pub fn new_agent(link: L, clock: C, config: $crate::Config, sync_id: u64) -> Self {
                 let now = clock.now();

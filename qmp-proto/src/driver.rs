@@ -19,7 +19,7 @@ mod restart;
 mod steps;
 
 pub use crate::buffer::Buffer;
-pub use agent::AGENT_SENTINEL;
+pub use agent::{AGENT_SENTINEL, NO_REPLY_TIMEOUT, NO_SUCCESS_RESPONSE};
 pub use config::{Deadline, DriverConfig, RESYNC, SendOptions, ServerInfo};
 pub use steps::{CloseReason, Done, Expired, Io, LinkError, Wait};
 
@@ -295,7 +295,24 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
     ///
     /// [`SendError::QueueFull`] / [`SendError::TableFull`]: wait for [`Wait::Room`] (bounded
     /// by this command's deadline), then try again.
+    ///
+    /// A guest agent driver (feature `agent`) sends the agent's commands that have no
+    /// success reply (`NO_SUCCESS_RESPONSE`) as `execute_no_reply` does.
     pub fn execute<A: Serialize + ?Sized>(
+        &mut self,
+        name: &str,
+        arguments: &A,
+        options: SendOptions,
+        now: Instant,
+    ) -> Result<CommandId, SendError> {
+        if self.is_agent() && agent::NO_SUCCESS_RESPONSE.contains(&name) {
+            return self.execute_no_reply(name, arguments, options, now);
+        }
+        self.send_command(name, arguments, options, now)
+    }
+
+    /// [`execute`](Self::execute) without the agent's no-reply rule.
+    fn send_command<A: Serialize + ?Sized>(
         &mut self,
         name: &str,
         arguments: &A,

@@ -121,7 +121,7 @@ mod time;
 
 pub use driver::{
     AGENT_SENTINEL, Buffer, CloseReason, Deadline, Done, Driver, DriverConfig, Expired, Io,
-    LinkError, RESYNC, SendOptions, ServerInfo, Wait,
+    LinkError, NO_REPLY_TIMEOUT, NO_SUCCESS_RESPONSE, RESYNC, SendOptions, ServerInfo, Wait,
 };
 pub use encode::{
     EncodeError, Envelope, QEMU_MAX_MESSAGE, QEMU_MAX_NESTING, QEMU_MAX_TOKENS,

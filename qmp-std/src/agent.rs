@@ -42,7 +42,7 @@ use qmp_proto::{Driver, Instant};
 use crate::Command;
 use crate::agent_commands::{
     GuestExec, GuestExecStatus, GuestExecStatusInfo, GuestFileClose, GuestFileOpen, GuestFileRead,
-    GuestFileWrite, NO_SUCCESS_RESPONSE,
+    GuestFileWrite,
 };
 use crate::client::{Client, ClientBuilder, Options};
 use crate::drive::{EventList, HeapBuffer, Request, StdDriver, driver_config};
@@ -50,9 +50,7 @@ use crate::error::{Error, Result};
 use crate::serial::Serial;
 use crate::stream::Stream;
 
-/// How long a command without a success reply ([`NO_SUCCESS_RESPONSE`]) is given to fail
-/// before its silence counts as success, unless the call says otherwise.
-pub const DEFAULT_NO_REPLY_TIMEOUT: Duration = Duration::from_secs(3);
+pub use qmp_proto::NO_REPLY_TIMEOUT;
 
 /// A fresh random sync id from the operating system's hasher keys (std's `RandomState`),
 /// the time and a counter; 63 bits, as the agent's `int` needs.
@@ -106,8 +104,8 @@ pub mod tokio;
 ///   options through [`AgentBuilder`].
 /// - **Commands**: [`execute`](Self::execute) (typed, see [`crate::agent_commands`]),
 ///   [`execute_raw`](Self::execute_raw), and their `_timeout` forms. A command the agent
-///   answers only on failure ([`NO_SUCCESS_RESPONSE`]) succeeds when the agent stays silent
-///   for [`DEFAULT_NO_REPLY_TIMEOUT`] (or the `_timeout` form's timeout), or the channel
+///   answers only on failure ([`NO_SUCCESS_RESPONSE`](crate::agent_commands::NO_SUCCESS_RESPONSE)) succeeds when the agent stays silent
+///   for [`NO_REPLY_TIMEOUT`] (or the `_timeout` form's timeout), or the channel
 ///   closes after it.
 /// - **Syncing**: [`resync`](Self::resync). The driver also resyncs by itself after any
 ///   command times out.
@@ -221,8 +219,8 @@ impl<S: Stream> Agent<S> {
         in_band: [mut] [] [] call,
         execute: {
             ///
-            /// A command without a success reply ([`NO_SUCCESS_RESPONSE`]) succeeds when the
-            /// agent stays silent until its deadline: [`DEFAULT_NO_REPLY_TIMEOUT`], or the
+            /// A command without a success reply ([`NO_SUCCESS_RESPONSE`](crate::agent_commands::NO_SUCCESS_RESPONSE)) succeeds when the
+            /// agent stays silent until its deadline: [`NO_REPLY_TIMEOUT`], or the
             /// `_timeout` form's.
         }
     }
@@ -296,7 +294,7 @@ impl<S: Stream> Agent<S> {
     /// Shares the connection between threads: a [`SharedClient`](crate::SharedClient) in the
     /// agent dialect (its reader thread routes each reply to its caller; the driver still
     /// resyncs after a timeout). A command without a success reply
-    /// ([`NO_SUCCESS_RESPONSE`]) completes in silence at its deadline there, so give it a
+    /// ([`NO_SUCCESS_RESPONSE`](crate::agent_commands::NO_SUCCESS_RESPONSE)) completes in silence at its deadline there, so give it a
     /// short one with `execute_timeout`.
     pub fn into_shared(self) -> Result<crate::SharedClient>
     where
@@ -355,25 +353,12 @@ impl<S: Stream> Agent<S> {
     }
 
     /// The verbs' primitive: a command without a success reply waits in silence for its
-    /// deadline, every other one for its reply.
+    /// deadline ([`NO_REPLY_TIMEOUT`] unless it has one of its own), every other one for its
+    /// reply.
     fn call<A: Serialize + ?Sized, T: DeserializeOwned>(
         &mut self,
         request: Request<'_, A>,
     ) -> Result<T> {
-        if NO_SUCCESS_RESPONSE.contains(&request.name) {
-            let timeout = request
-                .timeout
-                .flatten()
-                .unwrap_or(DEFAULT_NO_REPLY_TIMEOUT);
-            let request = Request::new(
-                false,
-                request.name,
-                request.arguments,
-                Some(Some(timeout)),
-                &[],
-            );
-            return self.client.call(request);
-        }
-        self.client.call(request)
+        self.client.call(request.agent_silence())
     }
 }

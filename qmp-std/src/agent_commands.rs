@@ -14,14 +14,7 @@ use crate::Command;
 use crate::commands::{Empty, no_argument_commands};
 use crate::error::{Error, Result};
 
-/// The agent's commands that send no reply when they succeed (`'success-response': false`
-/// in `qga/qapi-schema.json`): the agent clients complete them when the agent stays silent.
-pub const NO_SUCCESS_RESPONSE: &[&str] = &[
-    "guest-shutdown",
-    "guest-suspend-disk",
-    "guest-suspend-ram",
-    "guest-suspend-hybrid",
-];
+pub use qmp_proto::NO_SUCCESS_RESPONSE;
 
 no_argument_commands! {
     /// `guest-ping`: is the agent there?

@@ -825,7 +825,7 @@ impl<S: Stream> Client<S> {
             .attach(attach.is_some());
         let id = loop {
             let now = self.now();
-            match crate::drive::execute(&mut self.driver, name, arguments, options, now) {
+            match self.driver.execute(name, arguments, options, now) {
                 Ok(id) => break id,
                 Err(SendError::QueueFull | SendError::TableFull) => {
                     match self.run(Wait::Room { oob }, at, None) {

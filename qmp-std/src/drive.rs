@@ -24,23 +24,6 @@ pub(crate) const TABLE: usize = 16;
 /// The driver every std client runs, over heap buffers and events stored in `Q`.
 pub(crate) type StdDriver<Q> = Driver<HeapBuffer, HeapBuffer, Q, TABLE>;
 
-/// Has `driver` encode command `name`: the guest agent's commands without a success reply
-/// ([`NO_SUCCESS_RESPONSE`](crate::agent_commands::NO_SUCCESS_RESPONSE)) as commands that
-/// complete in silence, every other one as usual. Every client sends through here.
-pub(crate) fn execute<Q: EventStore, A: serde::Serialize + ?Sized>(
-    driver: &mut StdDriver<Q>,
-    name: &str,
-    arguments: &A,
-    options: qmp_proto::SendOptions,
-    now: Instant,
-) -> Result<qmp_proto::CommandId, qmp_proto::SendError> {
-    if driver.is_agent() && crate::agent_commands::NO_SUCCESS_RESPONSE.contains(&name) {
-        driver.execute_no_reply(name, arguments, options, now)
-    } else {
-        driver.execute(name, arguments, options, now)
-    }
-}
-
 /// A byte buffer on the heap that doubles when asked, up to `max` bytes. Released (see
 /// [`Buffer::release`]) it holds nothing: its `initial` bytes go to this thread's pool and
 /// come back from it when it grows again.
@@ -306,6 +289,18 @@ impl<'a, A: ?Sized> Request<'a, A> {
             timeout,
             fds,
         }
+    }
+
+    /// For the guest agent: a command without a success reply
+    /// ([`NO_SUCCESS_RESPONSE`](qmp_proto::NO_SUCCESS_RESPONSE)) and no timeout of its own
+    /// gets [`NO_REPLY_TIMEOUT`](qmp_proto::NO_REPLY_TIMEOUT), not the client's command
+    /// timeout (sized for replies, not for silence). The driver completes it in silence at
+    /// that deadline.
+    pub(crate) fn agent_silence(mut self) -> Self {
+        if self.timeout.is_none() && qmp_proto::NO_SUCCESS_RESPONSE.contains(&self.name) {
+            self.timeout = Some(Some(qmp_proto::NO_REPLY_TIMEOUT));
+        }
+        self
     }
 
     /// Its parts: `(oob, name, arguments, timeout, fds)`, the timeout resolved against the

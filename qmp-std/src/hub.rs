@@ -193,7 +193,7 @@ impl<W: Waiter, R: Ready> Hub<W, R> {
         if self.ended.is_some() {
             return Err(self.closed_error());
         }
-        match drive::execute(&mut self.driver, name, arguments, options, now) {
+        match self.driver.execute(name, arguments, options, now) {
             Ok(id) => Ok(Some(id)),
             Err(SendError::QueueFull | SendError::TableFull | SendError::Busy) => Ok(None),
             Err(SendError::Closed) => Err(self.closed_error()),

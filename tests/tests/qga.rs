@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use qmp_e2e::agent::QemuGa;
-use qmp_std::agent::{Agent, AgentBuilder};
+use qmp_std::agent::{Agent, AgentBuilder, NO_REPLY_TIMEOUT};
 use qmp_std::agent_commands::*;
 use qmp_std::qmp_proto::Expired;
 use qmp_std::serde_json::json;
@@ -450,6 +450,56 @@ fn the_embedded_agent_client_syncs_again_after_a_lost_sync() {
     assert_eq!(got.last().unwrap()["execute"], "guest-ping");
 }
 
+/// qmp-embedded's agent client runs `guest-shutdown` as the agent answers it: silence until
+/// the deadline (the command timeout here, shorter than the core's `NO_REPLY_TIMEOUT`) is
+/// success, with no resync after it; an error reply fails it.
+#[test]
+fn the_embedded_agent_client_completes_guest_shutdown_in_silence() {
+    use qmp_e2e::embedded::{HostClock, SocketLink};
+
+    for answer in [None, Some("shutdown refused")] {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let fake = fake_agent(theirs, answer);
+        ours.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let timeout = Duration::from_millis(400);
+        let config = qmp_embedded::Config::new().timeout(Some(timeout));
+        let mut agent: qmp_embedded::Client<SocketLink, HostClock, 1024, 256, 64, 2> =
+            qmp_embedded::Client::new_agent(SocketLink(ours), HostClock::new(), config, 777);
+        agent.sync().unwrap();
+        let started = std::time::Instant::now();
+        let result = agent
+            .execute_raw("guest-shutdown", &json!({"mode": "powerdown"}))
+            .map(|v| v.as_json().to_owned());
+        let waited = started.elapsed();
+        match (answer, result) {
+            (None, Ok(value)) => {
+                assert_eq!(value, "{}");
+                assert!(waited >= timeout, "success before the deadline: {waited:?}");
+                assert!(waited < NO_REPLY_TIMEOUT, "{waited:?}");
+            }
+            (Some(desc), Err(qmp_embedded::Error::Qmp(e))) => {
+                assert_eq!(e.desc(), desc);
+                assert!(waited < timeout, "the error took {waited:?}");
+            }
+            (answer, result) => panic!("agent answered {answer:?}, client got {result:?}"),
+        }
+        // Silence is no timeout: no new sync, the next command is answered.
+        agent.execute_raw("guest-ping", &()).unwrap();
+        drop(agent);
+        let got = fake.join().unwrap();
+        assert_eq!(
+            command_names(&got),
+            ["guest-sync-delimited", "guest-shutdown", "guest-ping"]
+        );
+    }
+}
+
+/// The names of the commands a fake agent got, in order.
+fn command_names(got: &[qmp_std::serde_json::Value]) -> Vec<&str> {
+    got.iter().map(|c| c["execute"].as_str().unwrap()).collect()
+}
+
 /// A fake agent on one end of a socket pair: answers the sync, records the commands, and
 /// answers `guest-shutdown` with `shutdown_answer` (nothing: what the real agent does when
 /// it succeeds). Returns the commands it got.
@@ -547,9 +597,8 @@ fn guest_shutdown_succeeds_in_silence_against_a_fake_agent() {
     assert_eq!(agent.syncs(), 1);
     drop(agent);
     let got = fake.join().unwrap();
-    let names: Vec<_> = got.iter().map(|c| c["execute"].as_str().unwrap()).collect();
     assert_eq!(
-        names,
+        command_names(&got),
         ["guest-sync-delimited", "guest-shutdown", "guest-ping"]
     );
     assert_eq!(got[1]["arguments"]["mode"], "powerdown");

@@ -22,6 +22,22 @@ use super::{Buffer, Driver, Held, SendOptions, ServerInfo};
 /// parser start over when a client sends it.
 pub const AGENT_SENTINEL: u8 = 0xFF;
 
+/// The agent's commands that send no reply when they succeed (`'success-response': false`
+/// in QEMU's `qga/qapi-schema.json`): an agent driver's [`Driver::execute`] sends them as
+/// [`Driver::execute_no_reply`] does, so every client built on it completes them in silence.
+pub const NO_SUCCESS_RESPONSE: &[&str] = &[
+    "guest-shutdown",
+    "guest-suspend-disk",
+    "guest-suspend-ram",
+    "guest-suspend-hybrid",
+];
+
+/// How long a command without a success reply is given to fail before its silence counts as
+/// success, unless its options give it a deadline of its own
+/// ([`Deadline::After`](super::Deadline::After) or [`At`](super::Deadline::At)); a shorter
+/// [`DriverConfig::command_timeout`](super::DriverConfig::command_timeout) is used instead.
+pub const NO_REPLY_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Who is on the other end of a [`Driver`]. The agent's state shares the room of the QMP
 /// server's greeting information, which an agent never sends: a QMP-only driver is no
 /// larger for the dialect.
@@ -330,12 +346,14 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
         let _ = self.outbox.push_raw(&message[..len]);
     }
 
-    /// Like [`execute`](Self::execute), for a command that sends no reply when it succeeds
-    /// (`guest-shutdown`, `guest-suspend-*`): it completes as a success (`{}`) when its
-    /// deadline passes in silence or the channel closes after it, and fails with the
-    /// agent's error reply if one comes first. At most two such commands may be in flight
-    /// ([`SendError::QueueFull`] for a third). Without a deadline (`Deadline::Never`, or the
-    /// default with no command timeout) it gets one of 5 s: silence must end somewhere.
+    /// Like [`execute`](Self::execute), for a command that sends no reply when it succeeds:
+    /// it completes as a success (`{}`) when its deadline passes in silence or the channel
+    /// closes after it, and fails with the agent's error reply if one comes first. An agent
+    /// driver's `execute` does this by itself for the [`NO_SUCCESS_RESPONSE`] commands
+    /// (`guest-shutdown`, `guest-suspend-*`). At most two such commands may be in flight
+    /// ([`SendError::QueueFull`] for a third). The deadline is the options' own
+    /// (`Deadline::After`, `Deadline::At`); otherwise [`NO_REPLY_TIMEOUT`], or the command
+    /// timeout if shorter: silence must end somewhere, and soon.
     pub fn execute_no_reply<A: Serialize + ?Sized>(
         &mut self,
         name: &str,
@@ -343,15 +361,20 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
         options: SendOptions,
         now: Instant,
     ) -> Result<CommandId, SendError> {
-        if self.deadline(options.deadline, now).is_none() {
-            // Silence is success only once a deadline has passed.
-            let options = options.deadline(super::Deadline::After(Duration::from_secs(5)));
-            return self.execute_no_reply(name, arguments, options, now);
-        }
+        use super::Deadline;
+        let silence = match options.deadline {
+            Deadline::After(_) | Deadline::At(_) => options.deadline,
+            Deadline::Default => Deadline::After(
+                self.config
+                    .command_timeout
+                    .map_or(NO_REPLY_TIMEOUT, |t| t.min(NO_REPLY_TIMEOUT)),
+            ),
+            Deadline::Never => Deadline::After(NO_REPLY_TIMEOUT),
+        };
         if self.peer.agent().is_some_and(|a| !a.silent.contains(&0)) {
             return Err(SendError::QueueFull);
         }
-        let id = self.execute(name, arguments, options, now)?;
+        let id = self.send_command(name, arguments, options.deadline(silence), now)?;
         if let Some(agent) = self.peer.agent_mut()
             && let Some(free) = agent.silent.iter_mut().find(|s| **s == 0)
         {

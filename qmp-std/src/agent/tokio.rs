@@ -19,8 +19,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::Command;
-use crate::agent::{DEFAULT_NO_REPLY_TIMEOUT, random_sync_id};
-use crate::agent_commands::NO_SUCCESS_RESPONSE;
+use crate::agent::random_sync_id;
 use crate::client::Options;
 use crate::drive::Request;
 use crate::error::Result;
@@ -28,8 +27,8 @@ use crate::tokio::{Client, ClientBuilder};
 
 /// An async client for QEMU's guest agent, `Clone + Send + Sync` like
 /// [`crate::tokio::Client`]: synced at connect, and again by the driver after any command
-/// times out. Commands without a success reply ([`NO_SUCCESS_RESPONSE`]) succeed when the
-/// agent stays silent for [`DEFAULT_NO_REPLY_TIMEOUT`] (or the `_timeout` form's timeout).
+/// times out. Commands without a success reply ([`NO_SUCCESS_RESPONSE`](crate::agent_commands::NO_SUCCESS_RESPONSE)) succeed when the
+/// agent stays silent for [`NO_REPLY_TIMEOUT`](crate::agent::NO_REPLY_TIMEOUT) (or the `_timeout` form's timeout).
 #[derive(Debug, Clone)]
 pub struct Agent {
     client: Client,
@@ -87,24 +86,19 @@ impl Agent {
         in_band: [] [async] [.await] call,
         execute: {
             ///
-            /// A command without a success reply ([`NO_SUCCESS_RESPONSE`]) succeeds when the
-            /// agent stays silent until its deadline: [`DEFAULT_NO_REPLY_TIMEOUT`], or the
+            /// A command without a success reply ([`NO_SUCCESS_RESPONSE`](crate::agent_commands::NO_SUCCESS_RESPONSE)) succeeds when the
+            /// agent stays silent until its deadline: [`NO_REPLY_TIMEOUT`](crate::agent::NO_REPLY_TIMEOUT), or the
             /// `_timeout` form's.
         }
     }
 
     /// The verbs' primitive: the tokio client's, a command without a success reply given
-    /// [`DEFAULT_NO_REPLY_TIMEOUT`] unless it has a deadline of its own.
+    /// [`NO_REPLY_TIMEOUT`](crate::agent::NO_REPLY_TIMEOUT) unless it has a deadline of its own.
     async fn call<A: Serialize + ?Sized, T: DeserializeOwned>(
         &self,
         request: Request<'_, A>,
     ) -> Result<T> {
-        if NO_SUCCESS_RESPONSE.contains(&request.name) && request.timeout.is_none() {
-            let silence = Some(Some(DEFAULT_NO_REPLY_TIMEOUT));
-            let request = Request::new(false, request.name, request.arguments, silence, &[]);
-            return self.client.call(request).await;
-        }
-        self.client.call(request).await
+        self.client.call(request.agent_silence()).await
     }
 
     /// Syncs again, as the blocking agent's `resync` does: 0xFF and `guest-sync-delimited`
