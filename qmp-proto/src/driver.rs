@@ -19,7 +19,7 @@ mod restart;
 mod steps;
 
 pub use crate::buffer::Buffer;
-pub use agent::{AGENT_SENTINEL, NO_REPLY_TIMEOUT, NO_SUCCESS_RESPONSE};
+pub use agent::{AGENT_SENTINEL, NO_REPLY_TIMEOUT, NO_SUCCESS_RESPONSE, no_reply_timeout};
 pub use config::{Deadline, DriverConfig, RESYNC, SendOptions, ServerInfo};
 pub use steps::{CloseReason, Done, Expired, Io, LinkError, Wait};
 

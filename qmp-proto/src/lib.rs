@@ -122,6 +122,7 @@ mod time;
 pub use driver::{
     AGENT_SENTINEL, Buffer, CloseReason, Deadline, Done, Driver, DriverConfig, Expired, Io,
     LinkError, NO_REPLY_TIMEOUT, NO_SUCCESS_RESPONSE, RESYNC, SendOptions, ServerInfo, Wait,
+    no_reply_timeout,
 };
 pub use encode::{
     EncodeError, Envelope, QEMU_MAX_MESSAGE, QEMU_MAX_NESTING, QEMU_MAX_TOKENS,

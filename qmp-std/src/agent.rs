@@ -294,8 +294,8 @@ impl<S: Stream> Agent<S> {
     /// Shares the connection between threads: a [`SharedClient`](crate::SharedClient) in the
     /// agent dialect (its reader thread routes each reply to its caller; the driver still
     /// resyncs after a timeout). A command without a success reply
-    /// ([`NO_SUCCESS_RESPONSE`](crate::agent_commands::NO_SUCCESS_RESPONSE)) completes in silence at its deadline there, so give it a
-    /// short one with `execute_timeout`.
+    /// ([`NO_SUCCESS_RESPONSE`](crate::agent_commands::NO_SUCCESS_RESPONSE)) completes in
+    /// silence there as here: at its own deadline, or after [`NO_REPLY_TIMEOUT`].
     pub fn into_shared(self) -> Result<crate::SharedClient>
     where
         S: crate::SplitStream,
@@ -359,6 +359,7 @@ impl<S: Stream> Agent<S> {
         &mut self,
         request: Request<'_, A>,
     ) -> Result<T> {
-        self.client.call(request.agent_silence())
+        let timeout = self.client.options().command_timeout;
+        self.client.call(request.agent_silence(timeout))
     }
 }

@@ -904,6 +904,11 @@ impl Client {
         &self.owner.inner
     }
 
+    /// The timeout of a command that names none.
+    pub(crate) fn command_timeout(&self) -> Option<Duration> {
+        self.inner().command_timeout
+    }
+
     hub_getters!(.hub);
 
     /// Closes the connection now, for every clone: commands waiting fail with

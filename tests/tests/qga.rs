@@ -694,6 +694,29 @@ fn the_tokio_agent_runs_commands_concurrently_and_shutdown_in_silence() {
     });
 }
 
+/// The thread-shared agent client gives `guest-shutdown` the same silence window as the
+/// others (the core's `NO_REPLY_TIMEOUT`), not the whole command timeout (30 s by default).
+#[test]
+fn a_shared_agent_completes_guest_shutdown_in_silence() {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let fake = fake_agent(theirs, None);
+    let shared = Agent::new(ours).unwrap().into_shared().unwrap();
+    let started = std::time::Instant::now();
+    shared.execute(&GuestShutdown::default()).unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= NO_REPLY_TIMEOUT && waited < NO_REPLY_TIMEOUT + Duration::from_secs(2),
+        "{waited:?}"
+    );
+    shared.execute(&GuestPing).unwrap();
+    shared.close();
+    drop(shared);
+    assert_eq!(
+        command_names(&fake.join().unwrap()),
+        ["guest-sync-delimited", "guest-shutdown", "guest-ping"]
+    );
+}
+
 #[test]
 fn a_shared_agent_serves_threads() {
     let real = RealAgent::unix("shared");

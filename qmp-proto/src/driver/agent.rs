@@ -38,6 +38,13 @@ pub const NO_SUCCESS_RESPONSE: &[&str] = &[
 /// [`DriverConfig::command_timeout`](super::DriverConfig::command_timeout) is used instead.
 pub const NO_REPLY_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long a command without a success reply that names no deadline of its own waits for
+/// an error, given the command timeout: [`NO_REPLY_TIMEOUT`], or the command timeout if
+/// shorter.
+pub fn no_reply_timeout(command_timeout: Option<Duration>) -> Duration {
+    command_timeout.map_or(NO_REPLY_TIMEOUT, |t| t.min(NO_REPLY_TIMEOUT))
+}
+
 /// Who is on the other end of a [`Driver`]. The agent's state shares the room of the QMP
 /// server's greeting information, which an agent never sends: a QMP-only driver is no
 /// larger for the dialect.
@@ -364,11 +371,7 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
         use super::Deadline;
         let silence = match options.deadline {
             Deadline::After(_) | Deadline::At(_) => options.deadline,
-            Deadline::Default => Deadline::After(
-                self.config
-                    .command_timeout
-                    .map_or(NO_REPLY_TIMEOUT, |t| t.min(NO_REPLY_TIMEOUT)),
-            ),
+            Deadline::Default => Deadline::After(no_reply_timeout(self.config.command_timeout)),
             Deadline::Never => Deadline::After(NO_REPLY_TIMEOUT),
         };
         if self.peer.agent().is_some_and(|a| !a.silent.contains(&0)) {

@@ -98,7 +98,8 @@ impl Agent {
         &self,
         request: Request<'_, A>,
     ) -> Result<T> {
-        self.client.call(request.agent_silence()).await
+        let timeout = self.client.command_timeout();
+        self.client.call(request.agent_silence(timeout)).await
     }
 
     /// Syncs again, as the blocking agent's `resync` does: 0xFF and `guest-sync-delimited`
