@@ -65,6 +65,9 @@ pub const READY_MARKER: &str = "QMP-GUEST-READY";
 /// The name of the guest agent's virtio-serial port (what `qemu-ga` looks for by default).
 pub const AGENT_PORT: &str = "org.qemu.guest_agent.0";
 
+/// The id of the chardev behind the agent's port (a Unix socket server at boot).
+pub const AGENT_CHARDEV: &str = "qga0";
+
 /// The serial console's socket, its log file and the agent's socket, in QEMU's directory.
 const CONSOLE_SOCKET: &str = "console.sock";
 const CONSOLE_LOG: &str = "console.log";
@@ -762,9 +765,9 @@ impl GuestBuilder {
             "-device".into(),
             "virtio-serial".into(),
             "-chardev".into(),
-            format!("socket,id=qga0,path={AGENT_SOCKET},server=on,wait=off").into(),
+            format!("socket,id={AGENT_CHARDEV},path={AGENT_SOCKET},server=on,wait=off").into(),
             "-device".into(),
-            format!("virtserialport,chardev=qga0,name={AGENT_PORT}").into(),
+            format!("virtserialport,chardev={AGENT_CHARDEV},name={AGENT_PORT}").into(),
             "-device".into(),
             "pvpanic".into(),
             "-device".into(),

@@ -11,7 +11,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use qmp_e2e::guest::{Guest, image};
+use qmp_e2e::guest::{AGENT_CHARDEV, Guest, image};
 use qmp_std::agent::AgentBuilder;
 use qmp_std::agent_commands::{
     FsfreezeStatus, GuestExec, GuestFsfreezeFreeze, GuestFsfreezeStatus, GuestFsfreezeThaw,
@@ -50,12 +50,17 @@ fn trigger_panic(guest: &mut Guest) {
 
 /// qmp-std's guest agent client on the guest's agent port (synced on connect).
 fn agent(guest: &Guest) -> qmp_std::agent::Agent<UnixStream> {
+    AgentBuilder::with_options(agent_options())
+        .connect_unix(guest.agent_path())
+        .unwrap_or_else(|e| panic!("connect to the guest agent: {e}"))
+}
+
+/// The agent clients' options here: the guest's pace under TCG.
+fn agent_options() -> qmp_std::Options {
     let mut options = qmp_std::Options::default();
     options.command_timeout = Some(GUEST_TIMEOUT);
     options.connect_timeout = Some(GUEST_TIMEOUT);
-    AgentBuilder::with_options(options)
-        .connect_unix(guest.agent_path())
-        .unwrap_or_else(|e| panic!("connect to the guest agent: {e}"))
+    options
 }
 
 fn boot(builder: qmp_e2e::guest::GuestBuilder) -> Guest {
@@ -439,6 +444,33 @@ fn the_agent_client_drives_the_real_guest() {
     agent
         .execute(&GuestPing)
         .expect("guest-ping after the restart");
+
+    // The same port behind a TCP chardev: `chardev-change` swaps the backend under the running
+    // guest (the Unix client sees its connection end), and `Agent::connect_tcp` syncs with
+    // the same qemu-ga.
+    let port = qmp_e2e::free_port().unwrap();
+    qmp.execute_raw(
+        "chardev-change",
+        &json!({
+            "id": AGENT_CHARDEV,
+            "backend": {"type": "socket", "data": {
+                "addr": {"type": "inet", "data": {"host": "127.0.0.1", "port": port.to_string()}},
+                "server": true,
+                "wait": false
+            }}
+        }),
+    )
+    .expect("chardev-change to TCP");
+    assert!(matches!(
+        agent.execute(&GuestPing),
+        Err(Error::Disconnected | Error::Io(_))
+    ));
+    let mut agent = AgentBuilder::with_options(agent_options())
+        .connect_tcp(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("connect to the guest agent over TCP: {e}"));
+    agent.execute(&GuestPing).expect("guest-ping over TCP");
+    let osinfo = agent.execute(&GuestGetOsinfo).expect("guest-get-osinfo");
+    assert_eq!(osinfo.kernel_release.as_deref(), Some(release.as_str()));
 
     // No reply on success: it completes in silence, and the guest powers off.
     agent
