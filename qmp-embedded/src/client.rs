@@ -546,18 +546,22 @@ macro_rules! client {
                 use qmp_proto::{Done, Expired, SendError, Wait};
                 self.abandon_pending();
                 let deadline = self.deadline();
-                let options = qmp_proto::SendOptions::new()
-                    .oob(oob)
-                    .deadline(deadline.map_or(qmp_proto::Deadline::Never, qmp_proto::Deadline::At));
+                // The command's deadline: the timeout from now, resolved by the driver (which
+                // gives an agent's command without a success reply its shorter silence
+                // window); after a wait for room, what is left of this call's.
+                let mut own = qmp_proto::Deadline::Default;
                 let id = loop {
+                    let options = qmp_proto::SendOptions::new().oob(oob).deadline(own);
                     match self.driver.execute(name, arguments, options, self.clock.now()) {
                         Ok(id) => break id,
                         Err(SendError::TableFull | SendError::QueueFull) => {
                             self.run(Wait::Room { oob }, deadline, Expired::Command)
                                 $($await)* ?;
+                            own = deadline.map_or(qmp_proto::Deadline::Never, qmp_proto::Deadline::At);
                         }
                         Err(SendError::Busy) => {
                             self.run(Wait::Flush, deadline, Expired::Command) $($await)* ?;
+                            own = deadline.map_or(qmp_proto::Deadline::Never, qmp_proto::Deadline::At);
                         }
                         Err(e) => return Err(self.send_error(e)),
                     }

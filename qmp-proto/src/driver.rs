@@ -366,6 +366,12 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
         }
         if self.outbox.unqueue(id) {
             // Never (wholly) reached the server: no reply will come.
+            self.forget_silent(id);
+            return self.session.forget(id);
+        }
+        if self.forget_silent(id) {
+            // An agent's command without a success reply: none is owed, so nothing is kept
+            // for it (an error reply that still comes is dropped as unmatched).
             return self.session.forget(id);
         }
         self.session.abandon(id)
@@ -480,9 +486,13 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
         matches!(self.held, Held::Return(h, _) | Held::Error(h, ..) | Held::Failed(h, _) | Held::Silent(h) if h == id)
     }
 
-    /// Whether a command (out of band, or in band) could be queued now.
+    /// Whether a command (out of band, or in band) could be queued now. An agent driver with
+    /// the most commands without a success reply in flight has none until one ends.
     pub fn has_room(&self, oob: bool) -> bool {
-        self.session.has_room(oob) && !self.outbox.is_full() && !self.rehandshaking()
+        self.session.has_room(oob)
+            && !self.outbox.is_full()
+            && !self.rehandshaking()
+            && self.silent_room()
     }
 
     /// Handles the next buffered message, if any: `Some` when it completed something the
@@ -493,6 +503,8 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
     pub fn poll(&mut self) -> Option<Done> {
         self.held = Held::None;
         if let Some(id) = self.unsent.pop_front() {
+            // Never written: a failure, even for a command whose success is silence.
+            self.forget_silent(id);
             self.held = Held::Failed(id, Failure::Disconnected);
             return Some(Done::Completed(id));
         }
@@ -516,13 +528,14 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
                 }
                 Received::Reply(reply) => {
                     let id = reply.id;
+                    let mut unwritten = false;
                     self.held = match reply.outcome {
                         Outcome::Return(v) => Held::Return(id, span(v.as_json())),
                         Outcome::Error(e) => {
                             Held::Error(id, span(e.class.as_escaped()), span(e.desc.as_escaped()))
                         }
                         Outcome::Failed(f) => {
-                            self.outbox.unqueue(id);
+                            unwritten = self.outbox.unqueue(id);
                             Held::Failed(id, f)
                         }
                     };
@@ -530,7 +543,7 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
                     if let Some(server) = self.peer.server_mut() {
                         server.oob_enabled = oob;
                     }
-                    self.agent_outcome(id);
+                    self.agent_outcome(id, unwritten);
                     return Some(Done::Completed(id));
                 }
                 Received::Event(event) => {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use qmp_proto::{
     AGENT_SENTINEL, CommandId, Deadline, Done, Driver, DriverConfig, EventBuffer, Failure, Instant,
-    Io, Outcome, SendOptions, Wait,
+    Io, NO_REPLY_TIMEOUT, NO_SUCCESS_RESPONSE, Outcome, SendOptions, Wait,
 };
 
 type Agent = Driver<[u8; 8192], [u8; 1024], EventBuffer<64>, 8>;
@@ -346,6 +346,108 @@ fn a_command_without_a_success_reply_succeeds_in_silence_and_fails_on_an_error()
     assert_eq!(outcome_text(&mut d, halt), "return {}");
     // An ordinary command does time out.
     assert!(matches!(d.poll(), Some(Done::Closed(_))));
+}
+
+#[test]
+fn execute_sends_the_agents_silent_commands_as_no_reply_ones() {
+    // The default config's command timeout is 30 s: silence is success after
+    // NO_REPLY_TIMEOUT (3 s) for a command with no deadline of its own, or none at all.
+    assert_eq!(NO_REPLY_TIMEOUT, Duration::from_secs(3));
+    for deadline in [Deadline::Default, Deadline::Never] {
+        let mut d = agent(5);
+        transmit(&mut d);
+        feed(&mut d, b"\xff{\"return\": 5}\n", ms(0));
+        let opts = SendOptions::new().deadline(deadline);
+        let ping = d.execute("guest-ping", &(), opts, ms(0)).unwrap();
+        let shutdown = d.execute("guest-shutdown", &(), opts, ms(0)).unwrap();
+        transmit(&mut d);
+        d.handle_timeout(ms(2_999));
+        assert_eq!(d.poll(), None, "{deadline:?}");
+        d.handle_timeout(ms(3_000));
+        assert_eq!(d.poll(), Some(Done::Completed(shutdown)), "{deadline:?}");
+        assert_eq!(outcome_text(&mut d, shutdown), "return {}");
+        // guest-ping is no such command: it still waits for its reply.
+        assert_eq!(d.poll(), None);
+        let reply = format!("{{\"return\": {{}}, \"id\": {}}}\n", ping.get());
+        assert_eq!(
+            feed(&mut d, reply.as_bytes(), ms(3_100)),
+            [(ping, "return {}".to_owned())]
+        );
+    }
+
+    // A command timeout shorter than NO_REPLY_TIMEOUT bounds the silence; an explicit
+    // deadline is the command's own, longer or not.
+    let config = DriverConfig {
+        command_timeout: Some(Duration::from_millis(800)),
+        ..DriverConfig::default()
+    };
+    let mut d = Driver::new_agent([0; 8192], [0; 1024], EventBuffer::new(), config, 6, ms(0));
+    transmit(&mut d);
+    feed(&mut d, b"\xff{\"return\": 6}\n", ms(0));
+    let short = d
+        .execute("guest-suspend-ram", &(), SendOptions::new(), ms(0))
+        .unwrap();
+    let long = SendOptions::new().deadline(Deadline::After(Duration::from_secs(5)));
+    let own = d.execute("guest-shutdown", &(), long, ms(0)).unwrap();
+    transmit(&mut d);
+    d.handle_timeout(ms(800));
+    assert_eq!(d.poll(), Some(Done::Completed(short)));
+    d.handle_timeout(ms(4_999));
+    assert_eq!(d.poll(), None);
+    d.handle_timeout(ms(5_000));
+    assert_eq!(d.poll(), Some(Done::Completed(own)));
+    assert!(NO_SUCCESS_RESPONSE.contains(&"guest-suspend-ram"));
+}
+
+#[test]
+fn silent_commands_hold_their_places_only_while_they_may_still_fail() {
+    let mut d = agent(7);
+    transmit(&mut d);
+    feed(&mut d, b"\xff{\"return\": 7}\n", ms(0));
+    let opts = SendOptions::new();
+    let a = d.execute("guest-shutdown", &(), opts, ms(0)).unwrap();
+    assert!(d.has_room(false));
+    let b = d.execute("guest-suspend-ram", &(), opts, ms(0)).unwrap();
+    transmit(&mut d);
+    // Two in flight: no room (for a third, or anything) until one ends; no busy loop on
+    // `Wait::Room` meanwhile.
+    assert!(!d.has_room(false));
+    assert_eq!(
+        d.execute("guest-suspend-disk", &(), opts, ms(0)),
+        Err(qmp_proto::SendError::QueueFull)
+    );
+    assert_eq!(
+        d.poll_io(ms(1), Wait::Room { oob: false }, None).done(),
+        None
+    );
+    // Abandoned, a silent command frees both its places at once: no reply is owed for it.
+    assert!(d.abandon(a));
+    assert!(d.has_room(false));
+    assert_eq!(d.in_flight(), 1);
+    // Its error, should one still come, is dropped as unmatched.
+    let dropped = d.dropped_messages();
+    let late = format!(
+        "{{\"id\": {}, \"error\": {{\"class\": \"GenericError\", \"desc\": \"late\"}}}}\n",
+        a.get()
+    );
+    assert_eq!(feed(&mut d, late.as_bytes(), ms(10)), []);
+    assert_eq!(d.dropped_messages(), dropped + 1);
+    d.handle_timeout(ms(3_000));
+    assert_eq!(d.poll(), Some(Done::Completed(b)));
+    assert_eq!(outcome_text(&mut d, b), "return {}");
+    assert_eq!(d.in_flight(), 0);
+
+    // One that never wholly left the transmit buffer is not a success when its deadline
+    // passes: the agent never got it.
+    let short = SendOptions::new().deadline(Deadline::After(Duration::from_millis(100)));
+    let cut = d.execute("guest-shutdown", &(), short, ms(3_000)).unwrap();
+    let n = d.poll_transmit().unwrap().len();
+    d.handle_written(n / 2, ms(3_001));
+    d.handle_timeout(ms(3_100));
+    assert_eq!(d.poll(), Some(Done::Completed(cut)));
+    assert_eq!(outcome_text(&mut d, cut), "failed TimedOut");
+    // ... and, like any command cut off by its deadline, it is followed by a new sync.
+    assert!(d.agent_pending_sync().is_some());
 }
 
 #[test]

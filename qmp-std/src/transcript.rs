@@ -49,7 +49,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use qmp_proto::{Framer, JsonKind, RawJson};
+use qmp_proto::{Framer, JsonKind, MAX_SUPPORTED_DEPTH, RawJson};
 
 use crate::drive::HeapBuffer;
 use crate::shared::SplitStream;
@@ -263,7 +263,8 @@ impl<W: Write> Tap for TranscriptWriter<W> {
 /// Cuts a byte stream into whole top-level JSON objects (with a [`qmp_proto::Framer`] on a
 /// heap buffer that grows), whatever the chunking. Each byte is scanned once, however many
 /// reads a long message takes; bytes that are no JSON object (line ends, the client's resync
-/// byte, garbage) are skipped as QEMU skips them.
+/// byte, garbage) are skipped, and after an object broken off (a command cut off by the
+/// resync byte) framing goes on at the next `{`.
 #[derive(Debug, Clone)]
 pub(crate) struct Splitter {
     framer: Framer<HeapBuffer>,
@@ -272,7 +273,8 @@ pub(crate) struct Splitter {
 impl Default for Splitter {
     fn default() -> Self {
         Splitter {
-            framer: Framer::new(HeapBuffer::new(SPLIT_INITIAL, SPLIT_MAX)),
+            framer: Framer::new(HeapBuffer::new(SPLIT_INITIAL, SPLIT_MAX))
+                .with_max_depth(MAX_SUPPORTED_DEPTH),
         }
     }
 }
@@ -288,8 +290,11 @@ impl Splitter {
     pub(crate) fn push(&mut self, mut bytes: &[u8], mut each: impl FnMut(&[u8])) {
         loop {
             while let Some(frame) = self.framer.next_frame() {
-                if let Ok(frame) = frame {
-                    each(frame.as_bytes());
+                match frame {
+                    Ok(frame) => each(frame.as_bytes()),
+                    // A broken object (a command cut off by the resync byte): what follows
+                    // it on the same line is still framed.
+                    Err(_) => self.framer.resume_at_next_object(),
                 }
             }
             if bytes.is_empty() {
@@ -479,6 +484,31 @@ mod tests {
                 ],
                 "chunks of {size}"
             );
+        }
+    }
+
+    #[test]
+    fn commands_after_a_cut_off_one_on_the_same_line_are_kept() {
+        // What a client writes: compact commands with no line end, one of them cut off
+        // inside a string by the resync byte (its deadline passed mid-write), one nested
+        // past QEMU's usual depth, then more on the same line.
+        let deep = format!("{}1{}", "[".repeat(100), "]".repeat(100));
+        let stream = format!(
+            "{{\"execute\":\"a\",\"arguments\":{{\"s\":\"ab\x01{{\"execute\":\"b\"}}\
+             {{\"execute\":\"c\",\"arguments\":{{\"v\":{deep}}}}}{{\"execute\":\"d\"}}"
+        );
+        let expected = [
+            "{\"execute\":\"b\"}".to_owned(),
+            format!("{{\"execute\":\"c\",\"arguments\":{{\"v\":{deep}}}}}"),
+            "{\"execute\":\"d\"}".to_owned(),
+        ];
+        for size in [1, 2, 7, 64, stream.len()] {
+            let mut splitter = Splitter::default();
+            let mut seen = Vec::new();
+            for chunk in stream.as_bytes().chunks(size) {
+                splitter.push(chunk, |m| seen.push(String::from_utf8(m.to_vec()).unwrap()));
+            }
+            assert_eq!(seen, expected, "chunks of {size}");
         }
     }
 

@@ -305,7 +305,6 @@ where
     Ok(out.into_iter().map(Option::unwrap).collect())
 }
 
-/// Microseconds from an event's QMP timestamp (the server's wall clock) to now.
 /// Runs `work(i)` for every VM `i` in `0..n`, at most `busy` at a time (all at once when
 /// `busy` is 0 or at least `n`), and collects the results in VM order: the timed phase's
 /// schedule. With a limit, `busy` tasks each take the next VM not yet run until none is left.
@@ -346,6 +345,7 @@ where
     Ok(out.into_iter().map(Option::unwrap).collect())
 }
 
+/// Microseconds from an event's QMP timestamp (the server's wall clock) to now.
 fn latency_us(event: &qmp_std::Event) -> f64 {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)

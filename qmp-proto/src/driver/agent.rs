@@ -91,7 +91,8 @@ impl Peer {
     }
 }
 
-/// How many commands without a success reply may be in flight at once.
+/// How many commands without a success reply may be in flight at once. While that many are,
+/// an agent driver has no room ([`Driver::has_room`]) until one of them ends.
 const MAX_SILENT: usize = 2;
 
 /// The agent dialect's state within a [`Driver`].
@@ -388,6 +389,26 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
 
     // ---- hooks the driver calls ----------------------------------------------------------
 
+    /// A command left without an outcome of its own (abandoned, or dropped unwritten): if it
+    /// was one without a success reply, its place is free again. Returns whether it was.
+    pub(super) fn forget_silent(&mut self, id: CommandId) -> bool {
+        let Some(agent) = self.peer.agent_mut() else {
+            return false;
+        };
+        match agent.silent.iter_mut().find(|s| **s == id.get()) {
+            Some(slot) => {
+                *slot = 0;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether a command without a success reply would find a place.
+    pub(super) fn silent_room(&self) -> bool {
+        self.peer.agent().is_none_or(|a| a.silent.contains(&0))
+    }
+
     /// Bytes just read, before the framer sees them.
     pub(super) fn agent_read(&mut self, n: usize) {
         if let Some(agent) = self.peer.agent_mut() {
@@ -421,7 +442,8 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
 
     /// Command `id`'s outcome was just held: silence is success for a command without a
     /// success reply, and a timeout calls for a sync.
-    pub(super) fn agent_outcome(&mut self, id: CommandId) {
+    /// `unwritten`: part of the command never left the transmit buffer.
+    pub(super) fn agent_outcome(&mut self, id: CommandId, unwritten: bool) {
         let failure = match self.held {
             Held::Failed(h, failure) if h == id => Some(failure),
             _ => None,
@@ -431,10 +453,15 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
         };
         if let Some(slot) = agent.silent.iter_mut().find(|s| **s == id.get()) {
             *slot = 0;
-            if let Some(Failure::TimedOut | Failure::Disconnected) = failure {
-                self.held = Held::Silent(id);
+            // Silence is success only for a command the agent got whole; one cut off fails
+            // (and a timeout resyncs) as any other command does.
+            let silence = matches!(failure, Some(Failure::TimedOut | Failure::Disconnected));
+            if !(silence && unwritten) {
+                if silence {
+                    self.held = Held::Silent(id);
+                }
+                return;
             }
-            return;
         }
         if failure == Some(Failure::TimedOut) && agent.pending.is_none() {
             let now = agent.now;
