@@ -49,7 +49,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use qmp_proto::{Framer, JsonKind, MAX_SUPPORTED_DEPTH, RawJson};
+use qmp_proto::{AGENT_SENTINEL, Framer, JsonKind, MAX_SUPPORTED_DEPTH, RESYNC, RawJson};
 
 use crate::drive::HeapBuffer;
 use crate::shared::SplitStream;
@@ -286,8 +286,23 @@ const SPLIT_INITIAL: usize = 4096;
 const SPLIT_MAX: usize = 64 << 20;
 
 impl Splitter {
-    /// Takes `bytes` and hands every message they complete to `each`.
+    /// Takes `bytes` and hands every message they complete to `each`. A resync byte (QMP's
+    /// 0x01, the agent's 0xFF: never part of JSON text) drops the object it cuts off, as the
+    /// server's parser does, wherever it falls.
     pub(crate) fn push(&mut self, mut bytes: &[u8], mut each: impl FnMut(&[u8])) {
+        while let Some(at) = bytes
+            .iter()
+            .position(|&b| b == RESYNC || b == AGENT_SENTINEL)
+        {
+            self.push_json(&bytes[..at], &mut each);
+            let _ = self.framer.finish();
+            bytes = &bytes[at + 1..];
+        }
+        self.push_json(bytes, each);
+    }
+
+    /// [`push`](Self::push) for bytes with no resync byte.
+    fn push_json(&mut self, mut bytes: &[u8], mut each: impl FnMut(&[u8])) {
         loop {
             while let Some(frame) = self.framer.next_frame() {
                 match frame {
@@ -489,23 +504,33 @@ mod tests {
 
     #[test]
     fn commands_after_a_cut_off_one_on_the_same_line_are_kept() {
-        // What a client writes: compact commands with no line end, one of them cut off
-        // inside a string by the resync byte (its deadline passed mid-write), one nested
-        // past QEMU's usual depth, then more on the same line.
+        // What a client writes: compact commands with no line end, two of them cut off by
+        // the resync byte (their deadline passed mid-write), inside a string and between
+        // values; one nested past QEMU's usual depth; an agent's sync after its 0xFF (`~`
+        // below); more on the same line; garbage with a `{` in it.
         let deep = format!("{}1{}", "[".repeat(100), "]".repeat(100));
-        let stream = format!(
+        let text = format!(
             "{{\"execute\":\"a\",\"arguments\":{{\"s\":\"ab\x01{{\"execute\":\"b\"}}\
-             {{\"execute\":\"c\",\"arguments\":{{\"v\":{deep}}}}}{{\"execute\":\"d\"}}"
+             {{\"execute\":\"c\",\"arguments\":{{\"v\":{deep}}}}}{{\"execute\":\"d\"}}\
+             {{\"execute\":\"e\",\"arguments\":{{\"x\":[1,\x01{{\"execute\":\"f\"}}\
+             ~{{\"execute\":\"guest-sync-delimited\"}}x{{]}}{{\"execute\":\"g\"}}"
         );
+        let stream: Vec<u8> = text
+            .bytes()
+            .map(|b| if b == b'~' { AGENT_SENTINEL } else { b })
+            .collect();
         let expected = [
             "{\"execute\":\"b\"}".to_owned(),
             format!("{{\"execute\":\"c\",\"arguments\":{{\"v\":{deep}}}}}"),
             "{\"execute\":\"d\"}".to_owned(),
+            "{\"execute\":\"f\"}".to_owned(),
+            "{\"execute\":\"guest-sync-delimited\"}".to_owned(),
+            "{\"execute\":\"g\"}".to_owned(),
         ];
         for size in [1, 2, 7, 64, stream.len()] {
             let mut splitter = Splitter::default();
             let mut seen = Vec::new();
-            for chunk in stream.as_bytes().chunks(size) {
+            for chunk in stream.chunks(size) {
                 splitter.push(chunk, |m| seen.push(String::from_utf8(m.to_vec()).unwrap()));
             }
             assert_eq!(seen, expected, "chunks of {size}");
