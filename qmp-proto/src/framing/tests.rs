@@ -209,3 +209,69 @@ fn read_buf_is_never_empty_after_frames_are_drained() {
     }
     assert_eq!(framer.stream_position(), 300);
 }
+
+#[test]
+fn resume_at_next_object_frames_the_rest_of_a_broken_line() {
+    // A mismatched bracket breaks the first object; QEMU's recovery skips to the line end,
+    // and so the second object on the same line is lost. Resuming at the next `{` keeps it.
+    let stream = b"{\"a\": [1}{\"id\": 2}\n{\"id\": 3}\n";
+    for resume in [false, true] {
+        let mut framer = Framer::new([0u8; 64]);
+        assert_eq!(framer.feed(stream), stream.len());
+        let mut frames = heapless::Vec::<_, 4>::new();
+        let mut errors = 0;
+        while let Some(item) = framer.next_frame() {
+            match item {
+                Ok(frame) => frames.push(frame.offset()).unwrap(),
+                Err(_) => {
+                    errors += 1;
+                    if resume {
+                        framer.resume_at_next_object();
+                    }
+                }
+            }
+        }
+        assert_eq!(errors, 1);
+        let expected: &[u64] = if resume { &[9, 19] } else { &[19] };
+        assert_eq!(frames.as_slice(), expected, "resume: {resume}");
+    }
+}
+
+#[test]
+fn grow_keeps_an_unfinished_object_and_its_scan() {
+    /// Storage that grows to any length asked (up to its array).
+    struct Growing([u8; 64], usize);
+    impl AsRef<[u8]> for Growing {
+        fn as_ref(&self) -> &[u8] {
+            &self.0[..self.1]
+        }
+    }
+    impl AsMut<[u8]> for Growing {
+        fn as_mut(&mut self) -> &mut [u8] {
+            &mut self.0[..self.1]
+        }
+    }
+    impl Buffer for Growing {
+        fn grow_to(&mut self, len: usize) -> bool {
+            let len = len.min(self.0.len());
+            let grew = len > self.1;
+            self.1 = self.1.max(len);
+            grew
+        }
+    }
+    let stream = b"{\"return\": \"a}b{c\", \"id\": 77}";
+    let mut framer = Framer::new(Growing([0; 64], 8));
+    assert!(!framer.grow(), "nothing to grow for yet");
+    let mut fed = 0;
+    let frame = loop {
+        if framer.is_full() {
+            assert!(framer.grow());
+        }
+        fed += framer.feed(&stream[fed..]);
+        if let Some(frame) = framer.next_frame() {
+            break frame.unwrap().as_bytes().to_vec();
+        }
+    };
+    assert_eq!(frame, stream);
+    assert_eq!(framer.capacity(), 32);
+}
