@@ -447,20 +447,39 @@ fn the_agent_client_drives_the_real_guest() {
 
     // The same port behind a TCP chardev: `chardev-change` swaps the backend under the running
     // guest (the Unix client sees its connection end), and `Agent::connect_tcp` syncs with
-    // the same qemu-ga.
-    let port = qmp_e2e::free_port().unwrap();
+    // the same qemu-ga. QEMU picks the port (0), and `query-chardev` says which.
     qmp.execute_raw(
         "chardev-change",
         &json!({
             "id": AGENT_CHARDEV,
             "backend": {"type": "socket", "data": {
-                "addr": {"type": "inet", "data": {"host": "127.0.0.1", "port": port.to_string()}},
+                "addr": {"type": "inet", "data": {"host": "127.0.0.1", "port": "0"}},
                 "server": true,
                 "wait": false
             }}
         }),
     )
     .expect("chardev-change to TCP");
+    let chardevs = qmp.execute_raw("query-chardev", &Value::Null).unwrap();
+    let filename = chardevs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["label"] == AGENT_CHARDEV)
+        .and_then(|c| c["filename"].as_str())
+        .unwrap_or_else(|| panic!("{AGENT_CHARDEV} in {chardevs}"));
+    // `disconnected:tcp:127.0.0.1:PORT,server=on` while no client is connected.
+    let filename = filename.trim_start_matches("disconnected:");
+    let port: u16 = filename
+        .split(',')
+        .next()
+        .and_then(|addr| addr.rsplit(':').next())
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {filename:?}"));
+    assert!(
+        filename.starts_with("tcp:127.0.0.1:") && port != 0,
+        "{filename}"
+    );
     assert!(matches!(
         agent.execute(&GuestPing),
         Err(Error::Disconnected | Error::Io(_))
