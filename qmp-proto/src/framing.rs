@@ -675,16 +675,6 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Framer<B> {
         }
     }
 
-    /// After an error that broke off an object, goes on at the next `{` instead of after the
-    /// next line end, which is QEMU's recovery and this framer's own. For a reader of what a
-    /// client wrote (a recorder): a client's commands share one line, so after a command cut
-    /// off by the resync byte the next line end may never come. Does nothing otherwise.
-    pub fn resume_at_next_object(&mut self) {
-        if matches!(self.mode, Mode::SkipLine) {
-            self.mode = Mode::SeekObject;
-        }
-    }
-
     /// What the object behind the error just returned by [`Framer::next_frame_range`] showed
     /// of itself before it broke off (its id, whether it read as a reply); `None` after a
     /// frame, or an error between objects.

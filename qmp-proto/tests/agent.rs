@@ -447,7 +447,20 @@ fn silent_commands_hold_their_places_only_while_they_may_still_fail() {
     assert_eq!(d.poll(), Some(Done::Completed(cut)));
     assert_eq!(outcome_text(&mut d, cut), "failed TimedOut");
     // ... and, like any command cut off by its deadline, it is followed by a new sync.
-    assert!(d.agent_pending_sync().is_some());
+    let sync = d.agent_pending_sync().expect("a new sync");
+    transmit(&mut d);
+    let mut reply = vec![AGENT_SENTINEL];
+    reply.extend_from_slice(format!("{{\"return\": {sync}}}\n").as_bytes());
+    feed(&mut d, &reply, ms(3_200));
+    assert_eq!(d.agent_pending_sync(), None);
+
+    // Cut off by the end of the channel: a failure too, not the silence of a shutdown.
+    let cut = d.execute("guest-shutdown", &(), short, ms(3_300)).unwrap();
+    let n = d.poll_transmit().unwrap().len();
+    d.handle_written(n / 2, ms(3_301));
+    d.handle_eof();
+    assert_eq!(d.poll(), Some(Done::Completed(cut)));
+    assert_eq!(outcome_text(&mut d, cut), "failed Disconnected");
 }
 
 #[test]

@@ -49,9 +49,8 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use qmp_proto::{AGENT_SENTINEL, Framer, JsonKind, MAX_SUPPORTED_DEPTH, RESYNC, RawJson};
+use qmp_proto::{AGENT_SENTINEL, JsonKind, RESYNC, RawJson};
 
-use crate::drive::HeapBuffer;
 use crate::shared::SplitStream;
 use crate::stream::{FdStream, Stream};
 
@@ -260,65 +259,98 @@ impl<W: Write> Tap for TranscriptWriter<W> {
     }
 }
 
-/// Cuts a byte stream into whole top-level JSON objects (with a [`qmp_proto::Framer`] on a
-/// heap buffer that grows), whatever the chunking. Each byte is scanned once, however many
-/// reads a long message takes; bytes that are no JSON object (line ends, the client's resync
-/// byte, garbage) are skipped, and after an object broken off (a command cut off by the
-/// resync byte) framing goes on at the next `{`.
-#[derive(Debug, Clone)]
+/// Cuts a byte stream into whole top-level JSON objects, whatever the chunking, for a
+/// recorder: it follows strings and the nesting of brackets, with no depth limit (a client
+/// may send up to QEMU's 1,024 levels, deeper than the clients' own framer goes), and looks
+/// at each byte once, however many reads a message takes. It checks no more than that: the
+/// transcript writer keeps what is not JSON as text. Bytes between objects (line ends,
+/// garbage) are skipped; a resync byte (QMP's 0x01, the agent's 0xFF: never part of JSON
+/// text) drops the object it cuts off, as the server's parser does, and so does a closing
+/// bracket of the wrong kind or a control character in a string; a `{` at the start of a
+/// line inside an object starts a new one (the one before was cut off, as the clients'
+/// framer takes it: servers end each message with a line end). An object longer than
+/// [`SPLIT_MAX`] is followed to its end but not kept.
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Splitter {
-    framer: Framer<HeapBuffer>,
+    /// The object so far: its bytes from earlier reads.
+    pending: Vec<u8>,
+    /// The closing bracket each open one expects, innermost last: empty between objects.
+    open: Vec<u8>,
+    in_string: bool,
+    escaped: bool,
+    /// The last byte was a line end (outside strings).
+    line_start: bool,
+    /// The object in progress is longer than [`SPLIT_MAX`]: followed, not kept.
+    skipping: bool,
 }
 
-impl Default for Splitter {
-    fn default() -> Self {
-        Splitter {
-            framer: Framer::new(HeapBuffer::new(SPLIT_INITIAL, SPLIT_MAX))
-                .with_max_depth(MAX_SUPPORTED_DEPTH),
-        }
-    }
-}
-
-/// A splitter's buffer to start with.
-const SPLIT_INITIAL: usize = 4096;
-/// The longest message a splitter keeps whole (a longer one is skipped, unrecorded): the
-/// largest command qmp-proto encodes, above any reply limit a client is given in practice.
+/// The longest message a splitter keeps (a longer one is left out of the record): the largest
+/// command qmp-proto encodes, above any reply limit a client is given in practice.
 const SPLIT_MAX: usize = 64 << 20;
 
 impl Splitter {
-    /// Takes `bytes` and hands every message they complete to `each`. A resync byte (QMP's
-    /// 0x01, the agent's 0xFF: never part of JSON text) drops the object it cuts off, as the
-    /// server's parser does, wherever it falls.
-    pub(crate) fn push(&mut self, mut bytes: &[u8], mut each: impl FnMut(&[u8])) {
-        while let Some(at) = bytes
-            .iter()
-            .position(|&b| b == RESYNC || b == AGENT_SENTINEL)
-        {
-            self.push_json(&bytes[..at], &mut each);
-            let _ = self.framer.finish();
-            bytes = &bytes[at + 1..];
+    /// Takes `bytes` and hands every message they complete to `each`.
+    pub(crate) fn push(&mut self, bytes: &[u8], mut each: impl FnMut(&[u8])) {
+        // Where the object in progress starts in `bytes` (0: before them, in `pending`).
+        let mut from = 0;
+        for (i, &b) in bytes.iter().enumerate() {
+            if b == RESYNC || b == AGENT_SENTINEL {
+                self.drop_object();
+                continue;
+            }
+            let line_start = std::mem::replace(&mut self.line_start, b == b'\n');
+            if b == b'{' && (self.open.is_empty() || line_start && !self.in_string) {
+                self.drop_object();
+                self.open.push(b'}');
+                from = i;
+                continue;
+            }
+            if self.open.is_empty() {
+                continue;
+            }
+            if self.in_string {
+                if self.escaped {
+                    self.escaped = false;
+                } else if b == b'\\' {
+                    self.escaped = true;
+                } else if b == b'"' {
+                    self.in_string = false;
+                } else if b < 0x20 {
+                    self.drop_object();
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.in_string = true,
+                b'{' => self.open.push(b'}'),
+                b'[' => self.open.push(b']'),
+                b'}' | b']' if self.open.pop() != Some(b) => self.drop_object(),
+                b'}' | b']' if self.open.is_empty() => {
+                    if !self.skipping {
+                        self.pending.extend_from_slice(&bytes[from..=i]);
+                        each(&self.pending);
+                    }
+                    self.drop_object();
+                }
+                _ => {}
+            }
         }
-        self.push_json(bytes, each);
+        if !self.open.is_empty() && !self.skipping {
+            self.pending.extend_from_slice(&bytes[from..]);
+            if self.pending.len() > SPLIT_MAX {
+                self.skipping = true;
+                self.pending = Vec::new();
+            }
+        }
     }
 
-    /// [`push`](Self::push) for bytes with no resync byte.
-    fn push_json(&mut self, mut bytes: &[u8], mut each: impl FnMut(&[u8])) {
-        loop {
-            while let Some(frame) = self.framer.next_frame() {
-                match frame {
-                    Ok(frame) => each(frame.as_bytes()),
-                    // A broken object (a command cut off by the resync byte): what follows
-                    // it on the same line is still framed.
-                    Err(_) => self.framer.resume_at_next_object(),
-                }
-            }
-            if bytes.is_empty() {
-                return;
-            }
-            let _ = self.framer.grow();
-            let n = self.framer.feed(bytes);
-            bytes = &bytes[n..];
-        }
+    /// Forgets the object in progress (the splitter is then between objects).
+    fn drop_object(&mut self) {
+        self.pending.clear();
+        self.open.clear();
+        self.in_string = false;
+        self.escaped = false;
+        self.skipping = false;
     }
 }
 
@@ -506,9 +538,11 @@ mod tests {
     fn commands_after_a_cut_off_one_on_the_same_line_are_kept() {
         // What a client writes: compact commands with no line end, two of them cut off by
         // the resync byte (their deadline passed mid-write), inside a string and between
-        // values; one nested past QEMU's usual depth; an agent's sync after its 0xFF (`~`
-        // below); more on the same line; garbage with a `{` in it.
-        let deep = format!("{}1{}", "[".repeat(100), "]".repeat(100));
+        // values; one nested deep; an agent's sync after its 0xFF (`~` below); more on the
+        // same line; garbage with a `{` and a mismatched bracket in it.
+        // 300 levels, past the clients' framer (128), within QEMU's 1,024: kept whole, and
+        // the object inside it is no message of its own.
+        let deep = format!("{}{{\"a\":1}}{}", "[".repeat(299), "]".repeat(299));
         let text = format!(
             "{{\"execute\":\"a\",\"arguments\":{{\"s\":\"ab\x01{{\"execute\":\"b\"}}\
              {{\"execute\":\"c\",\"arguments\":{{\"v\":{deep}}}}}{{\"execute\":\"d\"}}\
