@@ -326,7 +326,12 @@ impl Splitter {
                 b'[' => self.open.push(b']'),
                 b'}' | b']' if self.open.pop() != Some(b) => self.drop_object(),
                 b'}' | b']' if self.open.is_empty() => {
-                    if !self.skipping {
+                    if self.skipping {
+                        // Too long: left out.
+                    } else if self.pending.is_empty() {
+                        // Whole in this read: handed over from it, not copied first.
+                        each(&bytes[from..=i]);
+                    } else {
                         self.pending.extend_from_slice(&bytes[from..=i]);
                         each(&self.pending);
                     }

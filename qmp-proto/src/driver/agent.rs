@@ -455,12 +455,13 @@ impl<R: Buffer, T: Buffer, Q: EventStore, const N: usize> Driver<R, T, Q, N> {
             *slot = 0;
             // Silence is success only for a command the agent got whole; one cut off fails
             // (and a timeout resyncs) as any other command does.
-            let silence = matches!(failure, Some(Failure::TimedOut | Failure::Disconnected));
-            if !(silence && unwritten) {
-                if silence {
+            match failure {
+                Some(Failure::TimedOut | Failure::Disconnected) if unwritten => {}
+                Some(Failure::TimedOut | Failure::Disconnected) => {
                     self.held = Held::Silent(id);
+                    return;
                 }
-                return;
+                _ => return,
             }
         }
         if failure == Some(Failure::TimedOut) && agent.pending.is_none() {
