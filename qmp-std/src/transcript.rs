@@ -284,9 +284,9 @@ pub(crate) struct Splitter {
     skipping: bool,
 }
 
-/// The longest message a splitter keeps (a longer one is left out of the record): the largest
-/// command qmp-proto encodes, above any reply limit a client is given in practice.
-const SPLIT_MAX: usize = 64 << 20;
+/// The longest message a splitter keeps (a longer one is left out of the record): QEMU's own
+/// limit, the largest command qmp-proto encodes, above any reply limit a client is given.
+const SPLIT_MAX: usize = qmp_proto::QEMU_MAX_MESSAGE;
 
 impl Splitter {
     /// Takes `bytes` and hands every message they complete to `each`.
@@ -324,18 +324,22 @@ impl Splitter {
                 b'"' => self.in_string = true,
                 b'{' => self.open.push(b'}'),
                 b'[' => self.open.push(b']'),
-                b'}' | b']' if self.open.pop() != Some(b) => self.drop_object(),
-                b'}' | b']' if self.open.is_empty() => {
-                    if self.skipping {
-                        // Too long: left out.
-                    } else if self.pending.is_empty() {
-                        // Whole in this read: handed over from it, not copied first.
-                        each(&bytes[from..=i]);
-                    } else {
-                        self.pending.extend_from_slice(&bytes[from..=i]);
-                        each(&self.pending);
+                b'}' | b']' => {
+                    if self.open.pop() != Some(b) {
+                        // A bracket of the wrong kind: no JSON object.
+                        self.drop_object();
+                    } else if self.open.is_empty() {
+                        if self.skipping {
+                            // Too long: left out.
+                        } else if self.pending.is_empty() {
+                            // Whole in this read: handed over from it, not copied first.
+                            each(&bytes[from..=i]);
+                        } else {
+                            self.pending.extend_from_slice(&bytes[from..=i]);
+                            each(&self.pending);
+                        }
+                        self.drop_object();
                     }
-                    self.drop_object();
                 }
                 _ => {}
             }
@@ -578,8 +582,8 @@ mod tests {
 
     #[test]
     fn a_message_longer_than_the_buffer_is_kept_whole() {
-        // 1 MiB of reply (256 times the splitter's first buffer), fed in reads of 1,000
-        // bytes, between two short messages: the buffer grows and nothing is lost.
+        // 1 MiB of reply, fed in reads of 1,000 bytes, between two short messages: nothing
+        // is lost.
         let big = format!("{{\"return\": \"{}\"}}", "x".repeat(1 << 20));
         let stream = format!("{{\"a\": 1}}\r\n{big}\r\n{{\"b\": 2}}\r\n");
         let mut splitter = Splitter::default();

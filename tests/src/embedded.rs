@@ -11,6 +11,19 @@ use std::time::Instant;
 #[derive(Debug)]
 pub struct SocketLink(pub UnixStream);
 
+impl SocketLink {
+    /// How long a read waits before the client gets to check its deadlines.
+    pub const POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+    /// `stream` as a link, given a read timeout of [`SocketLink::POLL`].
+    pub fn new(stream: UnixStream) -> Self {
+        stream
+            .set_read_timeout(Some(Self::POLL))
+            .expect("set a read timeout");
+        Self(stream)
+    }
+}
+
 /// A `std::io` error as `embedded_io` sees it.
 pub fn link_error(e: &io::Error) -> embedded_io::ErrorKind {
     use embedded_io::ErrorKind as K;

@@ -1982,10 +1982,6 @@ fn shared_client_survives_chaos() {
 
 // ---- qmp-embedded's blocking client ------------------------------------------------------
 
-/// How long one read of [`SocketLink`] may block before it reports `TimedOut` (so the
-/// client checks its deadlines).
-const POLL: Duration = Duration::from_millis(20);
-
 /// `query-status`'s return value.
 #[derive(Debug, serde::Deserialize)]
 struct Status<'a> {
@@ -2072,12 +2068,12 @@ fn embedded_session(seed: u64, qemu: &Path) -> Stats {
     let ctx = format!("qmp-embedded {plan}");
     let proxy = start_proxy(&ctx, qemu, &plan);
     let stream = connect_proxy(&ctx, &proxy);
-    stream
-        .set_read_timeout(Some(POLL))
-        .expect("set a read timeout");
     let config = qmp_embedded::Config::new().timeout(Some(DEADLINE));
-    let mut qmp: Embedded =
-        qmp_embedded::Client::with_config(SocketLink(stream), HostClock(Instant::now()), config);
+    let mut qmp: Embedded = qmp_embedded::Client::with_config(
+        SocketLink::new(stream),
+        HostClock(Instant::now()),
+        config,
+    );
     let mut obs = Observer::new(ctx.clone());
 
     // The greeting and the negotiation each have their own deadline.

@@ -31,8 +31,9 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use embedded_io::ErrorKind;
+use qmp_e2e::embedded::HostClock;
 use qmp_e2e::{Address, Monitor, Qemu, open_pty};
-use qmp_embedded::{Clock, ErrorClass, Instant, State};
+use qmp_embedded::{ErrorClass, State};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use serde::Deserialize;
@@ -275,22 +276,6 @@ impl embedded_io_async::Write for AsyncPty {
 
     async fn flush(&mut self) -> Result<(), LinkError> {
         Ok(())
-    }
-}
-
-/// The host's monotonic clock, from the client's creation.
-#[derive(Debug, Clone, Copy)]
-struct HostClock(std::time::Instant);
-
-impl HostClock {
-    fn new() -> Self {
-        Self(std::time::Instant::now())
-    }
-}
-
-impl Clock for HostClock {
-    fn now(&self) -> Instant {
-        Instant::from_micros(u64::try_from(self.0.elapsed().as_micros()).unwrap_or(u64::MAX))
     }
 }
 

@@ -878,11 +878,8 @@ impl Subject for Embedded {
     fn prepare() {}
 
     fn handshake((): (), stream: UnixStream, timeout: Duration) -> Result<Self, Got> {
-        stream
-            .set_read_timeout(Some(Duration::from_millis(20)))
-            .unwrap();
         let config = qmp_embedded::Config::new().timeout(Some(timeout));
-        let mut client = Embedded::with_config(SocketLink(stream), HostClock::new(), config);
+        let mut client = Embedded::with_config(SocketLink::new(stream), HostClock::new(), config);
         match client.handshake(false) {
             Ok(_) => Ok(client),
             Err(e) => Err(embedded_got(e)),

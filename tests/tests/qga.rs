@@ -388,13 +388,10 @@ fn the_embedded_client_speaks_to_the_agent() {
 
     let real = QemuGa::unix("embedded");
     let stream = UnixStream::connect(real.path()).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_millis(20)))
-        .unwrap();
     let config = qmp_embedded::Config::new().timeout(Some(Duration::from_secs(10)));
     let mut agent: qmp_embedded::Client<SocketLink, HostClock, 4096, 512, 256, 2> =
         qmp_embedded::Client::new_agent(
-            SocketLink(stream),
+            SocketLink::new(stream),
             HostClock::new(),
             config,
             qmp_std::agent::random_sync_id(),
@@ -427,11 +424,9 @@ fn the_embedded_agent_client_syncs_again_after_a_lost_sync() {
 
     let (ours, theirs) = UnixStream::pair().unwrap();
     let fake = fake_agent_dropping(theirs, None, 1);
-    ours.set_read_timeout(Some(Duration::from_millis(20)))
-        .unwrap();
     let config = qmp_embedded::Config::new().timeout(Some(Duration::from_millis(300)));
     let mut agent: qmp_embedded::Client<SocketLink, HostClock, 1024, 256, 64, 2> =
-        qmp_embedded::Client::new_agent(SocketLink(ours), HostClock::new(), config, 12_345);
+        qmp_embedded::Client::new_agent(SocketLink::new(ours), HostClock::new(), config, 12_345);
     match agent.sync() {
         Err(qmp_embedded::Error::Timeout(Expired::Sync)) => {}
         other => panic!("the first sync is lost, yet: {other:?}"),
@@ -466,15 +461,13 @@ fn the_embedded_agent_client_completes_guest_shutdown_in_silence() {
     ] {
         let (ours, theirs) = UnixStream::pair().unwrap();
         let fake = fake_agent(theirs, answer);
-        ours.set_read_timeout(Some(Duration::from_millis(20)))
-            .unwrap();
         let mut config = qmp_embedded::Config::new();
         if let Some(timeout) = timeout {
             config = config.timeout(Some(timeout));
         }
         assert!(config.command_timeout().unwrap() > NO_REPLY_TIMEOUT || timeout.is_some());
         let mut agent: qmp_embedded::Client<SocketLink, HostClock, 1024, 256, 64, 2> =
-            qmp_embedded::Client::new_agent(SocketLink(ours), HostClock::new(), config, 777);
+            qmp_embedded::Client::new_agent(SocketLink::new(ours), HostClock::new(), config, 777);
         agent.sync().unwrap();
         let started = std::time::Instant::now();
         let result = agent

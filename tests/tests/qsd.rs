@@ -196,12 +196,9 @@ fn the_embedded_client_runs_a_backup_job() {
 
     let qsd = start("embedded");
     let stream = std::os::unix::net::UnixStream::connect(qsd.socket()).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_millis(20)))
-        .unwrap();
     // 8 KiB to receive (query-named-block-nodes for two null nodes is ~2 KB), 2 KiB of events.
     let mut qmp: qmp_embedded::Client<SocketLink, HostClock, 8192, 512, 2048, 4> =
-        qmp_embedded::Client::new(SocketLink(stream), HostClock::new());
+        qmp_embedded::Client::new(SocketLink::new(stream), HostClock::new());
     qmp.set_timeout(Some(Duration::from_secs(10)));
     assert_greets_as_qemu(qmp.handshake(true).unwrap());
 
