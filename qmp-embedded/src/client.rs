@@ -550,6 +550,7 @@ macro_rules! client {
                 // gives an agent's command without a success reply its shorter silence
                 // window); after a wait for room, what is left of this call's.
                 let mut own = qmp_proto::Deadline::Default;
+                let left = deadline.map_or(qmp_proto::Deadline::Never, qmp_proto::Deadline::At);
                 let id = loop {
                     let options = qmp_proto::SendOptions::new().oob(oob).deadline(own);
                     match self.driver.execute(name, arguments, options, self.clock.now()) {
@@ -557,11 +558,11 @@ macro_rules! client {
                         Err(SendError::TableFull | SendError::QueueFull) => {
                             self.run(Wait::Room { oob }, deadline, Expired::Command)
                                 $($await)* ?;
-                            own = deadline.map_or(qmp_proto::Deadline::Never, qmp_proto::Deadline::At);
+                            own = left;
                         }
                         Err(SendError::Busy) => {
                             self.run(Wait::Flush, deadline, Expired::Command) $($await)* ?;
-                            own = deadline.map_or(qmp_proto::Deadline::Never, qmp_proto::Deadline::At);
+                            own = left;
                         }
                         Err(e) => return Err(self.send_error(e)),
                     }

@@ -352,14 +352,12 @@ impl<S: Stream> Agent<S> {
         closed.map(|_| ())
     }
 
-    /// The verbs' primitive: a command without a success reply waits in silence for its
-    /// deadline ([`NO_REPLY_TIMEOUT`] unless it has one of its own), every other one for its
-    /// reply.
+    /// The verbs' primitive: the client's (the driver gives a command without a success reply
+    /// its silence window, [`NO_REPLY_TIMEOUT`] unless it has a deadline of its own).
     fn call<A: Serialize + ?Sized, T: DeserializeOwned>(
         &mut self,
         request: Request<'_, A>,
     ) -> Result<T> {
-        let timeout = self.client.options().command_timeout;
-        self.client.call(request.agent_silence(timeout))
+        self.client.call(request)
     }
 }

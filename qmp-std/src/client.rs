@@ -670,12 +670,12 @@ impl<S: Stream> Client<S> {
         C: Command,
         for<'de> C::Output<'de>: DeserializeOwned,
     {
-        self.send_as(C::NAME, command, false, self.options.command_timeout, None)
+        self.send_as(C::NAME, command, false, None, None)
     }
 
     /// [`send`](Self::send) by name with JSON arguments.
     pub fn send_raw(&mut self, name: &str, arguments: &Value) -> Result<Handle<Value>> {
-        self.send_as(name, arguments, false, self.options.command_timeout, None)
+        self.send_as(name, arguments, false, None, None)
     }
 
     /// [`send`](Self::send), out of band (see [`execute_oob`](Self::execute_oob)).
@@ -684,12 +684,12 @@ impl<S: Stream> Client<S> {
         C: Command,
         for<'de> C::Output<'de>: DeserializeOwned,
     {
-        self.send_as(C::NAME, command, true, self.options.command_timeout, None)
+        self.send_as(C::NAME, command, true, None, None)
     }
 
     /// [`send_raw`](Self::send_raw), out of band.
     pub fn send_oob_raw(&mut self, name: &str, arguments: &Value) -> Result<Handle<Value>> {
-        self.send_as(name, arguments, true, self.options.command_timeout, None)
+        self.send_as(name, arguments, true, None, None)
     }
 
     /// Waits for the result of a command sent with [`send`](Self::send) or a sibling.
@@ -785,9 +785,14 @@ impl<S: Stream> Client<S> {
     ) -> Result<T> {
         self.check_arguments(request.name, request.arguments)?;
         let mut trace = crate::trace::CommandTrace::start(request.name);
-        let timeout = request.timeout_or(self.options.command_timeout);
         let result = self
-            .send_as(request.name, request.arguments, request.oob, timeout, None)
+            .send_as(
+                request.name,
+                request.arguments,
+                request.oob,
+                request.timeout,
+                None,
+            )
             .and_then(|handle| {
                 trace.sent(handle.id());
                 self.wait(handle)
@@ -799,30 +804,26 @@ impl<S: Stream> Client<S> {
     /// The optional schema check (`Options::check_arguments`), fetching the schema first.
     fn check_arguments<A: Serialize + ?Sized>(&mut self, name: &str, arguments: &A) -> Result<()> {
         if self.arguments.needs_schema(name) {
-            let timeout = self.options.command_timeout;
             let handle: Handle<Value> =
-                self.send_as(crate::check::SCHEMA_COMMAND, &(), false, timeout, None)?;
+                self.send_as(crate::check::SCHEMA_COMMAND, &(), false, None, None)?;
             let json = self.wait_id(handle.id, |json| Ok(json.to_owned()))?;
             self.arguments.load(&json)?;
         }
         self.arguments.check(name, arguments)
     }
 
-    /// Queues a command with a deadline `timeout` from now (waiting for room until then),
-    /// then writes it out.
+    /// Queues a command with its own `timeout` (`None`: the command timeout), waiting for
+    /// room until its deadline, then writes it out.
     fn send_as<A: Serialize + ?Sized, T>(
         &mut self,
         name: &str,
         arguments: &A,
         oob: bool,
-        timeout: Option<Duration>,
+        timeout: Option<Option<Duration>>,
         attach: Option<Attach<'_, S>>,
     ) -> Result<Handle<T>> {
-        let at = self.deadline(timeout);
-        let options = SendOptions::new()
-            .oob(oob)
-            .deadline(at.map_or(Deadline::Never, Deadline::At))
-            .attach(attach.is_some());
+        let at = self.deadline(timeout.unwrap_or(self.options.command_timeout));
+        let options = crate::hub::send_options(oob, timeout, attach.is_some(), self.now());
         let id = loop {
             let now = self.now();
             match self.driver.execute(name, arguments, options, now) {
@@ -1057,9 +1058,8 @@ impl<S: FdStream> Client<S> {
         C: Command,
         for<'de> C::Output<'de>: DeserializeOwned,
     {
-        let timeout = self.options.command_timeout;
         let mut send = |stream: &mut S, bytes: &[u8]| stream.send_with_fds(bytes, fds);
-        self.send_as(C::NAME, command, false, timeout, Some(&mut send))
+        self.send_as(C::NAME, command, false, None, Some(&mut send))
     }
 
     /// [`send_raw`](Self::send_raw) with file descriptors attached; see
@@ -1070,9 +1070,8 @@ impl<S: FdStream> Client<S> {
         arguments: &Value,
         fds: &[BorrowedFd<'_>],
     ) -> Result<Handle<Value>> {
-        let timeout = self.options.command_timeout;
         let mut send = |stream: &mut S, bytes: &[u8]| stream.send_with_fds(bytes, fds);
-        self.send_as(name, arguments, false, timeout, Some(&mut send))
+        self.send_as(name, arguments, false, None, Some(&mut send))
     }
 
     /// Runs a command, its descriptors sent with its first bytes, and decodes its result.
@@ -1081,14 +1080,13 @@ impl<S: FdStream> Client<S> {
         request: Request<'_, A>,
     ) -> Result<T> {
         self.check_arguments(request.name, request.arguments)?;
-        let timeout = request.timeout_or(self.options.command_timeout);
         let fds = request.fds;
         let mut send = |stream: &mut S, bytes: &[u8]| stream.send_with_fds(bytes, fds);
         let handle = self.send_as(
             request.name,
             request.arguments,
             request.oob,
-            timeout,
+            request.timeout,
             Some(&mut send),
         )?;
         self.wait(handle)

@@ -291,18 +291,6 @@ impl<'a, A: ?Sized> Request<'a, A> {
         }
     }
 
-    /// For the guest agent: a command without a success reply
-    /// ([`NO_SUCCESS_RESPONSE`](qmp_proto::NO_SUCCESS_RESPONSE)) and no timeout of its own
-    /// gets the core's silence window ([`qmp_proto::no_reply_timeout`]: 3 s, or the client's
-    /// `command_timeout` if shorter), not the whole command timeout (sized for replies, not
-    /// for silence). The driver completes it in silence at that deadline.
-    pub(crate) fn agent_silence(mut self, command_timeout: Option<Duration>) -> Self {
-        if self.timeout.is_none() && qmp_proto::NO_SUCCESS_RESPONSE.contains(&self.name) {
-            self.timeout = Some(Some(qmp_proto::no_reply_timeout(command_timeout)));
-        }
-        self
-    }
-
     /// Its parts: `(oob, name, arguments, timeout, fds)`, the timeout resolved against the
     /// client's command timeout.
     #[allow(clippy::type_complexity)]

@@ -332,20 +332,29 @@ impl<W: Waiter, R: Ready> Hub<W, R> {
     }
 }
 
-/// How a command is sent: out of band or not, with its deadline `timeout` from `now`.
+/// How a command is sent: out of band or not, with the deadline of its own `timeout` from
+/// `now` (see [`deadline`]).
 pub(crate) fn send_options(
     oob: bool,
-    timeout: Option<Duration>,
+    timeout: Option<Option<Duration>>,
     attach: bool,
     now: qmp_proto::Instant,
 ) -> SendOptions {
     SendOptions {
         oob,
-        deadline: match timeout {
-            Some(t) => Deadline::At(now + t),
-            None => Deadline::Never,
-        },
+        deadline: deadline(timeout, now),
         attach,
+    }
+}
+
+/// A command's deadline from the timeout it was given (`None`: none of its own): the
+/// driver resolves the client's command timeout itself ([`Deadline::Default`]), and with it
+/// the shorter silence window of an agent's command without a success reply.
+pub(crate) fn deadline(timeout: Option<Option<Duration>>, now: qmp_proto::Instant) -> Deadline {
+    match timeout {
+        None => Deadline::Default,
+        Some(Some(t)) => Deadline::At(now + t),
+        Some(None) => Deadline::Never,
     }
 }
 

@@ -117,9 +117,6 @@ struct Inner {
     closer: Box<dyn Fn() + Send + Sync>,
     closing: AtomicBool,
     server: ServerInfo,
-    /// The peer is the guest agent: its commands without a success reply get the core's
-    /// silence window unless they name a timeout.
-    agent: bool,
     origin: Instant,
     command_timeout: Option<Duration>,
     max_reply_size: usize,
@@ -314,7 +311,6 @@ impl SharedClient {
             return Err(Error::Refused(SendError::Busy));
         }
         let origin = parts.origin;
-        let driver_is_agent = driver.is_agent();
         let server = match driver.server() {
             Some(server) => server.clone(),
             None if driver.is_agent() => crate::agent::server_info(),
@@ -335,7 +331,6 @@ impl SharedClient {
             }),
             closing: AtomicBool::new(false),
             server,
-            agent: driver_is_agent,
             origin,
             command_timeout: options.command_timeout,
             max_reply_size: options.max_reply_size,
@@ -411,12 +406,6 @@ impl SharedClient {
             check.load(&self.answer(fetch, &mut trace)?)?;
         }
         check.check(request.name, request.arguments)?;
-        let inner = self.inner();
-        let request = if inner.agent {
-            request.agent_silence(inner.command_timeout)
-        } else {
-            request
-        };
         let mut trace = crate::trace::CommandTrace::start(request.name);
         let result = self
             .answer(request, &mut trace)
@@ -432,10 +421,11 @@ impl SharedClient {
         trace: &mut crate::trace::CommandTrace<'_>,
     ) -> Answer {
         let inner = self.inner();
+        let own = request.timeout;
         let (oob, name, arguments, timeout, fds) = request.parts(inner.command_timeout);
         let start = Instant::now();
         let deadline = timeout.map(|t| start + t);
-        let options = hub::send_options(oob, timeout, !fds.is_empty(), inner.now());
+        let options = hub::send_options(oob, own, !fds.is_empty(), inner.now());
         let (reply, answer) = mpsc::channel();
         let mut bytes = Vec::new();
         let id = {

@@ -904,11 +904,6 @@ impl Client {
         &self.owner.inner
     }
 
-    /// The timeout of a command that names none.
-    pub(crate) fn command_timeout(&self) -> Option<Duration> {
-        self.inner().command_timeout
-    }
-
     hub_getters!(.hub);
 
     /// Closes the connection now, for every clone: commands waiting fail with
@@ -987,6 +982,7 @@ impl Client {
         trace: &mut crate::trace::CommandTrace<'_>,
     ) -> Answer {
         let inner = self.inner();
+        let own = request.timeout;
         let (oob, name, arguments, timeout, fds) = request.parts(inner.command_timeout);
         let attach = !fds.is_empty();
         let mut fds = if attach {
@@ -1002,7 +998,7 @@ impl Client {
             None
         };
         let wait_until = timeout.map(|t| ::tokio::time::Instant::now() + t);
-        let options = hub::send_options(oob, timeout, attach, inner.now());
+        let options = hub::send_options(oob, own, attach, inner.now());
         // Sends the command once there is room in flight. Cancelled while it waits: nothing
         // was sent.
         let send = poll_fn(|cx| {

@@ -92,14 +92,14 @@ impl Agent {
         }
     }
 
-    /// The verbs' primitive: the tokio client's, a command without a success reply given
-    /// [`NO_REPLY_TIMEOUT`](crate::agent::NO_REPLY_TIMEOUT) unless it has a deadline of its own.
+    /// The verbs' primitive: the tokio client's (the driver gives a command without a success
+    /// reply its silence window, [`NO_REPLY_TIMEOUT`](crate::agent::NO_REPLY_TIMEOUT) unless
+    /// it has a deadline of its own).
     async fn call<A: Serialize + ?Sized, T: DeserializeOwned>(
         &self,
         request: Request<'_, A>,
     ) -> Result<T> {
-        let timeout = self.client.command_timeout();
-        self.client.call(request.agent_silence(timeout)).await
+        self.client.call(request).await
     }
 
     /// Syncs again, as the blocking agent's `resync` does: 0xFF and `guest-sync-delimited`
