@@ -268,12 +268,7 @@ fn a_throwaway_qemu_is_announced_even_when_stdout_is_a_file() {
     let mut term = Terminal::start_with_stdout(&[], Some(Stdio::from(out)));
     term.expect("qmp-shell: no ADDRESS and no $QMP_SOCKET: starting a throwaway qemu-system-x86_64 -machine none");
     term.type_text("query-status\n");
-    term.type_text("\x04");
-    let deadline = Instant::now() + LIMIT;
-    while term.child.try_wait().expect("wait").is_none() {
-        assert!(Instant::now() < deadline, "the shell did not leave");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    term.leave();
     let written = std::fs::read_to_string(&out_path).unwrap();
     assert!(
         written.contains(r#""status": "running""#),

@@ -108,7 +108,7 @@ impl Agent {
     /// agent and this client are in step. Within the command timeout.
     pub async fn resync(&self) -> Result<()> {
         self.client.queue_resync();
-        let value = random_sync_id() & (i64::MAX as u64);
+        let value = random_sync_id();
         self.execute(&crate::agent_commands::GuestSync { id: value })
             .await
             .map(drop)
